@@ -1,0 +1,28 @@
+# The two commands of the README: `make demo` (the main job) and `make test` (every test).
+# Both install what they need first.
+
+SHARED ?= $(abspath ../shared)
+PLUGIN_PATH := $(abspath target/release)
+export WHISPERENCNPU_SHARED := $(SHARED)
+
+.PHONY: setup build demo test fmt
+
+setup:
+	scripts/install-deps
+	scripts/fetch-models
+
+build: setup
+	cargo build --release --locked
+
+# Whisper base on real speech: jfk.wav through the element, embeddings to a file, timing per window.
+demo: build
+	examples/pipelines/embeddings-to-file.sh $(SHARED)/audio/jfk.wav target/jfk-embeddings.f32
+
+test: setup
+	cargo build --release --locked
+	GST_PLUGIN_PATH=$(PLUGIN_PATH) gst-inspect-1.0 whisperencnpu > /dev/null
+	cargo test --locked -- --test-threads=1
+	examples/pipelines/embeddings-to-file.sh $(SHARED)/audio/jfk.wav target/jfk-embeddings.f32
+
+fmt:
+	cargo fmt --all

@@ -1,0 +1,420 @@
+//! Whisper's audio encoder (float32 activations, linear layers on an [`Engine`]).
+//!
+//! ```text
+//! mel (n_mels x T) -> conv1 (k 3, pad 1) -> GELU -> conv2 (k 3, pad 1, stride 2) -> GELU
+//!   -> + position_encodings[0..T/2]
+//!   -> n_layers x { x += out(attn(LN(x)));  x += fc2(GELU(fc1(LN(x)))) }
+//!   -> LN -> (T/2) x d_model
+//! ```
+//!
+//! Both convolutions are im2col + a prepared linear layer, so an engine accelerates them like the
+//! other products. Attention (activation x activation products) runs here on the CPU, one rayon
+//! task per (head, block of query rows). Layer norms use eps 1e-5, GELU is the exact erf form.
+use std::sync::{Arc, Mutex};
+
+use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, Zip};
+use rayon::prelude::*;
+
+use super::{Dims, ModelError, WhisperModel};
+use crate::npu::cpu::{matmul, Parallel};
+use crate::npu::{Engine, Linear};
+
+const LN_EPS: f32 = 1e-5;
+/// Query rows per attention task: a 64 x 1500 score block is 375 KiB, cache-sized.
+const ATTN_BLOCK: usize = 64;
+
+struct LayerNorm {
+    gamma: Array1<f32>,
+    beta: Array1<f32>,
+}
+
+impl LayerNorm {
+    fn load(model: &WhisperModel, prefix: &str) -> Result<LayerNorm, ModelError> {
+        let w = model.weights();
+        let d = model.dims().d_model;
+        Ok(LayerNorm {
+            gamma: w.f32_1d(&format!("{prefix}/gamma"), d)?,
+            beta: w.f32_1d(&format!("{prefix}/beta"), d)?,
+        })
+    }
+
+    /// `out[r] = LN(x[r])` for every row, rows in parallel.
+    fn apply(&self, x: ArrayView2<f32>, mut out: ArrayViewMut2<f32>) {
+        let (g, b) = (self.gamma.view(), self.beta.view());
+        Zip::from(out.rows_mut())
+            .and(x.rows())
+            .par_for_each(|o, x| layer_norm_row(x, o, g, b));
+    }
+}
+
+fn layer_norm_row(
+    x: ArrayView1<f32>,
+    mut out: ndarray::ArrayViewMut1<f32>,
+    g: ArrayView1<f32>,
+    b: ArrayView1<f32>,
+) {
+    let n = x.len() as f32;
+    let mean = x.sum() / n;
+    let var = x.fold(0.0f32, |acc, &v| acc + (v - mean) * (v - mean)) / n;
+    let inv = 1.0 / (var + LN_EPS).sqrt();
+    Zip::from(&mut out)
+        .and(&x)
+        .and(&g)
+        .and(&b)
+        .for_each(|o, &x, &g, &b| *o = (x - mean) * inv * g + b);
+}
+
+/// Exact GELU: 0.5 x (1 + erf(x / sqrt 2)).
+#[inline]
+fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+struct Layer {
+    ln_attn: LayerNorm,
+    /// Fused q, k, v: d -> 3d.
+    qkv: Box<dyn Linear>,
+    out: Box<dyn Linear>,
+    ln_ffn: LayerNorm,
+    fc1: Box<dyn Linear>,
+    fc2: Box<dyn Linear>,
+}
+
+/// Everything read-only during a forward pass.
+struct Weights {
+    dims: Dims,
+    /// conv1 as a linear layer on im2col rows `[k * n_mels + c]`: d x (3 n_mels).
+    conv1: Box<dyn Linear>,
+    /// conv2 likewise on `[k * d + c]`: d x 3d.
+    conv2: Box<dyn Linear>,
+    pos: Array2<f32>,
+    layers: Vec<Layer>,
+    ln_post: LayerNorm,
+}
+
+/// Buffers reused from window to window (grown on demand, never shrunk).
+#[derive(Default)]
+struct Scratch {
+    cols1: Vec<f32>,
+    h1: Vec<f32>,
+    cols2: Vec<f32>,
+    x: Vec<f32>,
+    ln: Vec<f32>,
+    qkv: Vec<f32>,
+    attn: Vec<f32>,
+    proj: Vec<f32>,
+    ffn: Vec<f32>,
+    /// Attention scores, one buffer per pool thread.
+    scores: Vec<Mutex<Vec<f32>>>,
+}
+
+/// `rows x cols` view of the front of `buf`, growing it if needed.
+fn mat(buf: &mut Vec<f32>, rows: usize, cols: usize) -> ArrayViewMut2<'_, f32> {
+    let n = rows * cols;
+    if buf.len() < n {
+        buf.resize(n, 0.0);
+    }
+    ArrayViewMut2::from_shape((rows, cols), &mut buf[..n]).expect("buffer sized above")
+}
+
+/// The Whisper encoder, ready to run windows of log-mel frames.
+pub struct Encoder {
+    weights: Weights,
+    engine: Arc<dyn Engine>,
+    pool: rayon::ThreadPool,
+    scratch: Scratch,
+}
+
+impl std::fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder")
+            .field("dims", &self.weights.dims)
+            .field("backend", &self.engine.backend())
+            .field("precision", &self.engine.precision())
+            .field("threads", &self.pool.current_num_threads())
+            .finish()
+    }
+}
+
+impl Encoder {
+    /// Converts the encoder's weights to f32 and prepares every linear layer on `engine`.
+    /// `threads` is the size of the encoder's own rayon pool; 0 means one thread per core
+    /// (or `RAYON_NUM_THREADS`).
+    pub fn new(
+        model: &WhisperModel,
+        engine: Arc<dyn Engine>,
+        threads: usize,
+    ) -> Result<Encoder, ModelError> {
+        let dims = *model.dims();
+        let w = model.weights();
+        let (d, n_mels) = (dims.d_model, dims.n_mels);
+
+        let conv = |name: &str, c_in: usize| -> Result<Box<dyn Linear>, ModelError> {
+            let weight = w.f32_3d(&format!("{name}/weight"), d, c_in, 3)?;
+            // [d, c, k] -> [d, k, c] -> [d, 3 c]: im2col rows then hold 3 contiguous time steps.
+            let weight = weight
+                .permuted_axes([0, 2, 1])
+                .as_standard_layout()
+                .into_owned()
+                .into_shape_with_order((d, 3 * c_in))
+                .map_err(|e| ModelError::Malformed {
+                    path: w.path().to_path_buf(),
+                    reason: format!("{name}/weight: {e}"),
+                })?;
+            let bias = w.f32_1d(&format!("{name}/bias"), d)?;
+            Ok(engine.prepare(weight.view(), Some(bias.view())))
+        };
+        let linear =
+            |name: &str, n_out: usize, n_in: usize| -> Result<Box<dyn Linear>, ModelError> {
+                let weight = w.f32_2d(&format!("{name}/weight"), n_out, n_in)?;
+                let bias = w.f32_1d(&format!("{name}/bias"), n_out)?;
+                Ok(engine.prepare(weight.view(), Some(bias.view())))
+            };
+
+        let conv1 = conv("encoder/conv1", n_mels)?;
+        let conv2 = conv("encoder/conv2", d)?;
+        let pos = w.f32_2d("encoder/position_encodings/encodings", dims.n_audio_ctx, d)?;
+        let mut layers = Vec::with_capacity(dims.n_encoder_layers);
+        for l in 0..dims.n_encoder_layers {
+            let p = format!("encoder/layer_{l}");
+            layers.push(Layer {
+                ln_attn: LayerNorm::load(model, &format!("{p}/self_attention/layer_norm"))?,
+                qkv: linear(&format!("{p}/self_attention/linear_0"), 3 * d, d)?,
+                out: linear(&format!("{p}/self_attention/linear_1"), d, d)?,
+                ln_ffn: LayerNorm::load(model, &format!("{p}/ffn/layer_norm"))?,
+                fc1: linear(&format!("{p}/ffn/linear_0"), 4 * d, d)?,
+                fc2: linear(&format!("{p}/ffn/linear_1"), d, 4 * d)?,
+            });
+        }
+        let ln_post = LayerNorm::load(model, "encoder/layer_norm")?;
+
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("whisperenc-{i}"))
+            .build()
+            .map_err(|e| ModelError::ThreadPool(e.to_string()))?;
+        let scratch = Scratch {
+            scores: (0..pool.current_num_threads())
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
+            ..Scratch::default()
+        };
+        Ok(Encoder {
+            weights: Weights {
+                dims,
+                conv1,
+                conv2,
+                pos,
+                layers,
+                ln_post,
+            },
+            engine,
+            pool,
+            scratch,
+        })
+    }
+
+    pub fn dims(&self) -> &Dims {
+        &self.weights.dims
+    }
+
+    pub fn d_model(&self) -> usize {
+        self.weights.dims.d_model
+    }
+
+    pub fn n_mels(&self) -> usize {
+        self.weights.dims.n_mels
+    }
+
+    /// Output positions for `frames` mel frames: `ceil(frames / 2)` (512 for 1024 frames).
+    pub fn positions_for(frames: usize) -> usize {
+        frames.div_ceil(2)
+    }
+
+    /// Most mel frames one call accepts: `2 n_audio_ctx` (3000, 30 s).
+    pub fn max_frames(&self) -> usize {
+        2 * self.weights.dims.n_audio_ctx
+    }
+
+    /// Threads of the encoder's pool.
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    /// Encodes `mel` (n_mels x frames, 1 <= frames <= [`max_frames`](Self::max_frames); Whisper
+    /// uses an even count) into `positions_for(frames) x d_model`.
+    ///
+    /// # Panics
+    /// If `mel` has the wrong shape; [`try_forward`](Self::try_forward) returns an error instead.
+    pub fn forward(&mut self, mel: ArrayView2<f32>) -> Array2<f32> {
+        match self.try_forward(mel) {
+            Ok(out) => out,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// [`forward`](Self::forward) that reports a bad input shape as an error.
+    pub fn try_forward(&mut self, mel: ArrayView2<f32>) -> Result<Array2<f32>, ModelError> {
+        self.check_input(mel)?;
+        let mut out = Array2::zeros((Self::positions_for(mel.ncols()), self.d_model()));
+        self.forward_into(mel, out.view_mut())?;
+        Ok(out)
+    }
+
+    /// Like [`try_forward`](Self::try_forward) but writes into `out`
+    /// (`positions_for(frames) x d_model`, any strides). The scratch buffers are kept between
+    /// calls, so a warmed-up call allocates next to nothing.
+    pub fn forward_into(
+        &mut self,
+        mel: ArrayView2<f32>,
+        out: ArrayViewMut2<f32>,
+    ) -> Result<(), ModelError> {
+        self.check_input(mel)?;
+        let expected = (Self::positions_for(mel.ncols()), self.d_model());
+        if out.dim() != expected {
+            return Err(ModelError::InvalidInput(format!(
+                "output is {:?}, expected {expected:?}",
+                out.dim()
+            )));
+        }
+        let (pool, weights, scratch) = (&self.pool, &self.weights, &mut self.scratch);
+        pool.install(|| weights.forward(scratch, mel, out));
+        Ok(())
+    }
+
+    fn check_input(&self, mel: ArrayView2<f32>) -> Result<(), ModelError> {
+        let (m, t) = mel.dim();
+        if m != self.n_mels() {
+            return Err(ModelError::InvalidInput(format!(
+                "mel has {m} bands, the model takes {}",
+                self.n_mels()
+            )));
+        }
+        if t == 0 || t > self.max_frames() {
+            return Err(ModelError::InvalidInput(format!(
+                "mel has {t} frames, the model takes 1 to {}",
+                self.max_frames()
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Weights {
+    fn forward(&self, s: &mut Scratch, mel: ArrayView2<f32>, out: ArrayViewMut2<f32>) {
+        let (n_mels, t) = mel.dim();
+        let d = self.dims.d_model;
+        let p = Encoder::positions_for(t);
+
+        // conv1: im2col rows [mel[:, t-1], mel[:, t], mel[:, t+1]] (zero outside).
+        let mut cols1 = mat(&mut s.cols1, t, 3 * n_mels);
+        cols1.fill(0.0);
+        for k in 0..3 {
+            // Output time `o` reads input time `o + k - 1`.
+            let (o0, o1) = (usize::from(k == 0), (t + 1 - k).min(t));
+            let src = mel.slice(s![.., o0 + k - 1..o1 + k - 1]);
+            cols1
+                .slice_mut(s![o0..o1, k * n_mels..(k + 1) * n_mels])
+                .assign(&src.t());
+        }
+        let mut h1 = mat(&mut s.h1, t, d);
+        self.conv1.forward(cols1.view(), h1.view_mut());
+        h1.par_mapv_inplace(gelu);
+
+        // conv2, stride 2: output o reads input times 2o-1, 2o, 2o+1.
+        let mut cols2 = mat(&mut s.cols2, p, 3 * d);
+        cols2
+            .axis_iter_mut(Axis(0))
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(o, mut row)| {
+                for k in 0..3 {
+                    let mut dst = row.slice_mut(s![k * d..(k + 1) * d]);
+                    match (2 * o + k).checked_sub(1).filter(|&i| i < t) {
+                        Some(i) => dst.assign(&h1.row(i)),
+                        None => dst.fill(0.0),
+                    }
+                }
+            });
+        let mut x = mat(&mut s.x, p, d);
+        self.conv2.forward(cols2.view(), x.view_mut());
+        Zip::from(&mut x)
+            .and(&self.pos.slice(s![..p, ..]))
+            .par_for_each(|x, &pe| *x = gelu(*x) + pe);
+
+        for layer in &self.layers {
+            let mut ln = mat(&mut s.ln, p, d);
+            let mut qkv = mat(&mut s.qkv, p, 3 * d);
+            let mut attn = mat(&mut s.attn, p, d);
+            let mut proj = mat(&mut s.proj, p, d);
+
+            layer.ln_attn.apply(x.view(), ln.view_mut());
+            layer.qkv.forward(ln.view(), qkv.view_mut());
+            self.attention(qkv.view(), attn.view_mut(), &s.scores);
+            layer.out.forward(attn.view(), proj.view_mut());
+            Zip::from(&mut x).and(&proj).par_for_each(|x, &y| *x += y);
+
+            let mut ffn = mat(&mut s.ffn, p, 4 * d);
+            layer.ln_ffn.apply(x.view(), ln.view_mut());
+            layer.fc1.forward(ln.view(), ffn.view_mut());
+            ffn.par_mapv_inplace(gelu);
+            layer.fc2.forward(ffn.view(), proj.view_mut());
+            Zip::from(&mut x).and(&proj).par_for_each(|x, &y| *x += y);
+        }
+
+        self.ln_post.apply(x.view(), out);
+    }
+
+    /// Full (non-causal) multi-head attention: `qkv` is p x 3d (q | k | v), `out` p x d.
+    fn attention(
+        &self,
+        qkv: ArrayView2<f32>,
+        mut out: ArrayViewMut2<f32>,
+        scores: &[Mutex<Vec<f32>>],
+    ) {
+        let d = self.dims.d_model;
+        let n_heads = self.dims.n_heads;
+        let dh = d / n_heads;
+        let p = qkv.nrows();
+        let scale = 1.0 / (dh as f32).sqrt();
+
+        // One task per (head, block of query rows), each writing its own rectangle of `out`.
+        let mut tasks = Vec::with_capacity(n_heads * p.div_ceil(ATTN_BLOCK));
+        for (h, head_out) in out.axis_chunks_iter_mut(Axis(1), dh).enumerate() {
+            for (b, block_out) in head_out
+                .into_axis_chunks_iter_mut(Axis(0), ATTN_BLOCK)
+                .enumerate()
+            {
+                tasks.push((h, b * ATTN_BLOCK, block_out));
+            }
+        }
+        tasks.into_par_iter().for_each(|(h, r0, block_out)| {
+            let rows = block_out.nrows();
+            let q = qkv.slice(s![r0..r0 + rows, h * dh..(h + 1) * dh]);
+            let k = qkv.slice(s![.., d + h * dh..d + (h + 1) * dh]);
+            let v = qkv.slice(s![.., 2 * d + h * dh..2 * d + (h + 1) * dh]);
+
+            let slot = rayon::current_thread_index().unwrap_or(0) % scores.len().max(1);
+            // Each pool thread has its own buffer: the lock is never contended.
+            let mut buf = scores[slot].lock().unwrap_or_else(|e| e.into_inner());
+            let mut sc = mat(&mut buf, rows, p);
+            matmul(q, k.t(), sc.view_mut(), false, Parallel::None);
+            for mut row in sc.rows_mut() {
+                let max = row.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let mut sum = 0.0f32;
+                row.mapv_inplace(|v| {
+                    let e = ((v - max) * scale).exp();
+                    sum += e;
+                    e
+                });
+                let inv = 1.0 / sum;
+                row.mapv_inplace(|v| v * inv);
+            }
+            matmul(sc.view(), v, block_out, false, Parallel::None);
+        });
+    }
+}

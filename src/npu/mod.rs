@@ -1,0 +1,83 @@
+//! Compute backends for the encoder's matrix products.
+//!
+//! The encoder's weights are fixed, its activations change with every window: an [`Engine`]
+//! prepares each linear layer once at load time ([`Engine::prepare`], where a backend may convert,
+//! quantize, re-lay-out or upload the weight), and the resulting [`Linear`] is then applied to
+//! float32 activations per call. The float32 CPU engine is [`cpu::CpuF32Engine`].
+use ndarray::{ArrayView1, ArrayView2, ArrayViewMut2};
+
+pub mod cpu;
+
+pub use cpu::CpuF32Engine;
+
+/// Where the matrix products run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    Cpu,
+    Xdna,
+}
+
+impl BackendKind {
+    /// Short lower-case name (property values, logs): `"cpu"`, `"xdna"`.
+    pub fn nick(&self) -> &'static str {
+        match self {
+            BackendKind::Cpu => "cpu",
+            BackendKind::Xdna => "xdna",
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.nick())
+    }
+}
+
+/// Arithmetic of the matrix products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Precision {
+    F32,
+    Int8,
+}
+
+impl Precision {
+    /// Short lower-case name: `"f32"`, `"int8"`.
+    pub fn nick(&self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Int8 => "int8",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.nick())
+    }
+}
+
+/// A compute backend for linear layers.
+pub trait Engine: Send + Sync {
+    fn backend(&self) -> BackendKind;
+    fn precision(&self) -> Precision;
+    /// Prepare a linear layer once at load: weight is n_out x n_in (PyTorch/CT2 layout), optional
+    /// bias n_out.
+    ///
+    /// # Panics
+    /// If the bias length is not n_out.
+    fn prepare(&self, weight: ArrayView2<f32>, bias: Option<ArrayView1<f32>>) -> Box<dyn Linear>;
+}
+
+/// A prepared linear layer.
+pub trait Linear: Send + Sync {
+    fn n_in(&self) -> usize;
+    fn n_out(&self) -> usize;
+    /// y = x W^T + b for x rows x n_in, writing y rows x n_out (no allocation).
+    ///
+    /// Any strides are accepted. Called from inside the caller's rayon pool, the implementation may
+    /// use that pool's threads.
+    ///
+    /// # Panics
+    /// If the shapes do not match.
+    fn forward(&self, x: ArrayView2<f32>, y: ArrayViewMut2<f32>);
+}

@@ -1,0 +1,65 @@
+//! The `whisperencnpu` element: registers the type and its property enums; `imp` implements it.
+
+use gst::glib;
+use gst::prelude::*;
+
+mod imp;
+
+/// What the element pushes downstream.
+#[derive(Debug, Eq, PartialEq, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstWhisperEncNpuMode")]
+pub enum Mode {
+    /// One `other/tensors` buffer of encoder output per 10.24 s window.
+    #[default]
+    #[enum_value(name = "Embeddings: encoder output tensors", nick = "embeddings")]
+    Embeddings = 0,
+    /// Timestamped text segments.
+    #[enum_value(name = "Transcription: timestamped text", nick = "transcription")]
+    Transcription = 1,
+}
+
+/// Where the encoder's matrix products run.
+#[derive(Debug, Eq, PartialEq, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstWhisperEncNpuBackend")]
+pub enum Backend {
+    #[default]
+    #[enum_value(name = "Auto: the XDNA2 NPU when present, else the CPU", nick = "auto")]
+    Auto = 0,
+    #[enum_value(name = "CPU", nick = "cpu")]
+    Cpu = 1,
+    #[enum_value(name = "AMD XDNA2 NPU through XRT", nick = "xdna")]
+    Xdna = 2,
+}
+
+/// Numeric precision of the encoder's matrix products.
+#[derive(Debug, Eq, PartialEq, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstWhisperEncNpuPrecision")]
+pub enum Precision {
+    #[default]
+    #[enum_value(name = "float32", nick = "f32")]
+    F32 = 0,
+    #[enum_value(
+        name = "int8 weights and activations, int32 accumulation",
+        nick = "int8"
+    )]
+    Int8 = 1,
+}
+
+glib::wrapper! {
+    pub struct WhisperEncNpu(ObjectSubclass<imp::WhisperEncNpu>) @extends gst::Element, gst::Object;
+}
+
+pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    Mode::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    Backend::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    Precision::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    gst::Element::register(
+        Some(plugin),
+        "whisperencnpu",
+        gst::Rank::NONE,
+        WhisperEncNpu::static_type(),
+    )
+}

@@ -1,0 +1,126 @@
+//! One 10.24 s window of audio through the front end and the encoder, with the time each took.
+//! Free of GStreamer: the element drives it, and tests and benches can too.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ndarray::Array2;
+
+use crate::mel::{LogMel, WINDOW_SAMPLES};
+use crate::model::encoder::Encoder;
+use crate::model::{ModelError, WhisperModel};
+use crate::npu::{self, BackendKind, Engine, Precision};
+
+/// Which backend the user asked for; `Auto` resolves to one that can run here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendChoice {
+    Auto,
+    Cpu,
+    Xdna,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct EncoderOptions {
+    pub backend: BackendChoice,
+    pub precision: Precision,
+    /// Worker threads for the encoder; 0 means one per core.
+    pub threads: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("backend=xdna: no AMD XDNA2 NPU backend is available in this build (device, XRT shim and kernel binaries are needed)")]
+    XdnaUnavailable,
+    #[error("precision=int8 is not available yet on the {0} backend; use precision=f32")]
+    PrecisionUnavailable(&'static str),
+    #[error("could not start {threads} encoder threads: {reason}")]
+    Threads { threads: usize, reason: String },
+}
+
+/// Time spent on one window.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WindowTiming {
+    pub mel: Duration,
+    pub encoder: Duration,
+}
+
+/// Turns windows of 16 kHz mono audio into encoder embeddings (positions x d_model).
+pub struct WindowEncoder {
+    mel: LogMel,
+    encoder: Encoder,
+    backend: BackendKind,
+    precision: Precision,
+    padded: Vec<f32>,
+}
+
+fn select_engine(options: &EncoderOptions) -> Result<Arc<dyn Engine>, SetupError> {
+    match options.backend {
+        BackendChoice::Xdna => Err(SetupError::XdnaUnavailable),
+        BackendChoice::Auto | BackendChoice::Cpu => match options.precision {
+            Precision::F32 => Ok(Arc::new(npu::cpu::CpuF32Engine::new())),
+            Precision::Int8 => Err(SetupError::PrecisionUnavailable(BackendKind::Cpu.nick())),
+        },
+    }
+}
+
+impl WindowEncoder {
+    pub fn load(model_dir: &Path, options: &EncoderOptions) -> Result<Self, SetupError> {
+        let model = WhisperModel::load(model_dir)?;
+        Self::new(&model, options)
+    }
+
+    pub fn new(model: &WhisperModel, options: &EncoderOptions) -> Result<Self, SetupError> {
+        let engine = select_engine(options)?;
+        let (backend, precision) = (engine.backend(), engine.precision());
+        let encoder =
+            Encoder::new(model, engine, options.threads).map_err(|e| SetupError::Threads {
+                threads: options.threads,
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            mel: LogMel::new(model.dims().n_mels),
+            encoder,
+            backend,
+            precision,
+            padded: vec![0.0; WINDOW_SAMPLES],
+        })
+    }
+
+    pub fn backend(&self) -> BackendKind {
+        self.backend
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    pub fn d_model(&self) -> usize {
+        self.encoder.d_model()
+    }
+
+    /// Encoder positions per window (512 for 10.24 s).
+    pub fn positions(&self) -> usize {
+        Encoder::positions_for(WINDOW_SAMPLES / crate::mel::HOP_LENGTH)
+    }
+
+    /// Encodes one window; a shorter input is zero-padded to the window length (the end of a
+    /// stream), a longer one is cut to it.
+    pub fn encode(&mut self, samples: &[f32]) -> (Array2<f32>, WindowTiming) {
+        let n = samples.len().min(WINDOW_SAMPLES);
+        self.padded[..n].copy_from_slice(&samples[..n]);
+        self.padded[n..].fill(0.0);
+
+        let start = Instant::now();
+        let mel = self.mel.compute(&self.padded);
+        let mel_done = Instant::now();
+        let embeddings = self.encoder.forward(mel.view());
+        let timing = WindowTiming {
+            mel: mel_done - start,
+            encoder: mel_done.elapsed(),
+        };
+        (embeddings, timing)
+    }
+}
