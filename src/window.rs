@@ -2,7 +2,6 @@
 //! Free of GStreamer: the element drives it, and tests and benches can too.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ndarray::Array2;
@@ -10,15 +9,7 @@ use ndarray::Array2;
 use crate::mel::{LogMel, WINDOW_SAMPLES};
 use crate::model::encoder::Encoder;
 use crate::model::{ModelError, WhisperModel};
-use crate::npu::{self, BackendKind, Engine, Precision};
-
-/// Which backend the user asked for; `Auto` resolves to one that can run here.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BackendChoice {
-    Auto,
-    Cpu,
-    Xdna,
-}
+use crate::npu::{self, BackendChoice, BackendKind, Precision};
 
 #[derive(Clone, Copy, Debug)]
 pub struct EncoderOptions {
@@ -32,10 +23,8 @@ pub struct EncoderOptions {
 pub enum SetupError {
     #[error(transparent)]
     Model(#[from] ModelError),
-    #[error("backend=xdna: no AMD XDNA2 NPU backend is available in this build (device, XRT shim and kernel binaries are needed)")]
-    XdnaUnavailable,
-    #[error("precision=int8 is not available yet on the {0} backend; use precision=f32")]
-    PrecisionUnavailable(&'static str),
+    #[error(transparent)]
+    Engine(#[from] npu::EngineError),
     #[error("could not start {threads} encoder threads: {reason}")]
     Threads { threads: usize, reason: String },
 }
@@ -56,16 +45,6 @@ pub struct WindowEncoder {
     padded: Vec<f32>,
 }
 
-fn select_engine(options: &EncoderOptions) -> Result<Arc<dyn Engine>, SetupError> {
-    match options.backend {
-        BackendChoice::Xdna => Err(SetupError::XdnaUnavailable),
-        BackendChoice::Auto | BackendChoice::Cpu => match options.precision {
-            Precision::F32 => Ok(Arc::new(npu::cpu::CpuF32Engine::new())),
-            Precision::Int8 => Err(SetupError::PrecisionUnavailable(BackendKind::Cpu.nick())),
-        },
-    }
-}
-
 impl WindowEncoder {
     pub fn load(model_dir: &Path, options: &EncoderOptions) -> Result<Self, SetupError> {
         let model = WhisperModel::load(model_dir)?;
@@ -73,7 +52,7 @@ impl WindowEncoder {
     }
 
     pub fn new(model: &WhisperModel, options: &EncoderOptions) -> Result<Self, SetupError> {
-        let engine = select_engine(options)?;
+        let engine = npu::open_engine(options.backend, options.precision)?;
         let (backend, precision) = (engine.backend(), engine.precision());
         let encoder =
             Encoder::new(model, engine, options.threads).map_err(|e| SetupError::Threads {

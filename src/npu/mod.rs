@@ -4,9 +4,12 @@
 //! prepares each linear layer once at load time ([`Engine::prepare`], where a backend may convert,
 //! quantize, re-lay-out or upload the weight), and the resulting [`Linear`] is then applied to
 //! float32 activations per call. The float32 CPU engine is [`cpu::CpuF32Engine`].
+use std::sync::Arc;
+
 use ndarray::{ArrayView1, ArrayView2, ArrayViewMut2};
 
 pub mod cpu;
+pub mod quant;
 
 pub use cpu::CpuF32Engine;
 
@@ -80,4 +83,36 @@ pub trait Linear: Send + Sync {
     /// # Panics
     /// If the shapes do not match.
     fn forward(&self, x: ArrayView2<f32>, y: ArrayViewMut2<f32>);
+}
+
+/// Which backend the user asked for; `Auto` resolves to the best one that can run here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendChoice {
+    Auto,
+    Cpu,
+    Xdna,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("backend=xdna: no AMD XDNA2 NPU backend is available in this build (device, XRT shim and kernel binaries are needed)")]
+    XdnaUnavailable,
+    #[error("precision={0} is not available yet on the {1} backend; use precision=f32")]
+    PrecisionUnavailable(Precision, BackendKind),
+}
+
+/// Opens the engine for a backend choice and precision; `Auto` falls back to the CPU.
+pub fn open_engine(
+    choice: BackendChoice,
+    precision: Precision,
+) -> Result<Arc<dyn Engine>, EngineError> {
+    match (choice, precision) {
+        (BackendChoice::Xdna, _) => Err(EngineError::XdnaUnavailable),
+        (BackendChoice::Auto | BackendChoice::Cpu, Precision::F32) => {
+            Ok(Arc::new(cpu::CpuF32Engine::new()))
+        }
+        (BackendChoice::Auto | BackendChoice::Cpu, Precision::Int8) => Err(
+            EngineError::PrecisionUnavailable(Precision::Int8, BackendKind::Cpu),
+        ),
+    }
 }

@@ -16,7 +16,8 @@ use gst::subclass::prelude::*;
 use super::{Backend, Mode, Precision};
 use crate::mel::{SAMPLE_RATE, WINDOW_SAMPLES};
 use crate::npu;
-use crate::window::{BackendChoice, EncoderOptions, SetupError, WindowEncoder};
+use crate::npu::BackendChoice;
+use crate::window::{EncoderOptions, SetupError, WindowEncoder};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
