@@ -111,3 +111,57 @@ fn jfk_base_matches_the_reference() {
 fn jfk_tiny_en_matches_the_reference() {
     check("tiny.en", 384);
 }
+
+/// A flushing seek restarts the windows at the seek target; nothing from before it comes out.
+#[test]
+fn seek_restarts_windows_at_the_target() {
+    gst::init().unwrap();
+    gstwhisperencnpu::plugin_register_static().unwrap();
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location={} ! wavparse ! audioconvert ! audioresample ! \
+         whisperencnpu model={} ! fakesink name=sink signal-handoffs=true",
+        shared_file("audio/jfk.wav").display(),
+        model_dir("tiny.en").display(),
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = pipeline.by_name("sink").unwrap();
+    let seen_in = seen.clone();
+    sink.connect("handoff", false, move |args| {
+        let buffer = args[1].get::<gst::Buffer>().unwrap();
+        seen_in.lock().unwrap().push(buffer.pts().unwrap());
+        None
+    });
+    let bus = pipeline.bus().unwrap();
+    pipeline.set_state(gst::State::Paused).unwrap();
+    bus.timed_pop_filtered(
+        gst::ClockTime::from_seconds(60),
+        &[gst::MessageType::AsyncDone],
+    )
+    .expect("preroll");
+    seen.lock().unwrap().clear();
+    pipeline
+        .seek_simple(
+            gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
+            gst::ClockTime::from_seconds(5),
+        )
+        .unwrap();
+    bus.timed_pop_filtered(
+        gst::ClockTime::from_seconds(60),
+        &[gst::MessageType::AsyncDone],
+    )
+    .expect("preroll after the seek");
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let msg = bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(120),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .expect("EOS");
+    assert_eq!(msg.type_(), gst::MessageType::Eos, "{msg:?}");
+    pipeline.set_state(gst::State::Null).unwrap();
+    // 11 s of audio from 5 s on: one window, zero-padded, starting at the target.
+    assert_eq!(*seen.lock().unwrap(), vec![gst::ClockTime::from_seconds(5)]);
+}
