@@ -199,8 +199,20 @@ impl WhisperEncNpu {
     fn start_task(&self) -> Result<(), glib::BoolError> {
         let this = self.downgrade();
         self.srcpad.start_task(move || {
-            if let Some(this) = this.upgrade() {
-                this.src_loop();
+            let Some(this) = this.upgrade() else { return };
+            // A panic must not unwind into GStreamer's task thread: report it and stop streaming.
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| this.src_loop()));
+            if run.is_err() {
+                gst::element_imp_error!(
+                    this,
+                    gst::LibraryError::Failed,
+                    ("Internal error while encoding a window")
+                );
+                this.queue
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .last_flow = Err(gst::FlowError::Error);
+                let _ = this.srcpad.pause_task();
             }
         })
     }
