@@ -7,6 +7,7 @@
 pub mod mel;
 pub mod model;
 pub mod npu;
+pub mod transcribe;
 pub mod whisperenc;
 pub mod window;
 

@@ -12,16 +12,19 @@
 //! task per (head, block of query rows). Layer norms use eps 1e-5, GELU is the exact erf form.
 use std::sync::{Arc, Mutex};
 
-use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, Zip};
+use ndarray::{s, Array1, Array2, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
 use super::{Dims, ModelError, WhisperModel};
 use crate::npu::cpu::{matmul, Parallel};
+use crate::npu::cpu_math::Math;
 use crate::npu::{Engine, Linear};
 
-const LN_EPS: f32 = 1e-5;
-/// Query rows per attention task: a 64 x 1500 score block is 375 KiB, cache-sized.
-const ATTN_BLOCK: usize = 64;
+/// Query rows per attention task: 16 tasks for a 10.24 s window, enough to balance two to four
+/// threads, and the task's scores (32 x 512 floats, 64 KiB) stay in L2 with the head's K and V.
+const ATTN_BLOCK: usize = 32;
+/// Elements per task of the element-wise passes (GELU): large enough to amortise a rayon task.
+const EW_CHUNK: usize = 16 * 1024;
 
 struct LayerNorm {
     gamma: Array1<f32>,
@@ -38,36 +41,39 @@ impl LayerNorm {
         })
     }
 
-    /// `out[r] = LN(x[r])` for every row, rows in parallel.
-    fn apply(&self, x: ArrayView2<f32>, mut out: ArrayViewMut2<f32>) {
-        let (g, b) = (self.gamma.view(), self.beta.view());
-        Zip::from(out.rows_mut())
-            .and(x.rows())
-            .par_for_each(|o, x| layer_norm_row(x, o, g, b));
+    fn g(&self) -> &[f32] {
+        self.gamma
+            .as_slice()
+            .expect("owned 1-d array is contiguous")
+    }
+
+    fn b(&self) -> &[f32] {
+        self.beta.as_slice().expect("owned 1-d array is contiguous")
+    }
+
+    /// `out = LN(x)`, rows in parallel (row-major, contiguous, `d` per row).
+    fn apply(&self, math: Math, d: usize, x: &[f32], out: &mut [f32]) {
+        let (g, b) = (self.g(), self.b());
+        x.par_chunks(d)
+            .zip(out.par_chunks_mut(d))
+            .for_each(|(x, o)| math.layer_norm(x, g, b, o));
+    }
+
+    /// The residual add fused with the layer norm that follows it: `x += delta`, then
+    /// `out = LN(x)`, one pass, rows in parallel.
+    fn add_apply(&self, math: Math, d: usize, x: &mut [f32], delta: &[f32], out: &mut [f32]) {
+        let (g, b) = (self.g(), self.b());
+        x.par_chunks_mut(d)
+            .zip(delta.par_chunks(d))
+            .zip(out.par_chunks_mut(d))
+            .for_each(|((x, dl), o)| math.add_layer_norm(x, dl, g, b, o));
     }
 }
 
-fn layer_norm_row(
-    x: ArrayView1<f32>,
-    mut out: ndarray::ArrayViewMut1<f32>,
-    g: ArrayView1<f32>,
-    b: ArrayView1<f32>,
-) {
-    let n = x.len() as f32;
-    let mean = x.sum() / n;
-    let var = x.fold(0.0f32, |acc, &v| acc + (v - mean) * (v - mean)) / n;
-    let inv = 1.0 / (var + LN_EPS).sqrt();
-    Zip::from(&mut out)
-        .and(&x)
-        .and(&g)
-        .and(&b)
-        .for_each(|o, &x, &g, &b| *o = (x - mean) * inv * g + b);
-}
-
-/// Exact GELU: 0.5 x (1 + erf(x / sqrt 2)).
-#[inline]
-fn gelu(x: f32) -> f32 {
-    0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+/// `x = gelu(x)` in parallel chunks.
+fn par_gelu(math: Math, x: &mut [f32]) {
+    x.par_chunks_mut(EW_CHUNK)
+        .for_each(|c| math.gelu_inplace(c));
 }
 
 struct Layer {
@@ -108,6 +114,14 @@ struct Scratch {
     scores: Vec<Mutex<Vec<f32>>>,
 }
 
+/// The front `n` elements of `buf`, growing it if needed.
+fn buf(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if buf.len() < n {
+        buf.resize(n, 0.0);
+    }
+    &mut buf[..n]
+}
+
 /// `rows x cols` view of the front of `buf`, growing it if needed.
 fn mat(buf: &mut Vec<f32>, rows: usize, cols: usize) -> ArrayViewMut2<'_, f32> {
     let n = rows * cols;
@@ -120,6 +134,7 @@ fn mat(buf: &mut Vec<f32>, rows: usize, cols: usize) -> ArrayViewMut2<'_, f32> {
 /// The Whisper encoder, ready to run windows of log-mel frames.
 pub struct Encoder {
     weights: Weights,
+    math: Math,
     engine: Arc<dyn Engine>,
     pool: rayon::ThreadPool,
     scratch: Scratch,
@@ -200,6 +215,7 @@ impl Encoder {
             ..Scratch::default()
         };
         Ok(Encoder {
+            math: Math::new(),
             weights: Weights {
                 dims,
                 conv1,
@@ -282,7 +298,8 @@ impl Encoder {
             )));
         }
         let (pool, weights, scratch) = (&self.pool, &self.weights, &mut self.scratch);
-        pool.install(|| weights.forward(scratch, mel, out));
+        let math = self.math;
+        pool.install(|| weights.forward(math, scratch, mel, out));
         Ok(())
     }
 
@@ -305,7 +322,13 @@ impl Encoder {
 }
 
 impl Weights {
-    fn forward(&self, s: &mut Scratch, mel: ArrayView2<f32>, out: ArrayViewMut2<f32>) {
+    fn forward(
+        &self,
+        math: Math,
+        s: &mut Scratch,
+        mel: ArrayView2<f32>,
+        mut out: ArrayViewMut2<f32>,
+    ) {
         let (n_mels, t) = mel.dim();
         let d = self.dims.d_model;
         let p = Encoder::positions_for(t);
@@ -323,7 +346,7 @@ impl Weights {
         }
         let mut h1 = mat(&mut s.h1, t, d);
         self.conv1.forward(cols1.view(), h1.view_mut());
-        h1.par_mapv_inplace(gelu);
+        par_gelu(math, h1.as_slice_mut().expect("scratch is contiguous"));
 
         // conv2, stride 2: output o reads input times 2o-1, 2o, 2o+1.
         let mut cols2 = mat(&mut s.cols2, p, 3 * d);
@@ -342,36 +365,77 @@ impl Weights {
             });
         let mut x = mat(&mut s.x, p, d);
         self.conv2.forward(cols2.view(), x.view_mut());
-        Zip::from(&mut x)
-            .and(&self.pos.slice(s![..p, ..]))
-            .par_for_each(|x, &pe| *x = gelu(*x) + pe);
+        let pos = self.pos.slice(s![..p, ..]);
+        let pos = pos.as_slice().expect("position encodings are contiguous");
+        let x = x.into_slice().expect("scratch is contiguous");
+        x.par_chunks_mut(d)
+            .zip(pos.par_chunks(d))
+            .for_each(|(x, pe)| math.gelu_add(x, pe));
 
-        for layer in &self.layers {
-            let mut ln = mat(&mut s.ln, p, d);
+        // Every layer: x += out(attn(LN(x))); x += fc2(GELU(fc1(LN(x)))). Each residual add
+        // is fused with the layer norm that follows it (the next sub-layer's, or the final one).
+        let ln = buf(&mut s.ln, p * d);
+        match self.layers.first() {
+            Some(first) => first.ln_attn.apply(math, d, x, ln),
+            None => ln.copy_from_slice(x),
+        }
+        // Whether s.proj holds the last layer's residual, still to be added.
+        let mut pending = false;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let ln = ArrayView2::from_shape((p, d), &s.ln[..p * d]).expect("sized");
             let mut qkv = mat(&mut s.qkv, p, 3 * d);
+            layer.qkv.forward(ln, qkv.view_mut());
             let mut attn = mat(&mut s.attn, p, d);
+            self.attention(math, qkv.view(), attn.view_mut(), &s.scores);
             let mut proj = mat(&mut s.proj, p, d);
-
-            layer.ln_attn.apply(x.view(), ln.view_mut());
-            layer.qkv.forward(ln.view(), qkv.view_mut());
-            self.attention(qkv.view(), attn.view_mut(), &s.scores);
             layer.out.forward(attn.view(), proj.view_mut());
-            Zip::from(&mut x).and(&proj).par_for_each(|x, &y| *x += y);
+            layer
+                .ln_ffn
+                .add_apply(math, d, x, &s.proj[..p * d], &mut s.ln[..p * d]);
 
+            let ln = ArrayView2::from_shape((p, d), &s.ln[..p * d]).expect("sized");
             let mut ffn = mat(&mut s.ffn, p, 4 * d);
-            layer.ln_ffn.apply(x.view(), ln.view_mut());
-            layer.fc1.forward(ln.view(), ffn.view_mut());
-            ffn.par_mapv_inplace(gelu);
-            layer.fc2.forward(ffn.view(), proj.view_mut());
-            Zip::from(&mut x).and(&proj).par_for_each(|x, &y| *x += y);
+            layer.fc1.forward(ln, ffn.view_mut());
+            par_gelu(math, &mut s.ffn[..p * 4 * d]);
+            let ffn = ArrayView2::from_shape((p, 4 * d), &s.ffn[..p * 4 * d]).expect("sized");
+            let mut proj = mat(&mut s.proj, p, d);
+            layer.fc2.forward(ffn, proj.view_mut());
+            match self.layers.get(l + 1) {
+                Some(next) => {
+                    next.ln_attn
+                        .add_apply(math, d, x, &s.proj[..p * d], &mut s.ln[..p * d])
+                }
+                None => pending = true,
+            }
         }
 
-        self.ln_post.apply(x.view(), out);
+        // The final layer norm, fused with the last residual add, straight into `out` when it is
+        // contiguous.
+        let ln_post = &self.ln_post;
+        let delta = &s.proj[..p * d];
+        let mut finish = |o: &mut [f32]| match pending {
+            true => ln_post.add_apply(math, d, x, delta, o),
+            false => ln_post.apply(math, d, x, o),
+        };
+        match out.as_slice_mut() {
+            Some(o) => finish(o),
+            None => {
+                let tmp = buf(&mut s.attn, p * d);
+                finish(tmp);
+                out.assign(&ArrayView2::from_shape((p, d), &*tmp).expect("sized"));
+            }
+        }
     }
 
     /// Full (non-causal) multi-head attention: `qkv` is p x 3d (q | k | v), `out` p x d.
+    ///
+    /// One rayon task per block of [`ATTN_BLOCK`] query rows, all heads: scores
+    /// `S = Q K^T` (block x p), `E = exp((S - max) / sqrt(dh))` row by row, then
+    /// `out = (E V) / rowsum(E)`: the normalisation is applied to the block x dh result instead of
+    /// the block x p probabilities.
     fn attention(
         &self,
+        math: Math,
         qkv: ArrayView2<f32>,
         mut out: ArrayViewMut2<f32>,
         scores: &[Mutex<Vec<f32>>],
@@ -382,39 +446,37 @@ impl Weights {
         let p = qkv.nrows();
         let scale = 1.0 / (dh as f32).sqrt();
 
-        // One task per (head, block of query rows), each writing its own rectangle of `out`.
-        let mut tasks = Vec::with_capacity(n_heads * p.div_ceil(ATTN_BLOCK));
-        for (h, head_out) in out.axis_chunks_iter_mut(Axis(1), dh).enumerate() {
-            for (b, block_out) in head_out
-                .into_axis_chunks_iter_mut(Axis(0), ATTN_BLOCK)
-                .enumerate()
-            {
-                tasks.push((h, b * ATTN_BLOCK, block_out));
-            }
-        }
-        tasks.into_par_iter().for_each(|(h, r0, block_out)| {
-            let rows = block_out.nrows();
-            let q = qkv.slice(s![r0..r0 + rows, h * dh..(h + 1) * dh]);
-            let k = qkv.slice(s![.., d + h * dh..d + (h + 1) * dh]);
-            let v = qkv.slice(s![.., 2 * d + h * dh..2 * d + (h + 1) * dh]);
-
-            let slot = rayon::current_thread_index().unwrap_or(0) % scores.len().max(1);
-            // Each pool thread has its own buffer: the lock is never contended.
-            let mut buf = scores[slot].lock().unwrap_or_else(|e| e.into_inner());
-            let mut sc = mat(&mut buf, rows, p);
-            matmul(q, k.t(), sc.view_mut(), false, Parallel::None);
-            for mut row in sc.rows_mut() {
-                let max = row.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                let mut sum = 0.0f32;
-                row.mapv_inplace(|v| {
-                    let e = ((v - max) * scale).exp();
-                    sum += e;
-                    e
-                });
-                let inv = 1.0 / sum;
-                row.mapv_inplace(|v| v * inv);
-            }
-            matmul(sc.view(), v, block_out, false, Parallel::None);
-        });
+        out.axis_chunks_iter_mut(Axis(0), ATTN_BLOCK)
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(b, mut block_out)| {
+                let r0 = b * ATTN_BLOCK;
+                let rows = block_out.nrows();
+                let slot = rayon::current_thread_index().unwrap_or(0) % scores.len().max(1);
+                // Each pool thread has its own buffer: the lock is never contended.
+                let mut guard = scores[slot].lock().unwrap_or_else(|e| e.into_inner());
+                let (sc_buf, sums) = {
+                    let all = buf(&mut guard, rows * p + rows);
+                    all.split_at_mut(rows * p)
+                };
+                for h in 0..n_heads {
+                    let q = qkv.slice(s![r0..r0 + rows, h * dh..(h + 1) * dh]);
+                    let k = qkv.slice(s![.., d + h * dh..d + (h + 1) * dh]);
+                    let v = qkv.slice(s![.., 2 * d + h * dh..2 * d + (h + 1) * dh]);
+                    let mut sc = ArrayViewMut2::from_shape((rows, p), &mut *sc_buf).expect("sized");
+                    matmul(q, k.t(), sc.view_mut(), false, Parallel::None);
+                    for (row, sum) in sc_buf.chunks_exact_mut(p).zip(sums.iter_mut()) {
+                        let max = math.max(row);
+                        *sum = math.exp_shifted_sum(row, max, scale);
+                    }
+                    let sc = ArrayView2::from_shape((rows, p), &*sc_buf).expect("sized");
+                    let mut o = block_out.slice_mut(s![.., h * dh..(h + 1) * dh]);
+                    matmul(sc, v, o.view_mut(), false, Parallel::None);
+                    for (mut row, &sum) in o.rows_mut().into_iter().zip(sums.iter()) {
+                        let inv = 1.0 / sum;
+                        row.mapv_inplace(|v| v * inv);
+                    }
+                }
+            });
     }
 }

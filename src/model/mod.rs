@@ -5,8 +5,10 @@
 //! Weights stay in the map until a consumer (the [`Encoder`], later a decoder) converts the ones it
 //! needs.
 pub mod ct2;
+pub mod decoder;
 pub mod encoder;
 mod error;
+pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
 

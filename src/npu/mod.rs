@@ -9,7 +9,9 @@ use std::sync::Arc;
 use ndarray::{ArrayView1, ArrayView2, ArrayViewMut2};
 
 pub mod cpu;
+pub mod cpu_math;
 pub mod quant;
+pub mod xdna;
 
 pub use cpu::CpuF32Engine;
 
@@ -95,19 +97,62 @@ pub enum BackendChoice {
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("backend=xdna: no AMD XDNA2 NPU backend is available in this build (device, XRT shim and kernel binaries are needed)")]
-    XdnaUnavailable,
+    #[error(
+        "backend=xdna: no AMD XDNA NPU at {} (is the amdxdna driver loaded?); set \
+         WHISPERENCNPU_XDNA_DEVICE to the NPU's accel node, or to 'emulated' to run the CPU \
+         emulation of the NPU",
+        device.display()
+    )]
+    XdnaDeviceMissing { device: std::path::PathBuf },
+    #[error(
+        "backend=xdna: the NPU shim library {} is missing; build and install it with \
+         `make -C kernels install` (needs XRT), or set WHISPERENCNPU_XDNA_SHIM to its path",
+        path.display()
+    )]
+    XdnaShimMissing { path: std::path::PathBuf },
+    #[error(
+        "backend=xdna: the NPU shim library {} cannot be used: {reason} \
+         (WHISPERENCNPU_XDNA_SHIM selects the library)",
+        path.display()
+    )]
+    XdnaShimUnusable {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error(
+        "backend=xdna: the NPU kernel binaries are missing: no {file} in {}; build them with the \
+         mlir-aie toolchain (kernels/README.md) and install them there, or set \
+         WHISPERENCNPU_XDNA_KERNELS to their directory",
+        dir.display()
+    )]
+    XdnaKernelsMissing {
+        dir: std::path::PathBuf,
+        file: String,
+    },
+    #[error("backend=xdna: the NPU could not be used: {0}")]
+    XdnaDevice(String),
     #[error("precision={0} is not available yet on the {1} backend; use precision=f32")]
     PrecisionUnavailable(Precision, BackendKind),
 }
 
 /// Opens the engine for a backend choice and precision; `Auto` falls back to the CPU.
+///
+/// The XDNA2 engine computes in int8 only: `Xdna` (and `Auto` when it finds a usable NPU, see
+/// [`xdna`]) runs int8 whatever the precision asked for, and its engine reports `Int8`.
 pub fn open_engine(
     choice: BackendChoice,
     precision: Precision,
 ) -> Result<Arc<dyn Engine>, EngineError> {
+    if choice == BackendChoice::Auto {
+        // The NPU when device, shim and kernel binaries are all there and load; else the CPU.
+        if let Ok(engine) = xdna::XdnaEngine::open_auto() {
+            return Ok(Arc::new(engine));
+        }
+    }
     match (choice, precision) {
-        (BackendChoice::Xdna, _) => Err(EngineError::XdnaUnavailable),
+        (BackendChoice::Xdna, _) => Ok(Arc::new(xdna::XdnaEngine::open(
+            &xdna::XdnaConfig::from_env(),
+        )?)),
         (BackendChoice::Auto | BackendChoice::Cpu, Precision::F32) => {
             Ok(Arc::new(cpu::CpuF32Engine::new()))
         }

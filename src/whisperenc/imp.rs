@@ -1,8 +1,11 @@
-//! The element: cuts audio into 10.24 s windows on the streaming thread and encodes them on the
+//! The element: cuts audio into chunks on the streaming thread and runs Whisper on them on the
 //! source pad's task, so that upstream (a live source above all) is never held up by inference.
 //!
-//! Data flow: sink chain -> adapter (float32 samples) -> full windows into a bounded queue, with the
-//! serialized events between them in stream order -> src task: mel + encoder -> push downstream.
+//! Data flow: sink chain -> adapter (float32 samples) -> chunks into a bounded queue, with the
+//! serialized events between them in stream order -> src task -> push downstream. In embeddings
+//! mode a chunk is a 10.24 s window (mel + encoder -> one tensor buffer); in transcription mode a
+//! chunk is 1 s of audio for the transcriber, which decodes a window whenever it has a full one past
+//! its seek position (so text does not wait for a fixed window grid).
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -13,10 +16,13 @@ use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
-use super::{Backend, Mode, Precision};
+use super::messages::{segment_message, TimingReport};
+use super::{Backend, Mode, Precision, Task};
 use crate::mel::{SAMPLE_RATE, WINDOW_SAMPLES};
+use crate::model::WhisperModel;
 use crate::npu;
 use crate::npu::BackendChoice;
+use crate::transcribe::{self, TranscribeError, TranscribeOptions, Transcriber};
 use crate::window::{EncoderOptions, SetupError, WindowEncoder};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -27,10 +33,11 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     )
 });
 
-const WINDOW_BYTES: usize = WINDOW_SAMPLES * std::mem::size_of::<f32>();
-/// Windows waiting for the encoder before the streaming thread waits: enough to ride out a slow
-/// window, small enough to bound memory (each is 640 KiB).
-const QUEUE_WINDOWS: usize = 2;
+/// Audio handed to the transcriber at a time.
+const TRANSCRIPTION_CHUNK_SAMPLES: usize = 16_000;
+/// Audio waiting for the src task before the streaming thread waits: two windows, enough to ride
+/// out a slow window, small enough to bound memory (each is 640 KiB).
+const QUEUE_SAMPLES: usize = 2 * WINDOW_SAMPLES;
 /// A timestamp jump larger than this is a hole in the stream, filled with silence.
 const DISCONT_TOLERANCE: gst::ClockTime = gst::ClockTime::from_mseconds(40);
 
@@ -59,6 +66,11 @@ struct Settings {
     backend: Backend,
     precision: Precision,
     threads: u32,
+    language: Option<String>,
+    task: Task,
+    beam_size: u32,
+    previous_text_prompt: bool,
+    latency_ms: u32,
 }
 
 impl Default for Settings {
@@ -69,6 +81,11 @@ impl Default for Settings {
             backend: Backend::default(),
             precision: Precision::default(),
             threads: 0,
+            language: None,
+            task: Task::default(),
+            beam_size: 1,
+            previous_text_prompt: true,
+            latency_ms: 0,
         }
     }
 }
@@ -86,10 +103,20 @@ enum Item {
     Event(gst::Event),
 }
 
+impl Item {
+    fn samples(&self) -> usize {
+        match self {
+            Item::Window(w) => w.audio.size() / std::mem::size_of::<f32>(),
+            Item::Event(_) => 0,
+        }
+    }
+}
+
 /// The hand-off between the streaming thread and the src task.
 struct Queue {
     items: VecDeque<Item>,
-    windows: usize,
+    /// Samples in the queued chunks.
+    samples: usize,
     flushing: bool,
     /// What the last push downstream returned, handed back to upstream by the chain function.
     last_flow: Result<gst::FlowSuccess, gst::FlowError>,
@@ -104,8 +131,9 @@ struct Stream {
     base_pts: Option<gst::ClockTime>,
     /// Samples received (real or silence for gaps) since `base_pts`.
     samples_in: u64,
-    /// Windows handed to the encoder since `base_pts`.
+    /// Chunks handed to the src task since `base_pts`, and the samples in them.
     windows_out: u64,
+    samples_out: u64,
 }
 
 impl Stream {
@@ -118,16 +146,43 @@ impl Stream {
         self.base_pts = None;
         self.samples_in = 0;
         self.windows_out = 0;
+        self.samples_out = 0;
     }
 }
 
-/// What the loaded model can do, kept for caps and latency.
+/// What the loaded model can do, kept for caps, chunking and latency.
 #[derive(Clone, Copy)]
 struct Loaded {
+    mode: Mode,
     d_model: usize,
     positions: usize,
     /// Measured time to encode one window at load (the warm-up run).
     processing: gst::ClockTime,
+}
+
+impl Loaded {
+    fn chunk_bytes(&self) -> usize {
+        let samples = match self.mode {
+            Mode::Embeddings => WINDOW_SAMPLES,
+            Mode::Transcription => TRANSCRIPTION_CHUNK_SAMPLES,
+        };
+        samples * std::mem::size_of::<f32>()
+    }
+}
+
+/// What the src task runs chunks through.
+enum Processor {
+    Embeddings(WindowEncoder),
+    Transcription(Box<TextOutput>),
+}
+
+/// The transcriber and where its output stands in stream time.
+struct TextOutput {
+    transcriber: Transcriber,
+    /// Stream time of the transcriber's sample 0 (the first chunk since start or flush).
+    base_pts: Option<gst::ClockTime>,
+    /// Text and gaps have been pushed up to here.
+    position: Option<gst::ClockTime>,
 }
 
 pub struct WhisperEncNpu {
@@ -137,7 +192,7 @@ pub struct WhisperEncNpu {
     stream: Mutex<Stream>,
     queue: Mutex<Queue>,
     queue_cond: Condvar,
-    encoder: Mutex<Option<WindowEncoder>>,
+    processor: Mutex<Option<Processor>>,
     loaded: Mutex<Option<Loaded>>,
 }
 
@@ -145,7 +200,7 @@ impl Default for Queue {
     fn default() -> Self {
         Self {
             items: VecDeque::new(),
-            windows: 0,
+            samples: 0,
             flushing: true,
             last_flow: Ok(gst::FlowSuccess::Ok),
         }
@@ -155,20 +210,18 @@ impl Default for Queue {
 impl WhisperEncNpu {
     // ---- hand-off queue -------------------------------------------------------------------
 
-    /// Queues an item for the src task, waiting while the queue holds too many windows.
+    /// Queues an item for the src task, waiting while the queue holds too much audio.
     fn enqueue(&self, item: Item) -> Result<gst::FlowSuccess, gst::FlowError> {
         let mut q = self.queue.lock().unwrap();
-        let is_window = matches!(item, Item::Window(_));
-        while is_window && q.windows >= QUEUE_WINDOWS && !q.flushing {
+        let samples = item.samples();
+        while samples > 0 && q.samples + samples > QUEUE_SAMPLES && q.samples > 0 && !q.flushing {
             q = self.queue_cond.wait(q).unwrap();
         }
         if q.flushing {
             return Err(gst::FlowError::Flushing);
         }
         q.last_flow?;
-        if is_window {
-            q.windows += 1;
-        }
+        q.samples += samples;
         q.items.push_back(item);
         self.queue_cond.notify_all();
         Ok(gst::FlowSuccess::Ok)
@@ -189,7 +242,7 @@ impl WhisperEncNpu {
                     }
                 }
             }
-            q.windows = 0;
+            q.samples = 0;
         } else {
             q.last_flow = Ok(gst::FlowSuccess::Ok);
         }
@@ -230,9 +283,7 @@ impl WhisperEncNpu {
                 return;
             }
             let item = q.items.pop_front().unwrap();
-            if matches!(item, Item::Window(_)) {
-                q.windows -= 1;
-            }
+            q.samples -= item.samples();
             self.queue_cond.notify_all();
             item
         };
@@ -240,14 +291,19 @@ impl WhisperEncNpu {
         let flow = match item {
             Item::Event(event) => {
                 let is_eos = event.type_() == gst::EventType::Eos;
+                let drained = if is_eos {
+                    self.finish_transcription()
+                } else {
+                    Ok(gst::FlowSuccess::Ok)
+                };
                 self.srcpad.push_event(event);
-                if is_eos {
+                drained.and(if is_eos {
                     Err(gst::FlowError::Eos)
                 } else {
                     Ok(gst::FlowSuccess::Ok)
-                }
+                })
             }
-            Item::Window(window) => self.encode_and_push(window),
+            Item::Window(window) => self.process(window),
         };
 
         if let Err(err) = flow {
@@ -270,83 +326,164 @@ impl WhisperEncNpu {
 
     // ---- the work itself ------------------------------------------------------------------
 
-    fn encode_and_push(&self, window: Window) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let started = Instant::now();
-        let map = window.audio.map_readable().map_err(|_| {
-            gst::element_imp_error!(self, gst::StreamError::Failed, ("Can't map audio"));
-            gst::FlowError::Error
-        })?;
-        let samples: Vec<f32> = map
-            .chunks_exact(4)
-            .map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        drop(map);
-
-        let mut guard = self.encoder.lock().unwrap();
-        let Some(encoder) = guard.as_mut() else {
-            return Err(gst::FlowError::Flushing);
+    fn process(&self, window: Window) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let samples = {
+            let map = window.audio.map_readable().map_err(|_| {
+                gst::element_imp_error!(self, gst::StreamError::Failed, ("Can't map audio"));
+                gst::FlowError::Error
+            })?;
+            map.chunks_exact(4)
+                .map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                .collect::<Vec<f32>>()
         };
-        let (embeddings, timing) = encoder.encode(&samples);
-        let (backend, precision) = (encoder.backend(), encoder.precision());
-        drop(guard);
-
-        let bytes: Vec<u8> = embeddings
-            .as_standard_layout()
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
-        let mut buffer = gst::Buffer::from_mut_slice(bytes);
-        {
-            let buffer = buffer.get_mut().unwrap();
-            buffer.set_pts(window.pts);
-            buffer.set_duration(window_duration());
-            buffer.set_offset(window.index);
-            if window.index == 0 {
-                buffer.set_flags(gst::BufferFlags::DISCONT);
+        let mut guard = self.processor.lock().unwrap();
+        match guard.as_mut() {
+            None => Err(gst::FlowError::Flushing),
+            Some(Processor::Embeddings(encoder)) => {
+                let started = Instant::now();
+                let (embeddings, timing) = encoder.encode(&samples);
+                let timing = TimingReport {
+                    index: window.index,
+                    pts: window.pts,
+                    audio: samples_to_time(samples.len() as u64),
+                    mel: timing.mel,
+                    encoder: timing.encoder,
+                    decoder: None,
+                    processing: started.elapsed(),
+                    backend: encoder.backend(),
+                    precision: encoder.precision(),
+                };
+                drop(guard);
+                self.post(timing.message());
+                let bytes: Vec<u8> = embeddings
+                    .as_standard_layout()
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect();
+                let mut buffer = gst::Buffer::from_mut_slice(bytes);
+                {
+                    let buffer = buffer.get_mut().unwrap();
+                    buffer.set_pts(window.pts);
+                    buffer.set_duration(window_duration());
+                    buffer.set_offset(window.index);
+                    if window.index == 0 {
+                        buffer.set_flags(gst::BufferFlags::DISCONT);
+                    }
+                }
+                self.srcpad.push(buffer)
+            }
+            Some(Processor::Transcription(text)) => {
+                if text.base_pts.is_none() {
+                    text.base_pts = Some(window.pts);
+                    text.position = Some(window.pts);
+                }
+                text.transcriber.push_audio(&samples);
+                loop {
+                    let started = Instant::now();
+                    let Some(result) = text.transcriber.next_window() else {
+                        return Ok(gst::FlowSuccess::Ok);
+                    };
+                    self.push_text(text, result, started.elapsed())?;
+                }
             }
         }
+    }
 
-        let processing = started.elapsed();
-        let audio_duration = samples_to_time(samples.len() as u64);
-        let processing_time = gst::ClockTime::from_nseconds(processing.as_nanos() as u64);
-        let s = gst::Structure::builder("whisperencnpu-timing")
-            .field("window", window.index)
-            .field("pts", window.pts)
-            .field("audio-duration", audio_duration)
-            .field(
-                "mel-time",
-                gst::ClockTime::from_nseconds(timing.mel.as_nanos() as u64),
-            )
-            .field(
-                "encoder-time",
-                gst::ClockTime::from_nseconds(timing.encoder.as_nanos() as u64),
-            )
-            .field("processing-time", processing_time)
-            .field(
-                "realtime-factor",
-                audio_duration.nseconds() as f64 / processing_time.nseconds().max(1) as f64,
-            )
-            .field("backend", backend.nick())
-            .field("precision", precision.nick())
-            .build();
-        gst::debug!(CAT, imp = self, "window {}: {s:?}", window.index);
+    /// At EOS in transcription mode: decodes what is left and pushes all of it.
+    fn finish_transcription(&self) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let mut guard = self.processor.lock().unwrap();
+        let Some(Processor::Transcription(text)) = guard.as_mut() else {
+            return Ok(gst::FlowSuccess::Ok);
+        };
+        let started = Instant::now();
+        let results = text.transcriber.finish();
+        let per_window = started.elapsed() / results.len().max(1) as u32;
+        for result in results {
+            self.push_text(text, result, per_window)?;
+        }
+        text.base_pts = None;
+        Ok(gst::FlowSuccess::Ok)
+    }
+
+    /// Pushes one decoded window's segments as text buffers, with GAP events over the silences
+    /// between them and up to where the transcriber has moved on.
+    fn push_text(
+        &self,
+        text: &mut TextOutput,
+        result: transcribe::WindowResult,
+        processing: std::time::Duration,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let base = text.base_pts.unwrap_or(gst::ClockTime::ZERO);
+        let at = |sample: u64| base + samples_to_time(sample);
+        let timing = TimingReport {
+            index: result.index,
+            pts: at(result.start_sample),
+            audio: samples_to_time(result.audio_samples as u64),
+            mel: result.timing.mel,
+            encoder: result.timing.encoder,
+            decoder: Some(result.timing.decoder),
+            processing,
+            backend: text.transcriber.encoder().backend(),
+            precision: text.transcriber.encoder().precision(),
+        };
+        self.post(timing.message());
+
+        let mut position = text.position.unwrap_or(base);
+        for segment in &result.segments {
+            let start = at(segment.start_sample).max(position);
+            let end = at(segment.end_sample).max(start);
+            if start > position {
+                self.srcpad.push_event(
+                    gst::event::Gap::builder(position)
+                        .duration(start - position)
+                        .build(),
+                );
+            }
+            let words = segment.text.trim();
+            self.post(segment_message(segment, words, start, end));
+            let mut buffer = gst::Buffer::from_mut_slice(words.as_bytes().to_vec());
+            {
+                let buffer = buffer.get_mut().unwrap();
+                buffer.set_pts(start);
+                buffer.set_duration(end - start);
+            }
+            self.srcpad.push(buffer)?;
+            // What gst-plugins-rs transcribers send after a final transcript (textaccumulate
+            // drains on it).
+            self.srcpad.push_event(
+                gst::event::CustomDownstream::builder(
+                    gst::Structure::builder("rstranscribe/final-transcript").build(),
+                )
+                .build(),
+            );
+            position = end;
+        }
+        // Audio before the next window's start is settled: keep downstream's time moving.
+        let settled = at(result.next_seek);
+        if settled > position {
+            self.srcpad.push_event(
+                gst::event::Gap::builder(position)
+                    .duration(settled - position)
+                    .build(),
+            );
+            position = settled;
+        }
+        text.position = Some(position);
+        Ok(gst::FlowSuccess::Ok)
+    }
+
+    fn post(&self, s: gst::Structure) {
+        gst::debug!(CAT, imp = self, "{s:?}");
         let _ = self
             .obj()
             .post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
-
-        self.srcpad.push(buffer)
     }
 
-    /// Loads the model and warms the encoder up once (first-window allocations, and a measure
-    /// of the processing time that the latency query reports).
+    /// Loads the model (once per READY->PAUSED) and warms the encoder up on one window: the first
+    /// window's allocations happen here, and its time is the processing bound the latency query
+    /// reports.
     fn load(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
-        if settings.mode == Mode::Transcription {
-            return Err(gst::error_msg!(
-                gst::CoreError::NotImplemented,
-                ("mode=transcription is not implemented yet; use mode=embeddings")
-            ));
-        }
         let options = EncoderOptions {
             backend: match settings.backend {
                 Backend::Auto => BackendChoice::Auto,
@@ -365,43 +502,81 @@ impl WhisperEncNpu {
             "loading {} with {options:?}",
             settings.model.display()
         );
-        let mut encoder =
-            WindowEncoder::load(&settings.model, &options).map_err(|err| match err {
-                SetupError::Model(err) => gst::error_msg!(
-                    gst::ResourceError::OpenRead,
-                    (
-                        "Could not load the Whisper model from '{}': {err}",
-                        settings.model.display()
-                    )
-                ),
-                other => gst::error_msg!(gst::LibraryError::Init, ("{other}")),
-            })?;
+        let model_error = |err: &dyn std::fmt::Display| {
+            gst::error_msg!(
+                gst::ResourceError::OpenRead,
+                (
+                    "Could not load the Whisper model from '{}': {err}",
+                    settings.model.display()
+                )
+            )
+        };
+        let model = WhisperModel::load(&settings.model).map_err(|e| model_error(&e))?;
+        let setup_error = |err: SetupError| match err {
+            SetupError::Model(err) => model_error(&err),
+            other => gst::error_msg!(gst::LibraryError::Init, ("{other}")),
+        };
+        let mut encoder = WindowEncoder::new(&model, &options).map_err(setup_error)?;
+
         let started = Instant::now();
         let _ = encoder.encode(&[]);
         let processing = gst::ClockTime::from_nseconds(started.elapsed().as_nanos() as u64);
+        let loaded = Loaded {
+            mode: settings.mode,
+            d_model: encoder.d_model(),
+            positions: encoder.positions(),
+            processing,
+        };
         gst::info!(
             CAT,
             imp = self,
             "model loaded: d_model {}, {} positions, {} per window on {} {}",
-            encoder.d_model(),
-            encoder.positions(),
+            loaded.d_model,
+            loaded.positions,
             processing,
             encoder.backend().nick(),
             encoder.precision().nick()
         );
-        *self.loaded.lock().unwrap() = Some(Loaded {
-            d_model: encoder.d_model(),
-            positions: encoder.positions(),
-            processing,
-        });
-        *self.encoder.lock().unwrap() = Some(encoder);
+
+        let processor = match settings.mode {
+            Mode::Embeddings => Processor::Embeddings(encoder),
+            Mode::Transcription => {
+                let transcribe_options = TranscribeOptions {
+                    language: settings.language.clone(),
+                    task: match settings.task {
+                        Task::Transcribe => transcribe::Task::Transcribe,
+                        Task::Translate => transcribe::Task::Translate,
+                    },
+                    beam_size: settings.beam_size as usize,
+                    use_prompt: settings.previous_text_prompt,
+                    decoder_threads: settings.threads as usize,
+                    ..Default::default()
+                };
+                let transcriber = Transcriber::with_encoder(&model, encoder, transcribe_options)
+                    .map_err(|err| match err {
+                        TranscribeError::Setup(err) => setup_error(err),
+                        TranscribeError::Model(err) => model_error(&err),
+                        other => gst::error_msg!(gst::LibraryError::Settings, ("{other}")),
+                    })?;
+                Processor::Transcription(Box::new(TextOutput {
+                    transcriber,
+                    base_pts: None,
+                    position: None,
+                }))
+            }
+        };
+        *self.loaded.lock().unwrap() = Some(loaded);
+        *self.processor.lock().unwrap() = Some(processor);
         Ok(())
     }
 
     fn src_caps(&self) -> Option<gst::Caps> {
         let loaded = (*self.loaded.lock().unwrap())?;
-        Some(
-            gst::Caps::builder("other/tensors")
+        Some(match loaded.mode {
+            Mode::Transcription => gst::Caps::builder("text/x-raw")
+                .field("format", "utf8")
+                .build(),
+            Mode::Embeddings => gst::Caps::builder("other/tensors")
                 .field("format", "static")
                 .field("num_tensors", 1i32)
                 .field("types", "float32")
@@ -415,20 +590,31 @@ impl WhisperEncNpu {
                     gst::Fraction::new(SAMPLE_RATE as i32, WINDOW_SAMPLES as i32),
                 )
                 .build(),
-        )
+        })
     }
 
-    /// Our own latency: a window must be complete before it is encoded, and encoding it takes a
-    /// measured time. The bound is twice the warm-up measure, never more than a window (beyond
-    /// that the element could not keep up with a live source anyway).
+    /// Our own latency, from what is known before any data flows. Embeddings: a window must be
+    /// complete before it is encoded, and encoding it takes a measured time (twice the warm-up
+    /// window, at most a window: beyond that the element could not keep up with a live source).
+    /// Transcription: a window plus a chunk must be buffered past the seek position, which is never
+    /// after the text's start; decoding time is only bounded by a window (the realtime limit) unless
+    /// the `latency` property says how long processing may take.
     fn own_latency(&self) -> gst::ClockTime {
-        let processing = self
-            .loaded
-            .lock()
-            .unwrap()
-            .map(|l| (l.processing * 2).min(window_duration()))
-            .unwrap_or_else(window_duration);
-        window_duration() + processing
+        let settings = self.settings.lock().unwrap();
+        let loaded = *self.loaded.lock().unwrap();
+        let configured = (settings.latency_ms > 0)
+            .then(|| gst::ClockTime::from_mseconds(settings.latency_ms as u64));
+        match settings.mode {
+            Mode::Embeddings => {
+                let measured = loaded.map(|l| (l.processing * 2).min(window_duration()));
+                window_duration() + configured.or(measured).unwrap_or_else(window_duration)
+            }
+            Mode::Transcription => {
+                window_duration()
+                    + samples_to_time(TRANSCRIPTION_CHUNK_SAMPLES as u64)
+                    + configured.unwrap_or_else(window_duration)
+            }
+        }
     }
 
     // ---- sink side ------------------------------------------------------------------------
@@ -493,8 +679,11 @@ impl WhisperEncNpu {
         &'a self,
         mut stream: std::sync::MutexGuard<'a, Stream>,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
-        while stream.adapter.available() >= WINDOW_BYTES {
-            let window = self.take_window(&mut stream, WINDOW_BYTES)?;
+        let Some(chunk_bytes) = self.loaded.lock().unwrap().map(|l| l.chunk_bytes()) else {
+            return Err(gst::FlowError::Flushing);
+        };
+        while stream.adapter.available() >= chunk_bytes {
+            let window = self.take_window(&mut stream, chunk_bytes)?;
             // Never wait for the src task while holding the stream lock.
             drop(stream);
             self.enqueue(Item::Window(window))?;
@@ -509,9 +698,10 @@ impl WhisperEncNpu {
             .take_buffer(bytes)
             .map_err(|_| gst::FlowError::Error)?;
         let index = stream.windows_out;
-        let pts = stream.base_pts.unwrap_or(gst::ClockTime::ZERO)
-            + samples_to_time(index * WINDOW_SAMPLES as u64);
+        let pts =
+            stream.base_pts.unwrap_or(gst::ClockTime::ZERO) + samples_to_time(stream.samples_out);
         stream.windows_out += 1;
+        stream.samples_out += (bytes / std::mem::size_of::<f32>()) as u64;
         Ok(Window { index, pts, audio })
     }
 
@@ -539,6 +729,14 @@ impl WhisperEncNpu {
             }
             EventView::FlushStop(_) => {
                 self.stream.lock().unwrap().reset();
+                // The src task is paused: nothing else holds the processor.
+                if let Some(Processor::Transcription(text)) =
+                    self.processor.lock().unwrap().as_mut()
+                {
+                    text.transcriber.reset(0);
+                    text.base_pts = None;
+                    text.position = None;
+                }
                 let res = self.srcpad.push_event(event);
                 self.set_flushing(false);
                 if let Err(err) = self.start_task() {
@@ -708,7 +906,7 @@ impl ObjectSubclass for WhisperEncNpu {
             stream: Mutex::new(Stream::default()),
             queue: Mutex::new(Queue::default()),
             queue_cond: Condvar::new(),
-            encoder: Mutex::new(None),
+            processor: Mutex::new(None),
             loaded: Mutex::new(None),
         }
     }
@@ -750,6 +948,51 @@ impl ObjectImpl for WhisperEncNpu {
                     .default_value(defaults.threads)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecString::builder("language")
+                    .nick("Language")
+                    .blurb(
+                        "Spoken language as a Whisper code (en, de, ...); unset detects it \
+                         (multilingual models; English-only models ignore it)",
+                    )
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("language-code")
+                    .nick("Language code")
+                    .blurb(
+                        "Spoken language as a BCP 47 tag (en-US): the language property by the \
+                         name transcriberbin sets",
+                    )
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("task", defaults.task)
+                    .nick("Task")
+                    .blurb("Transcribe in the spoken language, or translate to English")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("beam-size")
+                    .nick("Beam size")
+                    .blurb("Beam search width in transcription mode (1 = greedy decoding)")
+                    .minimum(1)
+                    .maximum(16)
+                    .default_value(defaults.beam_size)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("previous-text-prompt")
+                    .nick("Previous text as prompt")
+                    .blurb("Give the previous window's text to the decoder as context")
+                    .default_value(defaults.previous_text_prompt)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("latency")
+                    .nick("Processing latency")
+                    .blurb(
+                        "How long processing one window may take, in ms, for the latency query \
+                         (0 = automatic: measured in embeddings mode, a window in transcription \
+                         mode)",
+                    )
+                    .default_value(defaults.latency_ms)
+                    .mutable_ready()
+                    .build(),
             ]
         });
         PROPERTIES.as_ref()
@@ -769,6 +1012,19 @@ impl ObjectImpl for WhisperEncNpu {
             "backend" => settings.backend = value.get().unwrap(),
             "precision" => settings.precision = value.get().unwrap(),
             "threads" => settings.threads = value.get().unwrap(),
+            "language" => settings.language = value.get::<Option<String>>().unwrap(),
+            // "en-US" -> "en": Whisper knows languages, not regions.
+            "language-code" => {
+                settings.language = value
+                    .get::<Option<String>>()
+                    .unwrap()
+                    .and_then(|tag| tag.split(['-', '_']).next().map(str::to_lowercase))
+                    .filter(|code| !code.is_empty())
+            }
+            "task" => settings.task = value.get().unwrap(),
+            "beam-size" => settings.beam_size = value.get().unwrap(),
+            "previous-text-prompt" => settings.previous_text_prompt = value.get().unwrap(),
+            "latency" => settings.latency_ms = value.get().unwrap(),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -781,6 +1037,11 @@ impl ObjectImpl for WhisperEncNpu {
             "backend" => settings.backend.to_value(),
             "precision" => settings.precision.to_value(),
             "threads" => settings.threads.to_value(),
+            "language" | "language-code" => settings.language.to_value(),
+            "task" => settings.task.to_value(),
+            "beam-size" => settings.beam_size.to_value(),
+            "previous-text-prompt" => settings.previous_text_prompt.to_value(),
+            "latency" => settings.latency_ms.to_value(),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -801,8 +1062,8 @@ impl ElementImpl for WhisperEncNpu {
             gst::subclass::ElementMetadata::new(
                 "Whisper encoder (CPU / XDNA2 NPU)",
                 "Filter/Audio/Analyzer",
-                "Runs Whisper's log-mel front end and encoder on 10.24 s windows of 16 kHz mono \
-                 audio and pushes the encoder embeddings",
+                "Runs Whisper on 10.24 s windows of 16 kHz mono audio and pushes the encoder \
+                 embeddings or the transcribed text",
                 "whisperencnpu developers",
             )
         });
@@ -816,11 +1077,16 @@ impl ElementImpl for WhisperEncNpu {
                 .rate(SAMPLE_RATE as i32)
                 .channels(1)
                 .build();
-            let src_caps = gst::Caps::builder("other/tensors")
+            let mut src_caps = gst::Caps::builder("other/tensors")
                 .field("format", "static")
                 .field("num_tensors", 1i32)
                 .field("types", "float32")
                 .build();
+            src_caps.merge(
+                gst::Caps::builder("text/x-raw")
+                    .field("format", "utf8")
+                    .build(),
+            );
             vec![
                 gst::PadTemplate::new(
                     "sink",
@@ -878,7 +1144,7 @@ impl ElementImpl for WhisperEncNpu {
                 stream.reset();
                 stream.info = None;
                 drop(stream);
-                *self.encoder.lock().unwrap() = None;
+                *self.processor.lock().unwrap() = None;
                 *self.loaded.lock().unwrap() = None;
             }
             _ => {}

@@ -4,6 +4,7 @@ use gst::glib;
 use gst::prelude::*;
 
 mod imp;
+mod messages;
 
 /// What the element pushes downstream.
 #[derive(Debug, Eq, PartialEq, Clone, Copy, Default, glib::Enum)]
@@ -48,6 +49,18 @@ pub enum Precision {
     Int8 = 1,
 }
 
+/// Transcription task (multilingual models).
+#[derive(Debug, Eq, PartialEq, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstWhisperEncNpuTask")]
+pub enum Task {
+    #[default]
+    #[enum_value(name = "Transcribe in the spoken language", nick = "transcribe")]
+    Transcribe = 0,
+    #[enum_value(name = "Translate to English", nick = "translate")]
+    Translate = 1,
+}
+
 glib::wrapper! {
     pub struct WhisperEncNpu(ObjectSubclass<imp::WhisperEncNpu>) @extends gst::Element, gst::Object;
 }
@@ -56,6 +69,7 @@ pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     Mode::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     Backend::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     Precision::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    Task::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(
         Some(plugin),
         "whisperencnpu",

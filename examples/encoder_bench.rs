@@ -1,0 +1,164 @@
+//! Times the encoder on one window of log-mel frames and prints the times as JSON; driven by
+//! `scripts/bench-vs-ct2`, usable by hand.
+//!
+//! ```sh
+//! cargo run --release --example encoder_bench -- --model base --precision int8 --threads 2 \
+//!     --mel ../shared/golden/mel_jfk.npy --runs 30 [--save out.npy] [--serve]
+//! ```
+//!
+//! Without `--serve`: `--warmup` untimed runs, then `--runs` timed ones, one JSON line
+//! `{"model":..,"precision":..,"threads":..,"times_ms":[..],"median_ms":..}`.
+//! With `--serve`: after the warm-up prints `{"ready":true,..}` and then reads commands on stdin,
+//! one a line: `run` encodes once and prints `{"ms":..}`, `quit` (or end of input) exits. A driver
+//! can so interleave our runs with another engine's, in one process each, sharing the machine's
+//! noise. `--save PATH` writes the output of the last run as float32 `.npy`.
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use gstwhisperencnpu::model::{default_models_root, Encoder, WhisperModel};
+use gstwhisperencnpu::npu::{open_engine, BackendChoice, Precision};
+use ndarray::Array2;
+
+struct Args {
+    model: PathBuf,
+    precision: Precision,
+    threads: usize,
+    mel: PathBuf,
+    runs: usize,
+    warmup: usize,
+    save: Option<PathBuf>,
+    serve: bool,
+}
+
+fn usage() -> &'static str {
+    "usage: encoder_bench [--model NAME|DIR] [--precision f32|int8] [--threads N] [--mel FILE.npy] \
+     [--runs N] [--warmup N] [--save OUT.npy] [--serve]"
+}
+
+fn parse() -> Result<Args, String> {
+    let shared = std::env::var_os("WHISPERENCNPU_SHARED")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"));
+    let mut a = Args {
+        model: PathBuf::from("base"),
+        precision: Precision::F32,
+        threads: 2,
+        mel: shared.join("golden/mel_jfk.npy"),
+        runs: 30,
+        warmup: 3,
+        save: None,
+        serve: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--model" => a.model = PathBuf::from(value()?),
+            "--precision" => {
+                a.precision = match value()?.as_str() {
+                    "f32" | "float32" => Precision::F32,
+                    "int8" => Precision::Int8,
+                    p => return Err(format!("unknown precision {p:?}")),
+                }
+            }
+            "--threads" => a.threads = value()?.parse().map_err(|e| format!("--threads: {e}"))?,
+            "--mel" => a.mel = PathBuf::from(value()?),
+            "--runs" => a.runs = value()?.parse().map_err(|e| format!("--runs: {e}"))?,
+            "--warmup" => a.warmup = value()?.parse().map_err(|e| format!("--warmup: {e}"))?,
+            "--save" => a.save = Some(PathBuf::from(value()?)),
+            "--serve" => a.serve = true,
+            "-h" | "--help" => return Err(usage().to_string()),
+            other => return Err(format!("unknown argument {other:?}\n{}", usage())),
+        }
+    }
+    // A bare name is an installed model (scripts/fetch-models).
+    if !a.model.is_dir() && a.model.components().count() == 1 {
+        a.model = default_models_root().join(&a.model);
+    }
+    Ok(a)
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => 0.5 * (s[n / 2 - 1] + s[n / 2]),
+    }
+}
+
+fn run(a: &Args) -> Result<(), String> {
+    if !a.model.join("model.bin").is_file() {
+        return Err(format!(
+            "no model in {}: run scripts/fetch-models (or set WHISPERENCNPU_MODELS)",
+            a.model.display()
+        ));
+    }
+    let model = WhisperModel::load(&a.model).map_err(|e| e.to_string())?;
+    let mel: Array2<f32> = ndarray_npy::read_npy(&a.mel)
+        .map_err(|e| format!("reading mel {}: {e}", a.mel.display()))?;
+    let engine = open_engine(BackendChoice::Cpu, a.precision).map_err(|e| e.to_string())?;
+    let mut encoder = Encoder::new(&model, engine, a.threads).map_err(|e| e.to_string())?;
+    let mut out = Array2::<f32>::zeros((Encoder::positions_for(mel.ncols()), encoder.d_model()));
+    let mut once = |out: &mut Array2<f32>| -> Result<f64, String> {
+        let t = Instant::now();
+        encoder
+            .forward_into(mel.view(), out.view_mut())
+            .map_err(|e| e.to_string())?;
+        Ok(t.elapsed().as_secs_f64() * 1e3)
+    };
+    for _ in 0..a.warmup {
+        once(&mut out)?;
+    }
+    let name = a.model.file_name().unwrap_or_default().to_string_lossy();
+    let head = format!(
+        "\"model\":\"{name}\",\"precision\":\"{}\",\"threads\":{}",
+        a.precision, a.threads
+    );
+    let stdout = std::io::stdout();
+    if a.serve {
+        writeln!(stdout.lock(), "{{\"ready\":true,{head}}}").map_err(|e| e.to_string())?;
+        for line in std::io::stdin().lock().lines() {
+            let line = line.map_err(|e| e.to_string())?;
+            match line.trim() {
+                "run" => {
+                    let ms = once(&mut out)?;
+                    writeln!(stdout.lock(), "{{\"ms\":{ms:.4}}}").map_err(|e| e.to_string())?;
+                }
+                "quit" => break,
+                "" => {}
+                other => return Err(format!("unknown command {other:?}")),
+            }
+        }
+    } else {
+        let times = (0..a.runs)
+            .map(|_| once(&mut out))
+            .collect::<Result<Vec<f64>, String>>()?;
+        let list: Vec<String> = times.iter().map(|t| format!("{t:.4}")).collect();
+        writeln!(
+            stdout.lock(),
+            "{{{head},\"times_ms\":[{}],\"median_ms\":{:.4}}}",
+            list.join(","),
+            median(&times)
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    if let Some(path) = &a.save {
+        ndarray_npy::write_npy(path, &out).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match parse().and_then(|a| run(&a)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("encoder_bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

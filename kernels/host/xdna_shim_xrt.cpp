@@ -1,0 +1,212 @@
+// xdna_shim_xrt.cpp: the xdna_shim.h ABI over XRT's C++ API, for the XDNA / XDNA2 NPU
+// (amdxdna driver). Needs an XRT with hardware contexts (xrt::hw_context, 2.16 or newer; the
+// Ryzen AI / amdxdna builds have it).
+//
+// The flow XDNA needs: open xrt::device, read the xclbin, device.register_xclbin(xclbin), make an
+// xrt::hw_context for its uuid, take the xrt::kernel by name from that context, allocate xrt::bo
+// in the memory group of each kernel argument (instructions: group_id(1); A, B, C: 3, 4, 5), and
+// run with opcode 3 (the NPU's "run a DPU instruction sequence"):
+//     run = kernel(3, instructions, n_words, a, b, c); run.wait();
+//
+// Build: make -C kernels shim (or see kernels/README.md).
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <list>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "xrt/xrt_bo.h"
+#include "xrt/xrt_device.h"
+#include "xrt/xrt_hw_context.h"
+#include "xrt/xrt_kernel.h"
+#include "xrt/experimental/xrt_xclbin.h"
+
+#include "xdna_shim.h"
+
+namespace {
+
+thread_local std::string last_error;
+
+constexpr int kOpcodeRunInstructions = 3;
+constexpr int kArgInstructions = 1;
+constexpr int kArgA = 3;
+
+// The instruction sequence: binary little-endian 32-bit words, or (".txt") one hex word a line.
+std::vector<uint32_t> read_instructions(const std::string &path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    throw std::runtime_error("cannot open instruction file '" + path + "': " + std::strerror(errno));
+  std::vector<uint32_t> words;
+  if (path.size() > 4 && path.compare(path.size() - 4, 4, ".txt") == 0) {
+    std::string line;
+    while (std::getline(in, line))
+      if (!line.empty())
+        words.push_back(static_cast<uint32_t>(std::stoul(line, nullptr, 16)));
+  } else {
+    std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (bytes.size() % 4 != 0)
+      throw std::runtime_error("instruction file '" + path + "' is not a whole number of words");
+    words.resize(bytes.size() / 4);
+    std::memcpy(words.data(), bytes.data(), bytes.size());
+  }
+  if (words.empty())
+    throw std::runtime_error("instruction file '" + path + "' is empty");
+  return words;
+}
+
+}  // namespace
+
+struct xdna_buffer {
+  xdna_device *dev;
+  xdna_buffer_role role;
+  xrt::bo bo;
+};
+
+struct xdna_kernel {
+  xdna_device *dev;
+  xdna_gemm_shape shape;
+  std::string name;
+  xrt::kernel kernel;
+  xrt::bo instructions;
+  uint32_t n_words;
+};
+
+struct xdna_device {
+  xrt::device device;
+  // One registered xclbin and hardware context per xclbin file, shared by its kernels.
+  std::map<std::string, xrt::hw_context> contexts;
+  std::list<xdna_kernel> kernels;
+  std::list<xdna_buffer> buffers;
+};
+
+// Runs f, turning exceptions into the ABI's error convention.
+template <typename T, typename F> static T guarded(T failed, F f) {
+  try {
+    return f();
+  } catch (const std::exception &e) {
+    last_error = e.what();
+  } catch (...) {
+    last_error = "unknown C++ exception";
+  }
+  return failed;
+}
+
+extern "C" {
+
+uint32_t xdna_shim_abi_version(void) { return XDNA_SHIM_ABI_VERSION; }
+
+const char *xdna_shim_kind(void) { return "xrt"; }
+
+const char *xdna_last_error(void) { return last_error.c_str(); }
+
+xdna_device *xdna_open(const char *device) {
+  return guarded<xdna_device *>(nullptr, [&] {
+    // XRT enumerates NPUs by index; the amdxdna driver's first device is /dev/accel/accel0.
+    unsigned index = 0;
+    if (device && std::strncmp(device, "/dev/accel/accel", 16) == 0)
+      index = static_cast<unsigned>(std::stoul(device + 16));
+    auto dev = std::make_unique<xdna_device>();
+    dev->device = xrt::device(index);
+    return dev.release();
+  });
+}
+
+void xdna_close(xdna_device *dev) {
+  // Buffers and kernels go before the contexts and the device (members in reverse order).
+  delete dev;
+}
+
+xdna_kernel *xdna_load_kernel(xdna_device *dev, const char *xclbin_path, const char *kernel_name,
+                              const char *insts_path, const xdna_gemm_shape *shape) {
+  return guarded<xdna_kernel *>(nullptr, [&]() -> xdna_kernel * {
+    if (!dev || !xclbin_path || !kernel_name || !insts_path || !shape)
+      throw std::runtime_error("xdna_load_kernel: missing argument");
+    auto ctx = dev->contexts.find(xclbin_path);
+    if (ctx == dev->contexts.end()) {
+      xrt::xclbin xclbin(std::string{xclbin_path});
+      dev->device.register_xclbin(xclbin);
+      ctx = dev->contexts.emplace(xclbin_path, xrt::hw_context(dev->device, xclbin.get_uuid()))
+                .first;
+    }
+    std::vector<uint32_t> words = read_instructions(insts_path);
+
+    xdna_kernel k{dev, *shape, kernel_name, xrt::kernel(ctx->second, kernel_name), {}, 0};
+    k.n_words = static_cast<uint32_t>(words.size());
+    k.instructions = xrt::bo(dev->device, words.size() * sizeof(uint32_t),
+                             xrt::bo::flags::cacheable, k.kernel.group_id(kArgInstructions));
+    std::memcpy(k.instructions.map<void *>(), words.data(), words.size() * sizeof(uint32_t));
+    k.instructions.sync(XCL_BO_SYNC_BO_TO_DEVICE);
+    dev->kernels.push_back(std::move(k));
+    return &dev->kernels.back();
+  });
+}
+
+xdna_buffer *xdna_alloc(xdna_kernel *kernel, xdna_buffer_role role, size_t bytes) {
+  return guarded<xdna_buffer *>(nullptr, [&]() -> xdna_buffer * {
+    if (!kernel || bytes == 0)
+      throw std::runtime_error("xdna_alloc: no kernel, or 0 bytes");
+    xdna_device *dev = kernel->dev;
+    xrt::bo bo(dev->device, bytes, xrt::bo::flags::host_only,
+               kernel->kernel.group_id(kArgA + static_cast<int>(role)));
+    dev->buffers.push_back(xdna_buffer{dev, role, std::move(bo)});
+    return &dev->buffers.back();
+  });
+}
+
+void xdna_free(xdna_buffer *buf) {
+  if (!buf)
+    return;
+  auto &list = buf->dev->buffers;
+  for (auto it = list.begin(); it != list.end(); ++it)
+    if (&*it == buf) {
+      list.erase(it);
+      return;
+    }
+}
+
+void *xdna_map(xdna_buffer *buf) {
+  return guarded<void *>(nullptr, [&]() -> void * {
+    if (!buf)
+      throw std::runtime_error("xdna_map: no buffer");
+    return buf->bo.map<void *>();
+  });
+}
+
+int xdna_sync(xdna_buffer *buf, xdna_sync_direction direction) {
+  return guarded<int>(-1, [&] {
+    if (!buf)
+      throw std::runtime_error("xdna_sync: no buffer");
+    buf->bo.sync(direction == XDNA_SYNC_TO_DEVICE ? XCL_BO_SYNC_BO_TO_DEVICE
+                                                  : XCL_BO_SYNC_BO_FROM_DEVICE);
+    return 0;
+  });
+}
+
+int xdna_run_gemm(xdna_kernel *kernel, xdna_buffer *a, xdna_buffer *b, xdna_buffer *c) {
+  return guarded<int>(-1, [&] {
+    if (!kernel || !a || !b || !c)
+      throw std::runtime_error("xdna_run_gemm: missing kernel or buffer");
+    const xdna_gemm_shape &s = kernel->shape;
+    if (a->bo.size() < size_t(s.m) * s.k || b->bo.size() < size_t(s.k) * s.n ||
+        c->bo.size() < size_t(s.m) * s.n * sizeof(int32_t))
+      throw std::runtime_error("xdna_run_gemm: buffers too small for kernel " + kernel->name);
+    xrt::run run = kernel->kernel(kOpcodeRunInstructions, kernel->instructions, kernel->n_words,
+                                  a->bo, b->bo, c->bo);
+    ert_cmd_state state = run.wait();
+    if (state != ERT_CMD_STATE_COMPLETED) {
+      std::ostringstream msg;
+      msg << "kernel " << kernel->name << " ended in state " << static_cast<int>(state);
+      throw std::runtime_error(msg.str());
+    }
+    return 0;
+  });
+}
+
+}  // extern "C"

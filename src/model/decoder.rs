@@ -1,0 +1,510 @@
+//! Whisper's text decoder with a key/value cache.
+//!
+//! ```text
+//! tokens -> embeddings[token] + position_encodings[position]
+//!   -> n_layers x { x += out(self_attn(LN(x)))       causal, keys/values cached per token
+//!                   x += out(cross_attn(LN(x), enc))  keys/values of the window computed once
+//!                   x += fc2(GELU(fc1(LN(x)))) }
+//!   -> LN -> logits = x embeddings^T                  (projection tied to the embeddings)
+//! ```
+//!
+//! A [`KvCache`] holds a batch of hypotheses (beam search, best-of sampling) that share one window:
+//! the prompt is run once for a batch of one, [`KvCache::repeat`] copies it to the batch, and
+//! [`KvCache::reorder`] follows the beams as they are chosen. Linear layers are prepared once on an
+//! [`Engine`]; attention runs here on the CPU, one rayon task per head.
+use std::sync::Arc;
+
+use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, Zip};
+use rayon::prelude::*;
+
+use super::{Dims, ModelError, WhisperModel};
+use crate::npu::cpu::{matmul, Parallel};
+use crate::npu::{Engine, Linear};
+
+const LN_EPS: f32 = 1e-5;
+
+struct LayerNorm {
+    gamma: Array1<f32>,
+    beta: Array1<f32>,
+}
+
+impl LayerNorm {
+    fn load(model: &WhisperModel, prefix: &str) -> Result<LayerNorm, ModelError> {
+        let w = model.weights();
+        let d = model.dims().d_model;
+        Ok(LayerNorm {
+            gamma: w.f32_1d(&format!("{prefix}/gamma"), d)?,
+            beta: w.f32_1d(&format!("{prefix}/beta"), d)?,
+        })
+    }
+
+    fn apply(&self, x: ArrayView2<f32>, mut out: ArrayViewMut2<f32>) {
+        for (x, mut o) in x.rows().into_iter().zip(out.rows_mut()) {
+            let n = x.len() as f32;
+            let mean = x.sum() / n;
+            let var = x.fold(0.0f32, |acc, &v| acc + (v - mean) * (v - mean)) / n;
+            let inv = 1.0 / (var + LN_EPS).sqrt();
+            Zip::from(&mut o)
+                .and(&x)
+                .and(&self.gamma)
+                .and(&self.beta)
+                .for_each(|o, &x, &g, &b| *o = (x - mean) * inv * g + b);
+        }
+    }
+}
+
+/// Exact GELU: 0.5 x (1 + erf(x / sqrt 2)).
+#[inline]
+fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+struct Layer {
+    ln_self: LayerNorm,
+    /// Fused q, k, v: d -> 3d.
+    qkv: Box<dyn Linear>,
+    out_self: Box<dyn Linear>,
+    ln_cross: LayerNorm,
+    q_cross: Box<dyn Linear>,
+    /// Fused k, v of the encoder output: d -> 2d.
+    kv_cross: Box<dyn Linear>,
+    out_cross: Box<dyn Linear>,
+    ln_ffn: LayerNorm,
+    fc1: Box<dyn Linear>,
+    fc2: Box<dyn Linear>,
+}
+
+/// Cross-attention keys and values of one window's encoder output, one `positions x 2d` matrix
+/// (keys | values) per layer.
+pub struct CrossKv {
+    kv: Vec<Array2<f32>>,
+}
+
+impl CrossKv {
+    /// Encoder positions attended to.
+    pub fn positions(&self) -> usize {
+        self.kv.first().map_or(0, |a| a.nrows())
+    }
+}
+
+/// Self-attention keys and values of a batch of token sequences of equal length.
+#[derive(Clone)]
+pub struct KvCache {
+    batch: usize,
+    len: usize,
+    capacity: usize,
+    d: usize,
+    /// Per layer, `batch x capacity x d`.
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+}
+
+impl KvCache {
+    /// Batch size.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Tokens seen so far (the same for every sequence of the batch).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Most tokens a sequence can have (the model's text context, 448).
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Forgets every token, keeping the buffers.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    fn resize_batch(&mut self, batch: usize) {
+        let n = batch * self.capacity * self.d;
+        for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
+            buf.resize(n, 0.0);
+        }
+        self.batch = batch;
+    }
+
+    /// A batch of one becomes `n` copies of it.
+    ///
+    /// # Panics
+    /// If the batch is not of one.
+    pub fn repeat(&mut self, n: usize) {
+        assert_eq!(self.batch, 1, "KvCache::repeat needs a batch of one");
+        self.resize_batch(n.max(1));
+        let (len, stride) = (self.len * self.d, self.capacity * self.d);
+        for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
+            let (first, rest) = buf.split_at_mut(stride);
+            for r in rest.chunks_mut(stride) {
+                r[..len].copy_from_slice(&first[..len]);
+            }
+        }
+    }
+
+    /// Sequence `i` of the new batch is sequence `sources[i]` of the old one (the batch size
+    /// becomes `sources.len()`).
+    ///
+    /// # Panics
+    /// If a source index is out of range.
+    pub fn reorder(&mut self, sources: &[usize]) {
+        assert!(
+            sources.iter().all(|&s| s < self.batch),
+            "source out of range"
+        );
+        if sources.iter().enumerate().all(|(i, &s)| i == s) && sources.len() == self.batch {
+            return;
+        }
+        let (len, stride) = (self.len * self.d, self.capacity * self.d);
+        let old_batch = self.batch;
+        let new_batch = sources.len();
+        for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
+            let old: Vec<f32> = buf[..old_batch * stride].to_vec();
+            buf.resize(new_batch.max(1) * stride, 0.0);
+            for (i, &src) in sources.iter().enumerate() {
+                buf[i * stride..i * stride + len]
+                    .copy_from_slice(&old[src * stride..src * stride + len]);
+            }
+        }
+        self.batch = new_batch;
+    }
+}
+
+/// The Whisper decoder, weights prepared on an engine.
+pub struct Decoder {
+    dims: Dims,
+    embeddings: Array2<f32>,
+    pos: Array2<f32>,
+    layers: Vec<Layer>,
+    ln: LayerNorm,
+    /// Logits: the embedding matrix as an n_vocab x d linear layer.
+    proj: Box<dyn Linear>,
+    pool: rayon::ThreadPool,
+}
+
+impl std::fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoder")
+            .field("dims", &self.dims)
+            .field("threads", &self.pool.current_num_threads())
+            .finish()
+    }
+}
+
+impl Decoder {
+    /// Converts the decoder's weights to f32 and prepares its linear layers on `engine`;
+    /// `threads` is the size of the decoder's rayon pool (0: one per core).
+    pub fn new(
+        model: &WhisperModel,
+        engine: Arc<dyn Engine>,
+        threads: usize,
+    ) -> Result<Decoder, ModelError> {
+        let dims = *model.dims();
+        let w = model.weights();
+        let d = dims.d_model;
+        let linear =
+            |name: &str, n_out: usize, n_in: usize| -> Result<Box<dyn Linear>, ModelError> {
+                let weight = w.f32_2d(&format!("{name}/weight"), n_out, n_in)?;
+                let bias = if w.contains(&format!("{name}/bias")) {
+                    Some(w.f32_1d(&format!("{name}/bias"), n_out)?)
+                } else {
+                    None
+                };
+                Ok(engine.prepare(weight.view(), bias.as_ref().map(|b| b.view())))
+            };
+        if d % dims.n_decoder_heads != 0 {
+            return Err(ModelError::Malformed {
+                path: w.path().to_path_buf(),
+                reason: format!(
+                    "d_model {d} is not a multiple of decoder/num_heads {}",
+                    dims.n_decoder_heads
+                ),
+            });
+        }
+        let embeddings = w.f32_2d("decoder/embeddings/weight", dims.n_vocab, d)?;
+        let pos = w.f32_2d("decoder/position_encodings/encodings", dims.n_text_ctx, d)?;
+        let mut layers = Vec::with_capacity(dims.n_decoder_layers);
+        for l in 0..dims.n_decoder_layers {
+            let p = format!("decoder/layer_{l}");
+            layers.push(Layer {
+                ln_self: LayerNorm::load(model, &format!("{p}/self_attention/layer_norm"))?,
+                qkv: linear(&format!("{p}/self_attention/linear_0"), 3 * d, d)?,
+                out_self: linear(&format!("{p}/self_attention/linear_1"), d, d)?,
+                ln_cross: LayerNorm::load(model, &format!("{p}/attention/layer_norm"))?,
+                q_cross: linear(&format!("{p}/attention/linear_0"), d, d)?,
+                kv_cross: linear(&format!("{p}/attention/linear_1"), 2 * d, d)?,
+                out_cross: linear(&format!("{p}/attention/linear_2"), d, d)?,
+                ln_ffn: LayerNorm::load(model, &format!("{p}/ffn/layer_norm"))?,
+                fc1: linear(&format!("{p}/ffn/linear_0"), 4 * d, d)?,
+                fc2: linear(&format!("{p}/ffn/linear_1"), d, 4 * d)?,
+            });
+        }
+        let ln = LayerNorm::load(model, "decoder/layer_norm")?;
+        let proj = engine.prepare(embeddings.view(), None);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("whisperdec-{i}"))
+            .build()
+            .map_err(|e| ModelError::ThreadPool(e.to_string()))?;
+        Ok(Decoder {
+            dims,
+            embeddings,
+            pos,
+            layers,
+            ln,
+            proj,
+            pool,
+        })
+    }
+
+    pub fn dims(&self) -> &Dims {
+        &self.dims
+    }
+
+    pub fn n_vocab(&self) -> usize {
+        self.dims.n_vocab
+    }
+
+    /// Most tokens in a sequence (448).
+    pub fn n_text_ctx(&self) -> usize {
+        self.dims.n_text_ctx
+    }
+
+    /// An empty cache for a batch of one.
+    pub fn new_cache(&self) -> KvCache {
+        let n = self.dims.n_decoder_layers;
+        let size = self.dims.n_text_ctx * self.dims.d_model;
+        KvCache {
+            batch: 1,
+            len: 0,
+            capacity: self.dims.n_text_ctx,
+            d: self.dims.d_model,
+            k: vec![vec![0.0; size]; n],
+            v: vec![vec![0.0; size]; n],
+        }
+    }
+
+    /// Cross-attention keys and values of an encoder output (`positions x d_model`).
+    ///
+    /// # Panics
+    /// If the encoder output is not d_model wide.
+    pub fn cross_kv(&self, encoded: ArrayView2<f32>) -> CrossKv {
+        assert_eq!(encoded.ncols(), self.dims.d_model, "encoder output width");
+        let d = self.dims.d_model;
+        self.pool.install(|| CrossKv {
+            kv: self
+                .layers
+                .iter()
+                .map(|l| {
+                    let mut kv = Array2::zeros((encoded.nrows(), 2 * d));
+                    l.kv_cross.forward(encoded, kv.view_mut());
+                    kv
+                })
+                .collect(),
+        })
+    }
+
+    /// Runs `t` new tokens per sequence (`tokens` is `batch x t`, row-major) and returns the final
+    /// hidden states (after the last layer norm), `batch * t` rows of d_model.
+    ///
+    /// # Panics
+    /// If `tokens.len()` is not `cache.batch() * t`, a token is out of the vocabulary or the
+    /// sequences would exceed the text context.
+    pub fn forward(
+        &self,
+        cache: &mut KvCache,
+        cross: &CrossKv,
+        tokens: &[u32],
+        t: usize,
+    ) -> Array2<f32> {
+        let b = cache.batch;
+        assert_eq!(tokens.len(), b * t, "tokens must be batch x t");
+        assert!(cache.len + t <= cache.capacity, "text context exceeded");
+        let d = self.dims.d_model;
+        let p0 = cache.len;
+        let mut x = Array2::<f32>::zeros((b * t, d));
+        for (r, mut row) in x.rows_mut().into_iter().enumerate() {
+            let tok = tokens[r] as usize;
+            assert!(tok < self.dims.n_vocab, "token {tok} out of the vocabulary");
+            let p = p0 + r % t;
+            Zip::from(&mut row)
+                .and(self.embeddings.row(tok))
+                .and(self.pos.row(p))
+                .for_each(|x, &e, &q| *x = e + q);
+        }
+        self.pool.install(|| {
+            let rows = b * t;
+            let mut h = Array2::<f32>::zeros((rows, d));
+            let mut qkv = Array2::<f32>::zeros((rows, 3 * d));
+            let mut att = Array2::<f32>::zeros((rows, d));
+            let mut proj = Array2::<f32>::zeros((rows, d));
+            let mut ffn = Array2::<f32>::zeros((rows, 4 * d));
+            for (li, layer) in self.layers.iter().enumerate() {
+                // Causal self-attention over the cache and the new tokens.
+                layer.ln_self.apply(x.view(), h.view_mut());
+                layer.qkv.forward(h.view(), qkv.view_mut());
+                let (kc, vc) = (&mut cache.k[li], &mut cache.v[li]);
+                let stride = cache.capacity * d;
+                for bi in 0..b {
+                    for i in 0..t {
+                        let row = qkv.row(bi * t + i);
+                        let off = bi * stride + (p0 + i) * d;
+                        for (dst, src) in kc[off..off + d].iter_mut().zip(row.slice(s![d..2 * d])) {
+                            *dst = *src;
+                        }
+                        for (dst, src) in vc[off..off + d].iter_mut().zip(row.slice(s![2 * d..])) {
+                            *dst = *src;
+                        }
+                    }
+                }
+                for bi in 0..b {
+                    let n_keys = p0 + t;
+                    let k = ArrayView2::from_shape((n_keys, d), &kc[bi * stride..][..n_keys * d])
+                        .expect("cache slice");
+                    let v = ArrayView2::from_shape((n_keys, d), &vc[bi * stride..][..n_keys * d])
+                        .expect("cache slice");
+                    let q = qkv.slice(s![bi * t..(bi + 1) * t, ..d]);
+                    let out = att.slice_mut(s![bi * t..(bi + 1) * t, ..]);
+                    self.attend(q, k, v, Some(p0), out);
+                }
+                layer.out_self.forward(att.view(), proj.view_mut());
+                x += &proj;
+
+                // Cross-attention on the window.
+                layer.ln_cross.apply(x.view(), h.view_mut());
+                let mut q = qkv.slice_mut(s![.., ..d]);
+                layer.q_cross.forward(h.view(), q.view_mut());
+                let kv = &cross.kv[li];
+                self.attend(
+                    qkv.slice(s![.., ..d]),
+                    kv.slice(s![.., ..d]),
+                    kv.slice(s![.., d..]),
+                    None,
+                    att.view_mut(),
+                );
+                layer.out_cross.forward(att.view(), proj.view_mut());
+                x += &proj;
+
+                // Feed-forward.
+                layer.ln_ffn.apply(x.view(), h.view_mut());
+                layer.fc1.forward(h.view(), ffn.view_mut());
+                ffn.par_mapv_inplace(gelu);
+                layer.fc2.forward(ffn.view(), proj.view_mut());
+                x += &proj;
+            }
+            self.ln.apply(x.view(), h.view_mut());
+            cache.len += t;
+            h
+        })
+    }
+
+    /// Logits (`rows x n_vocab`) of final hidden states.
+    pub fn logits(&self, hidden: ArrayView2<f32>) -> Array2<f32> {
+        let mut out = Array2::zeros((hidden.nrows(), self.dims.n_vocab));
+        self.pool
+            .install(|| self.proj.forward(hidden, out.view_mut()));
+        out
+    }
+
+    /// Logits of one hidden state.
+    pub fn logits_row(&self, hidden: ArrayView1<f32>) -> Array1<f32> {
+        self.logits(hidden.insert_axis(Axis(0)))
+            .index_axis_move(Axis(0), 0)
+    }
+
+    /// Multi-head attention of `q` (rows x d) on `k`, `v` (keys x d) into `out` (rows x d).
+    /// With `causal = Some(p0)`, query row `i` is at position `p0 + i` and sees keys `0..=p0 + i`.
+    fn attend(
+        &self,
+        q: ArrayView2<f32>,
+        k: ArrayView2<f32>,
+        v: ArrayView2<f32>,
+        causal: Option<usize>,
+        mut out: ArrayViewMut2<f32>,
+    ) {
+        let d = self.dims.d_model;
+        let heads = self.dims.n_decoder_heads;
+        let dh = d / heads;
+        let scale = 1.0 / (dh as f32).sqrt();
+        let (rows, n_keys) = (q.nrows(), k.nrows());
+        let chunks: Vec<_> = out.axis_chunks_iter_mut(Axis(1), dh).enumerate().collect();
+        let work = |(h, head_out): (usize, ArrayViewMut2<f32>)| {
+            let cols = h * dh..(h + 1) * dh;
+            let qh = q.slice(s![.., cols.clone()]);
+            let kh = k.slice(s![.., cols.clone()]);
+            let vh = v.slice(s![.., cols]);
+            let mut sc = Array2::<f32>::zeros((rows, n_keys));
+            matmul(qh, kh.t(), sc.view_mut(), false, Parallel::None);
+            for (i, mut row) in sc.rows_mut().into_iter().enumerate() {
+                let visible = causal.map_or(n_keys, |p0| (p0 + i + 1).min(n_keys));
+                let max = row
+                    .slice(s![..visible])
+                    .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let mut sum = 0.0f32;
+                for (j, v) in row.iter_mut().enumerate() {
+                    if j < visible {
+                        *v = ((*v - max) * scale).exp();
+                        sum += *v;
+                    } else {
+                        *v = 0.0;
+                    }
+                }
+                let inv = 1.0 / sum;
+                row.mapv_inplace(|v| v * inv);
+            }
+            matmul(sc.view(), vh, head_out, false, Parallel::None);
+        };
+        if rows * n_keys >= 4096 {
+            chunks.into_par_iter().for_each(work);
+        } else {
+            chunks.into_iter().for_each(work);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(batch: usize, len: usize) -> KvCache {
+        let (cap, d) = (4, 2);
+        let mut c = KvCache {
+            batch: 1,
+            len,
+            capacity: cap,
+            d,
+            k: vec![vec![0.0; cap * d]],
+            v: vec![vec![0.0; cap * d]],
+        };
+        c.resize_batch(batch);
+        for (i, x) in c.k[0].iter_mut().enumerate() {
+            *x = i as f32;
+        }
+        c
+    }
+
+    #[test]
+    fn cache_repeat_and_reorder() {
+        let mut c = cache(1, 2);
+        c.repeat(3);
+        assert_eq!(c.batch(), 3);
+        // The first len * d values of every sequence equal those of sequence 0.
+        for b in 0..3 {
+            assert_eq!(&c.k[0][b * 8..b * 8 + 4], &[0.0, 1.0, 2.0, 3.0]);
+        }
+        let mut c = cache(3, 2);
+        c.reorder(&[2, 2, 0]);
+        assert_eq!(&c.k[0][0..4], &[16.0, 17.0, 18.0, 19.0]);
+        assert_eq!(&c.k[0][8..12], &[16.0, 17.0, 18.0, 19.0]);
+        assert_eq!(&c.k[0][16..20], &[0.0, 1.0, 2.0, 3.0]);
+        c.reorder(&[1]);
+        assert_eq!(c.batch(), 1);
+        assert_eq!(&c.k[0][0..4], &[16.0, 17.0, 18.0, 19.0]);
+    }
+}

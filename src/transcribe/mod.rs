@@ -1,0 +1,895 @@
+//! Transcription: Whisper decoding on the element's 10.24 s windows, stream-driven, without
+//! GStreamer.
+//!
+//! A [`Transcriber`] takes 16 kHz mono audio as it comes ([`Transcriber::push_audio`]) and, once a
+//! full window is buffered past its seek position, encodes it and decodes it
+//! ([`Transcriber::next_window`]), the way OpenAI's `transcribe.py` walks a long file: the window
+//! starts at the seek position; complete segments (`<|start|> text <|end|>`) are emitted; the seek
+//! moves to the end of the last segment emitted, so text after it is decoded again, with the audio
+//! that follows, from the next window. At the end of the stream ([`Transcriber::finish`]) the rest
+//! is decoded and all of it emitted.
+//!
+//! What the short windows need on top of Whisper's rules (they were trained on 30 s):
+//! - no timestamp past the end of the audio in the window;
+//! - a segment that ends close to the end of a window that is not the stream's last is held back
+//!   (its last word may be cut) and decoded again from the next window;
+//! - decoding stops when a hypothesis starts repeating itself; that counts as a failure, so the
+//!   temperature fallback runs, and if every temperature fails the repetition is cut;
+//! - a segment whose words were already emitted at the end of the previous window is dropped.
+use std::time::{Duration, Instant};
+
+use crate::mel::{SAMPLE_RATE, WINDOW_SAMPLES};
+use crate::model::decoder::{CrossKv, Decoder};
+use crate::model::tokenizer::Tokenizer;
+use crate::model::{ModelError, WhisperModel};
+use crate::npu;
+use crate::window::{EncoderOptions, SetupError, WindowEncoder};
+
+mod decoding;
+pub mod text;
+
+use decoding::{DecodeParams, DecodeResult, Rng};
+
+/// Samples per timestamp step (0.02 s).
+pub const SAMPLES_PER_TIMESTAMP: u64 = 320;
+/// How far (seconds) a segment of the last window decoded with look-back may start before the seek
+/// position and still count as new.
+const LOOKBACK_TOLERANCE: f64 = 0.4;
+/// Tokens of previous text given as prompt at most (`n_text_ctx / 2 - 1`).
+pub const MAX_PROMPT_TOKENS: usize = 223;
+
+/// What to produce.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Task {
+    /// Text in the spoken language.
+    #[default]
+    Transcribe,
+    /// English text (multilingual models).
+    Translate,
+}
+
+/// Decoding options (OpenAI's `transcribe()` arguments and their defaults).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TranscribeOptions {
+    /// Language code (`"en"`, `"de"`, ...); `None` detects it (multilingual models). Ignored by
+    /// English-only models.
+    pub language: Option<String>,
+    pub task: Task,
+    /// Beam search with this many beams at temperature 0; 1 is greedy decoding.
+    pub beam_size: usize,
+    /// Beam search patience (finished candidates = beam_size x patience).
+    pub patience: f32,
+    /// Hypotheses sampled at a temperature above 0, the best kept.
+    pub best_of: usize,
+    /// Temperatures tried in turn while the result fails the thresholds.
+    pub temperatures: Vec<f32>,
+    /// Fallback when the text's gzip compression ratio is above this (too repetitive).
+    pub compression_ratio_threshold: Option<f64>,
+    /// Fallback when the average log-probability is below this.
+    pub logprob_threshold: Option<f64>,
+    /// A window is silent when its no-speech probability is above this and its average
+    /// log-probability is below `logprob_threshold`.
+    pub no_speech_threshold: Option<f64>,
+    /// Give the previous text as prompt (`condition_on_previous_text`).
+    pub use_prompt: bool,
+    /// Text given as prompt before the first window.
+    pub initial_prompt: Option<String>,
+    /// The first timestamp of a window is at most this (seconds).
+    pub max_initial_timestamp: f64,
+    /// Suppress a blank or `<|endoftext|>` as first token.
+    pub suppress_blank: bool,
+    /// Tokens never sampled; `None` takes the model's `suppress_ids` (config.json).
+    pub suppress_tokens: Option<Vec<u32>>,
+    /// A segment ending less than this before the end of a window that is not the last is held
+    /// back and decoded again from the next window (seconds).
+    pub edge_margin: f64,
+    /// Stop and fall back when a hypothesis loops.
+    pub check_repetition: bool,
+    /// Seed of the sampler used at temperatures above 0.
+    pub seed: u64,
+    /// Decoder threads; 0 means one per core.
+    pub decoder_threads: usize,
+}
+
+impl Default for TranscribeOptions {
+    fn default() -> Self {
+        TranscribeOptions {
+            language: None,
+            task: Task::Transcribe,
+            beam_size: 1,
+            patience: 1.0,
+            best_of: 5,
+            temperatures: vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+            compression_ratio_threshold: Some(2.4),
+            logprob_threshold: Some(-1.0),
+            no_speech_threshold: Some(0.6),
+            use_prompt: true,
+            initial_prompt: None,
+            max_initial_timestamp: 1.0,
+            suppress_blank: true,
+            suppress_tokens: None,
+            edge_margin: 0.5,
+            check_repetition: true,
+            seed: 0,
+            decoder_threads: 0,
+        }
+    }
+}
+
+/// One piece of transcribed text with its place in the stream.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Segment {
+    /// Start and end as sample indices of the stream (16 kHz, from the first sample pushed or
+    /// the sample given to [`Transcriber::reset`]).
+    pub start_sample: u64,
+    pub end_sample: u64,
+    /// Start and end in seconds of stream time (`sample / 16000`).
+    pub start: f64,
+    pub end: f64,
+    /// The text, as Whisper writes it (usually with a leading space).
+    pub text: String,
+    /// Its tokens, timestamps included.
+    pub tokens: Vec<u32>,
+    pub avg_logprob: f64,
+    pub no_speech_prob: f64,
+    pub compression_ratio: f64,
+    pub temperature: f32,
+    /// Language code (`"en"`), `None` for English-only models.
+    pub language: Option<String>,
+}
+
+/// Time spent on one window.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TranscribeTiming {
+    pub mel: Duration,
+    pub encoder: Duration,
+    /// Language detection, decoding at every temperature tried.
+    pub decoder: Duration,
+    /// Tokens run through the decoder (all temperatures and hypotheses, prompts excluded).
+    pub decoded_tokens: usize,
+}
+
+/// What one window gave.
+#[derive(Clone, Debug)]
+pub struct WindowResult {
+    /// Window index from 0.
+    pub index: u64,
+    /// Stream sample of the window's first sample (the seek position it started at).
+    pub start_sample: u64,
+    /// Samples of real audio in the window (less than 163840 only at the end of the stream).
+    pub audio_samples: usize,
+    /// Where the next window starts: the end of the last segment emitted, or of the window.
+    pub next_seek: u64,
+    /// Complete segments, in order.
+    pub segments: Vec<Segment>,
+    /// The window was judged silent (no-speech rule) and skipped.
+    pub no_speech: bool,
+    pub no_speech_prob: f64,
+    pub avg_logprob: f64,
+    /// Temperature of the result kept.
+    pub temperature: f32,
+    /// The decoding failed at every temperature (repetition, compression ratio or log-probability).
+    pub failed: bool,
+    pub language: Option<String>,
+    /// The stream's last window.
+    pub last: bool,
+    pub timing: TranscribeTiming,
+}
+
+/// Errors of [`Transcriber::new`].
+#[derive(Debug, thiserror::Error)]
+pub enum TranscribeError {
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("language {0:?} is not one of the model's languages")]
+    UnknownLanguage(String),
+    #[error("the English-only model {0} cannot translate")]
+    CannotTranslate(String),
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
+}
+
+/// A piece of a decoded window: `<|start|> text <|end|>`, or a last one left open.
+#[derive(Clone, Debug, PartialEq)]
+struct RawSegment {
+    start: u32,
+    end: Option<u32>,
+    /// Tokens from the start timestamp to the end timestamp, both included.
+    tokens: Vec<u32>,
+}
+
+/// Splits sampled tokens into segments at timestamps.
+fn split_segments(tok: &Tokenizer, tokens: &[u32]) -> Vec<RawSegment> {
+    let tb = tok.timestamp_begin();
+    let mut out: Vec<RawSegment> = Vec::new();
+    let mut cur: Option<RawSegment> = None;
+    for &t in tokens {
+        if tok.is_timestamp(t) {
+            let ts = t - tb;
+            match cur.take() {
+                Some(mut c) if c.tokens.iter().any(|&x| tok.is_text(x)) => {
+                    c.end = Some(ts);
+                    c.tokens.push(t);
+                    out.push(c);
+                }
+                // A start after a start (no text between): the later one counts.
+                _ => {
+                    cur = Some(RawSegment {
+                        start: ts,
+                        end: None,
+                        tokens: vec![t],
+                    })
+                }
+            }
+        } else if tok.is_text(t) {
+            cur.get_or_insert_with(|| RawSegment {
+                start: out.last().and_then(|s| s.end).unwrap_or(0),
+                end: None,
+                tokens: Vec::new(),
+            })
+            .tokens
+            .push(t);
+        }
+    }
+    if let Some(c) = cur {
+        out.push(c);
+    }
+    out
+}
+
+/// The transcriber: owns the encoder, the decoder and the stream's seek position.
+pub struct Transcriber {
+    tokenizer: Tokenizer,
+    decoder: Decoder,
+    encoder: WindowEncoder,
+    options: TranscribeOptions,
+    model_name: String,
+    /// Language token fixed by the options or detected on the first window with speech.
+    language: Option<u32>,
+    language_fixed: bool,
+    suppress: Vec<u32>,
+    suppress_blank: Vec<u32>,
+    initial_prompt: Vec<u32>,
+    /// Audio from `buffer_start` on.
+    buffer: Vec<f32>,
+    buffer_start: u64,
+    seek: u64,
+    /// Segments emitted since the prompt was last reset: end sample and tokens.
+    history: Vec<(u64, Vec<u32>)>,
+    last_compression_ratio: f64,
+    /// Words of the segments emitted from the last window (to drop repeats).
+    last_words: Vec<String>,
+    window_index: u64,
+    rng: Rng,
+    debug: bool,
+}
+
+impl std::fmt::Debug for Transcriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transcriber")
+            .field("model", &self.model_name)
+            .field("options", &self.options)
+            .field("seek", &self.seek)
+            .field("buffered", &self.buffer.len())
+            .finish()
+    }
+}
+
+impl Transcriber {
+    /// Loads the decoder and tokenizer of `model` (and `tokenizer.json` from its directory),
+    /// prepares the encoder as `encoder` says and the decoder on a float32 CPU engine.
+    pub fn new(
+        model: &WhisperModel,
+        encoder: &EncoderOptions,
+        options: TranscribeOptions,
+    ) -> Result<Transcriber, TranscribeError> {
+        let dims = model.dims();
+        let tokenizer = Tokenizer::load(&model.dir().join("tokenizer.json"), dims.n_vocab)?;
+        let window_encoder = WindowEncoder::new(model, encoder)?;
+        let engine: std::sync::Arc<dyn npu::Engine> = std::sync::Arc::new(npu::CpuF32Engine::new());
+        let decoder = Decoder::new(model, engine, options.decoder_threads)?;
+        Self::with_parts(model, tokenizer, window_encoder, decoder, options)
+    }
+
+    /// Builds a transcriber from parts made elsewhere (another engine for the decoder, say).
+    pub fn with_parts(
+        model: &WhisperModel,
+        tokenizer: Tokenizer,
+        encoder: WindowEncoder,
+        decoder: Decoder,
+        options: TranscribeOptions,
+    ) -> Result<Transcriber, TranscribeError> {
+        let model_name = model.dir().display().to_string();
+        if options.temperatures.is_empty() {
+            return Err(TranscribeError::InvalidOption(
+                "temperatures is empty".to_string(),
+            ));
+        }
+        if options.beam_size == 0 || options.best_of == 0 {
+            return Err(TranscribeError::InvalidOption(
+                "beam_size and best_of must be at least 1".to_string(),
+            ));
+        }
+        let multilingual = tokenizer.is_multilingual();
+        if !multilingual && options.task == Task::Translate {
+            return Err(TranscribeError::CannotTranslate(model_name));
+        }
+        let language = match (&options.language, multilingual) {
+            (Some(code), true) => Some(
+                tokenizer
+                    .language_token(&code.to_lowercase())
+                    .ok_or_else(|| TranscribeError::UnknownLanguage(code.clone()))?,
+            ),
+            _ => None,
+        };
+        let sp = tokenizer.special().clone();
+        let suppress: Vec<u32> = match &options.suppress_tokens {
+            Some(list) => list.clone(),
+            None if !model.config().suppress_ids.is_empty() => model
+                .config()
+                .suppress_ids
+                .iter()
+                .filter_map(|&i| u32::try_from(i).ok())
+                .collect(),
+            None => Vec::new(),
+        }
+        .into_iter()
+        // Never sampled whatever the list says: the prompt's own special tokens.
+        .chain(
+            [
+                Some(sp.sot),
+                sp.transcribe,
+                sp.translate,
+                sp.sot_prev,
+                sp.sot_lm,
+                sp.no_speech,
+            ]
+            .into_iter()
+            .flatten(),
+        )
+        .collect();
+        let suppress_blank: Vec<u32> = if model.config().suppress_ids_begin.is_empty() {
+            let mut v = tokenizer.encode(" ");
+            v.push(sp.eot);
+            v
+        } else {
+            model
+                .config()
+                .suppress_ids_begin
+                .iter()
+                .filter_map(|&i| u32::try_from(i).ok())
+                .collect()
+        };
+        let initial_prompt = options
+            .initial_prompt
+            .as_deref()
+            .map(|p| tokenizer.encode(&format!(" {}", p.trim())))
+            .unwrap_or_default();
+        let seed = options.seed;
+        Ok(Transcriber {
+            tokenizer,
+            decoder,
+            encoder,
+            language_fixed: language.is_some(),
+            language,
+            options,
+            model_name,
+            suppress,
+            suppress_blank,
+            initial_prompt,
+            buffer: Vec::new(),
+            buffer_start: 0,
+            seek: 0,
+            history: Vec::new(),
+            last_compression_ratio: 0.0,
+            last_words: Vec::new(),
+            window_index: 0,
+            rng: Rng::new(seed),
+            debug: std::env::var_os("WHISPERENCNPU_DEBUG_DECODE").is_some(),
+        })
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
+    /// The window encoder (which backend and precision run).
+    pub fn encoder(&self) -> &WindowEncoder {
+        &self.encoder
+    }
+
+    /// Like [`new`](Self::new), with an encoder already prepared (and warmed up) by the caller.
+    pub fn with_encoder(
+        model: &WhisperModel,
+        encoder: WindowEncoder,
+        options: TranscribeOptions,
+    ) -> Result<Transcriber, TranscribeError> {
+        let tokenizer = Tokenizer::load(&model.dir().join("tokenizer.json"), model.dims().n_vocab)?;
+        let engine: std::sync::Arc<dyn npu::Engine> = std::sync::Arc::new(npu::CpuF32Engine::new());
+        let decoder = Decoder::new(model, engine, options.decoder_threads)?;
+        Self::with_parts(model, tokenizer, encoder, decoder, options)
+    }
+
+    pub fn options(&self) -> &TranscribeOptions {
+        &self.options
+    }
+
+    /// The language in use: fixed by the options or detected (`None` before detection and for
+    /// English-only models).
+    pub fn language(&self) -> Option<&str> {
+        self.language.and_then(|t| self.tokenizer.language_code(t))
+    }
+
+    /// Appends audio (16 kHz mono, [-1, 1]); holes in the stream are to be pushed as silence.
+    pub fn push_audio(&mut self, samples: &[f32]) {
+        self.buffer.extend_from_slice(samples);
+    }
+
+    /// Appends `n` samples of silence (a GAP, a hole in the timestamps).
+    pub fn push_silence(&mut self, n: usize) {
+        self.buffer.resize(self.buffer.len() + n, 0.0);
+    }
+
+    /// Stream sample just past the audio pushed so far.
+    pub fn pushed_end(&self) -> u64 {
+        self.buffer_start + self.buffer.len() as u64
+    }
+
+    /// Stream sample where the next window starts.
+    pub fn seek(&self) -> u64 {
+        self.seek
+    }
+
+    /// Whether [`next_window`](Self::next_window) has a full window to decode.
+    pub fn has_window(&self) -> bool {
+        self.pushed_end() >= self.seek + WINDOW_SAMPLES as u64
+    }
+
+    /// Decodes the window at the seek position if a full one is buffered.
+    pub fn next_window(&mut self) -> Option<WindowResult> {
+        self.has_window().then(|| self.process(false))
+    }
+
+    /// End of stream: decodes everything left (windows in turn until the audio is used up) and
+    /// emits all of it. The transcriber is then ready for a new stream continuing at
+    /// [`pushed_end`](Self::pushed_end).
+    pub fn finish(&mut self) -> Vec<WindowResult> {
+        let mut out = Vec::new();
+        // Less than 0.1 s left: nothing a word fits in.
+        while self.pushed_end() > self.seek + u64::from(SAMPLE_RATE) / 10 {
+            let r = self.process(true);
+            let last = r.last;
+            out.push(r);
+            if last {
+                break;
+            }
+        }
+        let end = self.pushed_end();
+        self.seek = end;
+        self.buffer.clear();
+        self.buffer_start = end;
+        out
+    }
+
+    /// Drops all pending audio and the text context: the next sample pushed is stream sample
+    /// `start_sample` (a flushing seek). A detected language is forgotten.
+    pub fn reset(&mut self, start_sample: u64) {
+        self.buffer.clear();
+        self.buffer_start = start_sample;
+        self.seek = start_sample;
+        self.history.clear();
+        self.last_words.clear();
+        if !self.language_fixed {
+            self.language = None;
+        }
+    }
+
+    fn decode_params(
+        &self,
+        language: Option<u32>,
+        audio_samples: usize,
+        prompt_before: u64,
+    ) -> DecodeParams {
+        let o = &self.options;
+        let mut prompt: Vec<u32> = Vec::new();
+        if o.use_prompt {
+            prompt.extend_from_slice(&self.initial_prompt);
+            let tol = (LOOKBACK_TOLERANCE * f64::from(SAMPLE_RATE)) as u64;
+            for (end, tokens) in &self.history {
+                if *end <= prompt_before + tol {
+                    if std::env::var_os("XP_PROMPT_TEXT_ONLY").is_some() {
+                        prompt.extend(tokens.iter().filter(|&&t| self.tokenizer.is_text(t)));
+                    } else {
+                        prompt.extend_from_slice(tokens);
+                    }
+                }
+            }
+            if prompt.len() > MAX_PROMPT_TOKENS {
+                prompt.drain(..prompt.len() - MAX_PROMPT_TOKENS);
+            }
+        } else if self.history.is_empty() {
+            prompt.extend_from_slice(&self.initial_prompt);
+        }
+        let seconds = audio_samples as f64 / f64::from(SAMPLE_RATE);
+        DecodeParams {
+            prompt,
+            language,
+            task: o.task,
+            temperature: 0.0,
+            beam_size: o.beam_size,
+            patience: o.patience,
+            best_of: o.best_of,
+            // At most ~12 tokens a second of audio (fast speech is ~5 words a second).
+            sample_len: (24.0 + 12.0 * seconds).ceil() as usize,
+            max_initial_timestamp: Some((o.max_initial_timestamp / 0.02).round() as u32),
+            max_timestamp: (audio_samples as u64 / SAMPLES_PER_TIMESTAMP) as u32,
+            suppress_blank: if o.suppress_blank {
+                self.suppress_blank.clone()
+            } else {
+                Vec::new()
+            },
+            suppress: self.suppress.clone(),
+            without_timestamps: false,
+            check_repetition: o.check_repetition,
+        }
+    }
+
+    /// OpenAI's `decode_with_fallback`, with a repetition counting as a failure. Returns the result
+    /// kept and whether every temperature failed.
+    fn decode_with_fallback(
+        &mut self,
+        cross: &CrossKv,
+        mut params: DecodeParams,
+        at_end: bool,
+        timing: &mut TranscribeTiming,
+    ) -> (DecodeResult, bool) {
+        let o = self.options.clone();
+        let mut tried: Vec<DecodeResult> = Vec::new();
+        for &t in &o.temperatures {
+            params.temperature = t;
+            let r = decoding::decode(
+                &self.decoder,
+                &self.tokenizer,
+                cross,
+                &params,
+                &mut self.rng,
+            );
+            let n = if t > 0.0 { o.best_of } else { o.beam_size };
+            timing.decoded_tokens += n * (r.tokens.len() + 1);
+            if self.debug {
+                eprintln!(
+                    "  t={t:.1} lp={:.3} cr={:.2} ns={:.3} rep={} {}",
+                    r.avg_logprob,
+                    r.compression_ratio,
+                    r.no_speech_prob,
+                    r.repetition,
+                    self.tokenizer.decode_with_timestamps(&r.tokens)
+                );
+            }
+            // A loop after complete segments is the model running on past the end of the
+            // window's audio: the cut result is good, its open tail is decoded again from the
+            // next window. A loop with nothing complete before it is a failure.
+            let mut fail = r.repetition
+                && !split_segments(&self.tokenizer, &r.tokens)
+                    .iter()
+                    .any(|s| s.end.is_some() || (at_end && !s.tokens.is_empty()));
+            if o.compression_ratio_threshold
+                .is_some_and(|th| r.compression_ratio > th)
+            {
+                fail = true;
+            }
+            if o.logprob_threshold.is_some_and(|th| r.avg_logprob < th) {
+                fail = true;
+            }
+            if self.is_silence(&r) {
+                fail = false;
+            }
+            if !fail {
+                return (r, false);
+            }
+            tried.push(r);
+        }
+        // Every temperature failed: the best non-looping result, else the greedy one (its
+        // repetition is cut already).
+        let best = tried
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| {
+                !r.repetition
+                    && o.compression_ratio_threshold
+                        .is_none_or(|th| r.compression_ratio <= th)
+            })
+            .max_by(|a, b| a.1.avg_logprob.total_cmp(&b.1.avg_logprob))
+            .map_or(0, |(i, _)| i);
+        (tried.swap_remove(best), true)
+    }
+
+    fn is_silence(&self, r: &DecodeResult) -> bool {
+        let o = &self.options;
+        match o.no_speech_threshold {
+            Some(th) => {
+                f64::from(r.no_speech_prob) > th
+                    && o.logprob_threshold.is_none_or(|lt| r.avg_logprob <= lt)
+            }
+            None => false,
+        }
+    }
+
+    /// Encodes `n` samples of the buffer from stream sample `window_start` and decodes them with
+    /// the fallback; the prompt is the text emitted before `prompt_before`.
+    fn run_window(
+        &mut self,
+        window_start: u64,
+        n: usize,
+        last: bool,
+        prompt_before: u64,
+        timing: &mut TranscribeTiming,
+    ) -> (DecodeResult, bool, Option<u32>) {
+        let off = (window_start - self.buffer_start) as usize;
+        let (encoded, enc_timing) = self.encoder.encode(&self.buffer[off..off + n]);
+        timing.mel += enc_timing.mel;
+        timing.encoder += enc_timing.encoder;
+        let t0 = Instant::now();
+        let cross = self.decoder.cross_kv(encoded.view());
+        let language = if self.tokenizer.is_multilingual() {
+            match self.language {
+                Some(l) => Some(l),
+                None => decoding::detect_language(&self.decoder, &self.tokenizer, &cross)
+                    .first()
+                    .map(|&(id, _)| id),
+            }
+        } else {
+            None
+        };
+        let params = self.decode_params(language, n, prompt_before);
+        if self.debug {
+            eprintln!(
+                "window at {:.2} s, {:.2} s of audio{}",
+                window_start as f64 / f64::from(SAMPLE_RATE),
+                n as f64 / f64::from(SAMPLE_RATE),
+                if last { ", last" } else { "" }
+            );
+        }
+        let (result, failed) = self.decode_with_fallback(&cross, params, last, timing);
+        timing.decoder += t0.elapsed();
+        (result, failed, language)
+    }
+
+    fn process(&mut self, at_end: bool) -> WindowResult {
+        let available = (self.pushed_end() - self.seek) as usize;
+        let last = at_end && available <= WINDOW_SAMPLES;
+        let index = self.window_index;
+        self.window_index += 1;
+        let mut timing = TranscribeTiming::default();
+        let sps = SAMPLES_PER_TIMESTAMP;
+
+        // The stream's last window is short: decode the last full 10.24 s instead (audio before
+        // the seek position too, already transcribed) and keep what comes after the seek position.
+        // The model does much better with more audio than with a short window and padding.
+        let lookback = if last {
+            (WINDOW_SAMPLES - available).min((self.seek - self.buffer_start) as usize)
+        } else {
+            0
+        };
+        let mut selected: Option<(WindowResult, Vec<RawSegment>, u64)> = None;
+        if lookback >= SAMPLE_RATE as usize {
+            let start = self.seek - lookback as u64;
+            let n = lookback + available;
+            let (result, failed, language) = self.run_window(start, n, true, start, &mut timing);
+            let out = self.window_result(index, start, n, true, &result, failed, language);
+            let tol = (LOOKBACK_TOLERANCE * f64::from(SAMPLE_RATE)) as u64;
+            let seek = self.seek;
+            let raw: Vec<RawSegment> = split_segments(&self.tokenizer, &result.tokens)
+                .into_iter()
+                .filter(|s| self.has_text(s))
+                .collect();
+            let max_ts = (n as u64 / sps) as u32;
+            let at = |ts: u32| start + u64::from(ts) * sps;
+            let straddles = raw
+                .iter()
+                .any(|s| at(s.start) + tol < seek && at(s.end.unwrap_or(max_ts)) > seek + tol);
+            if self.is_silence(&result) {
+                selected = Some((out, Vec::new(), result.no_speech_prob as u64));
+            } else if !straddles && !failed {
+                let keep: Vec<RawSegment> = raw
+                    .into_iter()
+                    .filter(|s| at(s.start) + tol >= seek)
+                    .collect();
+                if self.debug {
+                    eprintln!(
+                        "  look-back: {} segment(s) after the seek position",
+                        keep.len()
+                    );
+                }
+                selected = Some((out, keep, 0));
+            } else if self.debug {
+                eprintln!("  look-back: a segment straddles the seek position; decoding from it");
+            }
+            if let Some((ref mut out, _, _)) = selected {
+                out.no_speech = self.is_silence(&result);
+                out.temperature = result.temperature;
+                out.avg_logprob = result.avg_logprob;
+                out.no_speech_prob = f64::from(result.no_speech_prob);
+                out.failed = failed;
+                out.language = language
+                    .and_then(|l| self.tokenizer.language_code(l))
+                    .map(str::to_string);
+                if !out.no_speech {
+                    self.lock_language(language);
+                }
+                self.remember_result(&result);
+            }
+        }
+        let (mut out, emit, window_start, result_lp) = match selected {
+            Some((out, emit, _)) => {
+                let ws = out.start_sample;
+                let lp = out.avg_logprob;
+                (out, emit, ws, lp)
+            }
+            None => {
+                let start = self.seek;
+                let n = available.min(WINDOW_SAMPLES);
+                let (result, failed, language) =
+                    self.run_window(start, n, last, start, &mut timing);
+                let out = self.window_result(index, start, n, last, &result, failed, language);
+                if out.no_speech {
+                    let mut out = out;
+                    out.timing = timing;
+                    self.advance(out.next_seek);
+                    return out;
+                }
+                self.lock_language(language);
+                self.remember_result(&result);
+                let (emit, seek_ts) = self.select_segments(&result.tokens, n, last);
+                let mut out = out;
+                out.next_seek = start + (u64::from(seek_ts) * sps).min(n as u64);
+                let lp = out.avg_logprob;
+                (out, emit, start, lp)
+            }
+        };
+        let _ = result_lp;
+        out.timing = timing;
+        out.index = index;
+        let max_ts = (out.audio_samples as u64 / sps) as u32;
+        let window_end = window_start + out.audio_samples as u64;
+        let prev_words = std::mem::take(&mut self.last_words);
+        for s in emit {
+            let text = self.tokenizer.decode(&s.tokens);
+            let words: Vec<String> = text::Words::from_tokens(&self.tokenizer, &s.tokens).words;
+            if words.is_empty() {
+                continue;
+            }
+            // Said already at the end of the previous window.
+            if out.segments.is_empty() && prev_words.ends_with(&words) {
+                continue;
+            }
+            let end_ts = s.end.unwrap_or(max_ts).max(s.start);
+            let start = (window_start + u64::from(s.start) * sps).max(self.seek.min(window_end));
+            let end = (window_start + u64::from(end_ts) * sps)
+                .min(window_end)
+                .max(start);
+            self.last_words.extend(words);
+            self.history.push((end, s.tokens.clone()));
+            out.segments.push(Segment {
+                start_sample: start,
+                end_sample: end,
+                start: start as f64 / f64::from(SAMPLE_RATE),
+                end: end as f64 / f64::from(SAMPLE_RATE),
+                text,
+                tokens: s.tokens,
+                avg_logprob: out.avg_logprob,
+                no_speech_prob: out.no_speech_prob,
+                compression_ratio: self.last_compression_ratio,
+                temperature: out.temperature,
+                language: out.language.clone(),
+            });
+        }
+        if out.segments.is_empty() {
+            self.last_words = prev_words;
+        }
+        if !self.options.use_prompt || out.temperature > 0.5 {
+            self.history.clear();
+        }
+        if last {
+            out.next_seek = window_end;
+        }
+        self.advance(out.next_seek);
+        out
+    }
+
+    fn has_text(&self, s: &RawSegment) -> bool {
+        s.tokens.iter().any(|&t| self.tokenizer.is_text(t))
+    }
+
+    fn lock_language(&mut self, language: Option<u32>) {
+        if !self.language_fixed && language.is_some() {
+            // Keep the language of the first window with speech.
+            self.language = language;
+            self.language_fixed = true;
+        }
+    }
+
+    fn remember_result(&mut self, r: &DecodeResult) {
+        self.last_compression_ratio = r.compression_ratio;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn window_result(
+        &self,
+        index: u64,
+        start: u64,
+        n: usize,
+        last: bool,
+        result: &DecodeResult,
+        failed: bool,
+        language: Option<u32>,
+    ) -> WindowResult {
+        WindowResult {
+            index,
+            start_sample: start,
+            audio_samples: n,
+            next_seek: start + n as u64,
+            segments: Vec::new(),
+            no_speech: self.is_silence(result),
+            no_speech_prob: f64::from(result.no_speech_prob),
+            avg_logprob: result.avg_logprob,
+            temperature: result.temperature,
+            failed,
+            language: language
+                .and_then(|l| self.tokenizer.language_code(l))
+                .map(str::to_string),
+            last,
+            timing: TranscribeTiming::default(),
+        }
+    }
+
+    /// Which segments of a window decoded from the seek position to emit, and where the next
+    /// window starts (timestamp units from the window start).
+    fn select_segments(&self, tokens: &[u32], n: usize, last: bool) -> (Vec<RawSegment>, u32) {
+        let raw = split_segments(&self.tokenizer, tokens);
+        let max_ts = (n as u64 / SAMPLES_PER_TIMESTAMP) as u32;
+        let margin = (self.options.edge_margin / 0.02).round() as u32;
+        let with_text = |v: Vec<RawSegment>| -> Vec<RawSegment> {
+            v.into_iter().filter(|s| self.has_text(s)).collect()
+        };
+        if last {
+            return (with_text(raw), max_ts);
+        }
+        // Complete segments that end clear of the window's end.
+        let inside: Vec<RawSegment> = raw
+            .iter()
+            .filter(|s| self.has_text(s) && s.end.is_some_and(|e| e + margin <= max_ts))
+            .cloned()
+            .collect();
+        if let Some(end) = inside.last().and_then(|s| s.end) {
+            return (inside, end.max(1));
+        }
+        if let Some(start) = raw.iter().map(|s| s.start).find(|&s| s > 0) {
+            // Speech starts later in the window: the next window starts there.
+            return (Vec::new(), start);
+        }
+        // One segment fills the window: emit it whole.
+        (with_text(raw), max_ts)
+    }
+
+    /// Moves the seek position, keeping one window of audio before it (for the look-back of the
+    /// last window).
+    fn advance(&mut self, seek: u64) {
+        self.seek = seek;
+        let keep_from = seek
+            .saturating_sub(WINDOW_SAMPLES as u64)
+            .max(self.buffer_start);
+        let drop = (keep_from - self.buffer_start) as usize;
+        self.buffer.drain(..drop.min(self.buffer.len()));
+        self.buffer_start += drop as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,34 @@
+use super::*;
+
+fn tokenizer() -> Tokenizer {
+    // Ids 0..4 text, 5 <|endoftext|>, 6 <|startoftranscript|>, 7 <|notimestamps|>, 8.. timestamps.
+    let json = serde_json::json!({
+        "model": {"type": "BPE", "vocab": {"ĠA": 0, "ĠB": 1, "ĠC": 2, ".": 3, "ĠD": 4}, "merges": []},
+        "added_tokens": [
+            {"id": 5, "content": "<|endoftext|>", "special": true},
+            {"id": 6, "content": "<|startoftranscript|>", "special": true},
+            {"id": 7, "content": "<|notimestamps|>", "special": true}
+        ]
+    });
+    Tokenizer::from_json(&json, 600).unwrap()
+}
+
+#[test]
+fn segments_split_at_timestamp_pairs() {
+    let t = tokenizer();
+    let ts = |i: u32| 8 + i;
+    // <0.00> A B <1.00><1.20> C . <2.00><3.00> D
+    let toks = [ts(0), 0, 1, ts(50), ts(60), 2, 3, ts(100), ts(150), 4];
+    let s = split_segments(&t, &toks);
+    assert_eq!(s.len(), 3);
+    assert_eq!((s[0].start, s[0].end), (0, Some(50)));
+    assert_eq!(s[0].tokens, vec![ts(0), 0, 1, ts(50)]);
+    assert_eq!((s[1].start, s[1].end), (60, Some(100)));
+    assert_eq!((s[2].start, s[2].end), (150, None));
+    assert_eq!(s[2].tokens, vec![ts(150), 4]);
+    // A trailing lone start timestamp.
+    let s = split_segments(&t, &[ts(0), 0, ts(20), ts(30)]);
+    assert_eq!(s.len(), 2);
+    assert_eq!((s[1].start, s[1].end), (30, None));
+    assert_eq!(t.decode(&toks), " A B C. D");
+}

@@ -1,0 +1,66 @@
+//! The element messages posted on the bus: `whisperencnpu-timing` per window and
+//! `whisperencnpu-segment` per transcribed segment.
+
+use std::time::Duration;
+
+use crate::npu::{BackendKind, Precision};
+use crate::transcribe::Segment;
+
+fn clock_time(d: Duration) -> gst::ClockTime {
+    gst::ClockTime::from_nseconds(d.as_nanos() as u64)
+}
+
+/// What one window cost.
+pub(super) struct TimingReport {
+    pub index: u64,
+    pub pts: gst::ClockTime,
+    /// Real audio in the window (less than a window only at the end of the stream).
+    pub audio: gst::ClockTime,
+    pub mel: Duration,
+    pub encoder: Duration,
+    /// Transcription mode only.
+    pub decoder: Option<Duration>,
+    pub processing: Duration,
+    pub backend: BackendKind,
+    pub precision: Precision,
+}
+
+impl TimingReport {
+    pub fn message(&self) -> gst::Structure {
+        let processing = clock_time(self.processing);
+        let mut s = gst::Structure::builder("whisperencnpu-timing")
+            .field("window", self.index)
+            .field("pts", self.pts)
+            .field("audio-duration", self.audio)
+            .field("mel-time", clock_time(self.mel))
+            .field("encoder-time", clock_time(self.encoder))
+            .field("processing-time", processing)
+            .field(
+                "realtime-factor",
+                self.audio.nseconds() as f64 / processing.nseconds().max(1) as f64,
+            )
+            .field("backend", self.backend.nick())
+            .field("precision", self.precision.nick())
+            .build();
+        if let Some(decoder) = self.decoder {
+            s.set("decoder-time", clock_time(decoder));
+        }
+        s
+    }
+}
+
+pub(super) fn segment_message(
+    segment: &Segment,
+    text: &str,
+    start: gst::ClockTime,
+    end: gst::ClockTime,
+) -> gst::Structure {
+    gst::Structure::builder("whisperencnpu-segment")
+        .field("text", text)
+        .field("start", start)
+        .field("end", end)
+        .field("avg-logprob", segment.avg_logprob)
+        .field("no-speech-prob", segment.no_speech_prob)
+        .field("language", segment.language.as_deref().unwrap_or("en"))
+        .build()
+}

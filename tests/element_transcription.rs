@@ -1,0 +1,215 @@
+//! The element in transcription mode, driven as users and transcriberbin drive it.
+
+mod common;
+
+use std::sync::Once;
+
+use gst::prelude::*;
+use gst_check::Harness;
+
+use common::{model_dir, shared_file};
+
+const F32_CAPS: &str = "audio/x-raw,format=F32LE,rate=16000,channels=1,layout=interleaved";
+const JFK: &str = "and so my fellow americans ask not what your country can do for you ask what you can do for your country";
+
+fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        gst::init().unwrap();
+        gstwhisperencnpu::plugin_register_static().expect("register the plugin");
+    });
+}
+
+fn transcriber(model: &str) -> gst::Element {
+    init();
+    gst::ElementFactory::make("whisperencnpu")
+        .property("model", model_dir(model).to_str().unwrap())
+        .property_from_str("mode", "transcription")
+        .property("language", "en")
+        .build()
+        .unwrap()
+}
+
+fn f32_buffer(samples: &[f32], pts: gst::ClockTime) -> gst::Buffer {
+    let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+    let mut buffer = gst::Buffer::from_mut_slice(bytes);
+    buffer.get_mut().unwrap().set_pts(pts);
+    buffer
+}
+
+fn jfk() -> Vec<f32> {
+    let data = std::fs::read(shared_file("audio/jfk.wav")).unwrap();
+    let pos = data.windows(4).position(|w| w == b"data").unwrap();
+    data[pos + 8..]
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0)
+        .collect()
+}
+
+fn words(text: &str) -> String {
+    text.to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '\'' {
+                c
+            } else {
+                ' '
+            }
+        })
+        .collect::<String>()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Everything that came out of the harness: text buffers, GAP events, final-transcript events.
+struct Output {
+    texts: Vec<(gst::ClockTime, gst::ClockTime, String)>,
+    gaps: Vec<(gst::ClockTime, gst::ClockTime)>,
+    finals: usize,
+    caps: Option<gst::Caps>,
+    segments: Vec<gst::Structure>,
+}
+
+fn run(model: &str, audio: &[f32]) -> Output {
+    let el = transcriber(model);
+    let bus = gst::Bus::new();
+    el.set_bus(Some(&bus));
+    let mut h = Harness::with_element(&el, Some("sink"), Some("src"));
+    h.set_src_caps_str(F32_CAPS);
+    h.play();
+    for (i, chunk) in audio.chunks(16_000).enumerate() {
+        h.push(f32_buffer(chunk, gst::ClockTime::from_seconds(i as u64)))
+            .unwrap();
+    }
+    h.push_event(gst::event::Eos::new());
+
+    let mut out = Output {
+        texts: Vec::new(),
+        gaps: Vec::new(),
+        finals: 0,
+        caps: None,
+        segments: Vec::new(),
+    };
+    let mut buffers = Vec::new();
+    loop {
+        match h.pull_until_eos() {
+            Ok(Some(b)) => buffers.push(b),
+            Ok(None) => break,
+            Err(e) => panic!("no EOS: {e}"),
+        }
+    }
+    for b in buffers {
+        let text = String::from_utf8(b.map_readable().unwrap().to_vec()).expect("UTF-8 text");
+        out.texts
+            .push((b.pts().unwrap(), b.duration().unwrap(), text));
+    }
+    while let Some(ev) = h.try_pull_event() {
+        match ev.view() {
+            gst::EventView::Gap(g) => {
+                let (pts, duration) = g.get();
+                out.gaps.push((pts, duration.unwrap()));
+            }
+            gst::EventView::CustomDownstream(c)
+                if c.structure()
+                    .is_some_and(|s| s.name() == "rstranscribe/final-transcript") =>
+            {
+                out.finals += 1
+            }
+            gst::EventView::Caps(c) => out.caps = Some(c.caps_owned()),
+            _ => {}
+        }
+    }
+    while let Some(msg) = bus.pop() {
+        if let gst::MessageView::Element(e) = msg.view() {
+            let s = e.structure().unwrap();
+            if s.name() == "whisperencnpu-segment" {
+                out.segments.push(s.to_owned());
+            }
+        }
+    }
+    el.set_bus(None);
+    out
+}
+
+#[test]
+fn jfk_is_transcribed_once_with_timestamps() {
+    let out = run("tiny.en", &jfk());
+    let caps = out.caps.expect("caps");
+    assert_eq!(caps.structure(0).unwrap().name(), "text/x-raw");
+    let all: Vec<_> = out.texts.iter().map(|(_, _, t)| t.as_str()).collect();
+    println!("{all:?}");
+    assert_eq!(words(&all.join(" ")), JFK);
+    // In order, inside the 11 s of audio, one final-transcript event and one message per segment.
+    let mut last_end = gst::ClockTime::ZERO;
+    for (pts, duration, _) in &out.texts {
+        assert!(*pts >= last_end, "segments overlap");
+        last_end = *pts + *duration;
+    }
+    assert!(
+        last_end <= gst::ClockTime::from_mseconds(11_100),
+        "{last_end}"
+    );
+    assert_eq!(out.finals, out.texts.len());
+    assert_eq!(out.segments.len(), out.texts.len());
+    for (s, (pts, _, text)) in out.segments.iter().zip(&out.texts) {
+        assert_eq!(s.get::<&str>("text").unwrap(), text);
+        assert_eq!(s.get::<gst::ClockTime>("start").unwrap(), *pts);
+        assert_eq!(s.get::<&str>("language").unwrap(), "en");
+        assert!(s.get::<f64>("avg-logprob").unwrap() < 0.0);
+    }
+}
+
+#[test]
+fn silence_gives_no_text_but_gaps() {
+    let out = run("tiny.en", &vec![0.0; 30 * 16_000]);
+    assert!(out.texts.is_empty(), "{:?}", out.texts);
+    // Downstream's time still moves: the gaps cover the stream.
+    let covered: u64 = out.gaps.iter().map(|(_, d)| d.nseconds()).sum();
+    assert!(covered >= 29_000_000_000, "gaps cover only {covered} ns");
+}
+
+#[test]
+fn noise_gives_no_text() {
+    // Deterministic white noise at a moderate level.
+    let mut x: u32 = 12345;
+    let noise: Vec<f32> = (0..30 * 16_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x as f32 / u32::MAX as f32 - 0.5) * 0.2
+        })
+        .collect();
+    let out = run("tiny.en", &noise);
+    assert!(out.texts.is_empty(), "{:?}", out.texts);
+}
+
+/// transcriberbin sets `latency` and `language-code`, links a live fakesrc, goes to PAUSED and
+/// queries the latency before any data flows.
+#[test]
+fn latency_query_as_transcriberbin_asks_it() {
+    let el = transcriber("tiny.en");
+    el.set_property("latency", 4000u32);
+    el.set_property("language-code", "en-US");
+    assert_eq!(
+        el.property::<Option<String>>("language").as_deref(),
+        Some("en")
+    );
+    let src = gst::ElementFactory::make("fakesrc")
+        .property("is-live", true)
+        .build()
+        .unwrap();
+    let pipeline = gst::Pipeline::new();
+    pipeline.add_many([&src, &el]).unwrap();
+    src.link(&el).unwrap();
+    el.set_state(gst::State::Paused).unwrap();
+    src.set_state(gst::State::Paused).unwrap();
+    let mut q = gst::query::Latency::new();
+    assert!(el.static_pad("src").unwrap().query(&mut q));
+    let (live, min, _) = q.result();
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert!(live);
+    // A window, a chunk, and the processing time the property allows.
+    assert_eq!(min, gst::ClockTime::from_mseconds(10_240 + 1_000 + 4_000));
+}

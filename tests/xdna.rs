@@ -1,0 +1,642 @@
+//! The XDNA2 NPU backend without an NPU: the kernel layout and padding, the emulated shim against
+//! the int8 definition, the whole encoder through the XDNA2 engine on the emulated shim against
+//! the CPU int8 computation (bit for bit) and the reference outputs, and the element with
+//! backend=xdna / auto.
+//!
+//! The element tests run in a child process of this test binary with the `WHISPERENCNPU_XDNA_*`
+//! variables set as each needs (the engine reads them; a test must not change the environment of
+//! a process whose other threads read it).
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Once};
+
+use gst::prelude::*;
+use gst_check::Harness;
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2};
+
+use gstwhisperencnpu::model::{Encoder, WhisperModel};
+use gstwhisperencnpu::npu::quant::{self, QuantizedWeight};
+use gstwhisperencnpu::npu::xdna::layout::{self, M_RUN, N_ALIGN, TILE_K, TILE_M, TILE_N};
+use gstwhisperencnpu::npu::xdna::shim::{GemmShape, Role, Shim, ShimKind};
+use gstwhisperencnpu::npu::xdna::{self, XdnaConfig, XdnaDevice, XdnaEngine};
+use gstwhisperencnpu::npu::{
+    self, BackendChoice, BackendKind, Engine, EngineError, Linear, Precision,
+};
+
+use common::{model_dir, read_npy_2d, relative_l2};
+
+/// The int8 bound of the performance issue: CTranslate2's own int8 encoder against its float32
+/// one (base, jfk).
+const INT8_MAX_REL_L2: f64 = 0.087;
+
+fn emulator() -> XdnaConfig {
+    XdnaConfig::emulated(xdna::emulator_shim_path())
+}
+
+fn emulated_engine() -> Arc<XdnaEngine> {
+    Arc::new(XdnaEngine::open(&emulator()).expect("open the emulated XDNA2 engine"))
+}
+
+/// Deterministic pseudo-random values in [-1, 1).
+fn pseudo(rows: usize, cols: usize, seed: u32) -> Array2<f32> {
+    let mut st = seed.wrapping_mul(2_654_435_761).wrapping_add(7);
+    Array2::from_shape_fn((rows, cols), |_| {
+        st ^= st << 13;
+        st ^= st >> 17;
+        st ^= st << 5;
+        (st % 20_001) as f32 / 10_000.0 - 1.0
+    })
+}
+
+fn pseudo_i8(len: usize, seed: u32) -> Vec<i8> {
+    let mut st = seed.wrapping_mul(2_654_435_761).wrapping_add(3);
+    (0..len)
+        .map(|_| {
+            st ^= st << 13;
+            st ^= st >> 17;
+            st ^= st << 5;
+            // The full range, -127 ..= 127 as quantization produces, and -128 too.
+            (st % 256) as u8 as i8
+        })
+        .collect()
+}
+
+// ---- layout and padding ------------------------------------------------------------------------
+
+#[test]
+fn padding_follows_the_tiles() {
+    assert_eq!(
+        (TILE_M, TILE_K, TILE_N, M_RUN, N_ALIGN),
+        (64, 64, 64, 512, 512)
+    );
+    // conv1 (3 x 80 mel bands), d_model and its multiples for base and tiny.en.
+    for (k, padded) in [
+        (240, 256),
+        (384, 384),
+        (512, 512),
+        (1152, 1152),
+        (1536, 1536),
+    ] {
+        assert_eq!(layout::padded_k(k), padded, "K {k}");
+    }
+    assert_eq!(layout::padded_k(2048), 2048);
+    assert_eq!(layout::padded_k(1), 64);
+    for (n, padded) in [
+        (384, 512),
+        (512, 512),
+        (1152, 1536),
+        (1536, 1536),
+        (2048, 2048),
+    ] {
+        assert_eq!(layout::padded_n(n), padded, "N {n}");
+    }
+    assert_eq!(layout::padded_n(1), 512);
+    assert_eq!(
+        [1, 511, 512, 513, 1024, 1500].map(layout::runs_for),
+        [1, 1, 1, 2, 2, 3]
+    );
+}
+
+/// The tiled layouts are permutations of the padded matrices, and every 64 x 64 tile is one
+/// contiguous 4 KiB run, the K tiles of a panel one after the other (what makes the DMAs linear).
+#[test]
+fn tiled_layouts_are_permutations_of_whole_tiles() {
+    let k_pad = 192;
+    let mut seen = vec![false; M_RUN * k_pad];
+    for r in 0..M_RUN {
+        for c in 0..k_pad {
+            let i = layout::a_index(k_pad, r, c);
+            assert!(!seen[i], "A ({r}, {c}) lands on a taken place");
+            seen[i] = true;
+            let tile = (r / TILE_M) * (k_pad / TILE_K) + c / TILE_K;
+            assert_eq!(i / (TILE_M * TILE_K), tile, "A ({r}, {c}) outside its tile");
+            // Inside a tile: 8 x 8 blocks, row-major blocks, row-major inside.
+            let within = i % (TILE_M * TILE_K);
+            let block = ((r % TILE_M) / 8) * (TILE_K / 8) + (c % TILE_K) / 8;
+            assert_eq!(within, block * 64 + (r % 8) * 8 + c % 8);
+        }
+    }
+    assert!(seen.iter().all(|&s| s));
+
+    let n_pad = 1024;
+    let mut seen = vec![false; k_pad * n_pad];
+    for r in 0..k_pad {
+        for c in 0..n_pad {
+            let i = layout::b_index(k_pad, r, c);
+            assert!(!seen[i], "B ({r}, {c}) lands on a taken place");
+            seen[i] = true;
+            let tile = (c / TILE_N) * (k_pad / TILE_K) + r / TILE_K;
+            assert_eq!(i / (TILE_K * TILE_N), tile, "B ({r}, {c}) outside its tile");
+            let within = i % (TILE_K * TILE_N);
+            let block = ((r % TILE_K) / 8) * (TILE_N / 8) + (c % TILE_N) / 8;
+            assert_eq!(within, block * 64 + (r % 8) * 8 + c % 8);
+        }
+    }
+    assert!(seen.iter().all(|&s| s));
+}
+
+#[test]
+fn packing_places_values_and_zero_pads() {
+    // 300 rows of K = 100: rows and columns are both padded (M to 512, K to 128).
+    let (rows, k) = (300, 100);
+    let k_pad = layout::padded_k(k);
+    let q = pseudo_i8(rows * k, 1);
+    let mut a = vec![99i8; M_RUN * k_pad];
+    layout::pack_a(&q, rows, k, k_pad, &mut a);
+    for r in 0..M_RUN {
+        for c in 0..k_pad {
+            let want = if r < rows && c < k { q[r * k + c] } else { 0 };
+            assert_eq!(a[layout::a_index(k_pad, r, c)], want, "A ({r}, {c})");
+        }
+    }
+
+    // A weight of 37 outputs x 100 inputs (PyTorch layout): B = W^T, padded to 128 x 512.
+    let (n_out, n_pad) = (37, layout::padded_n(37));
+    let w = pseudo_i8(n_out * k, 2);
+    let mut b = vec![99i8; k_pad * n_pad];
+    layout::pack_b(&w, n_out, k, k_pad, n_pad, &mut b);
+    for r in 0..k_pad {
+        for c in 0..n_pad {
+            let want = if r < k && c < n_out { w[c * k + r] } else { 0 };
+            assert_eq!(b[layout::b_index(k_pad, r, c)], want, "B ({r}, {c})");
+        }
+    }
+
+    let c: Vec<i32> = (0..(M_RUN * n_pad) as i32).collect();
+    let mut acc = vec![0; rows * n_out];
+    layout::unpack_c(&c, rows, n_out, n_pad, &mut acc);
+    for r in 0..rows {
+        for o in 0..n_out {
+            assert_eq!(acc[r * n_out + o], (r * n_pad + o) as i32);
+        }
+    }
+}
+
+// ---- the emulated shim -------------------------------------------------------------------------
+
+#[test]
+fn emulated_shim_loads_and_says_what_it_is() {
+    let shim = Shim::load(&xdna::emulator_shim_path()).unwrap();
+    assert_eq!(shim.kind(), ShimKind::Emulator);
+    let missing = Shim::load(std::path::Path::new("/nonexistent/libxdna_shim.so")).unwrap_err();
+    assert!(
+        missing.to_string().contains("/nonexistent/libxdna_shim.so"),
+        "{missing}"
+    );
+}
+
+/// One kernel run of the emulated device against `quant::gemm_i8_reference`, for several shapes.
+#[test]
+fn emulated_gemm_equals_the_int8_definition() {
+    let shim = Shim::load(&xdna::emulator_shim_path()).unwrap();
+    let dev = shim.open(None).unwrap();
+    for (k, n, seed) in [(64, 512, 1), (256, 512, 2), (448, 1024, 3)] {
+        let shape = GemmShape { m: M_RUN, k, n };
+        let kernel = dev.load_kernel(None, "test", None, shape).unwrap();
+        let a_rm = pseudo_i8(M_RUN * k, seed);
+        let w = pseudo_i8(n * k, seed + 10); // n x k: B^T
+        let mut a = kernel.alloc(Role::A, M_RUN * k).unwrap();
+        let mut b = kernel.alloc(Role::B, k * n).unwrap();
+        let c = kernel.alloc(Role::C, M_RUN * n * 4).unwrap();
+        layout::pack_a(&a_rm, M_RUN, k, k, a.as_i8_mut());
+        layout::pack_b(&w, n, k, k, n, b.as_i8_mut());
+        a.sync_to_device().unwrap();
+        b.sync_to_device().unwrap();
+        kernel.run(&a, &b, &c).unwrap();
+        c.sync_from_device().unwrap();
+        let mut want = vec![0i32; M_RUN * n];
+        quant::gemm_i8_reference(&a_rm, &w, M_RUN, k, n, &mut want);
+        assert!(c.as_i32() == want.as_slice(), "{M_RUN}x{k}x{n} differs");
+    }
+}
+
+/// Like the device, the emulation computes on what was synced to it, and says what is wrong.
+#[test]
+fn emulated_shim_needs_syncs_and_checks_its_arguments() {
+    let shim = Shim::load(&xdna::emulator_shim_path()).unwrap();
+    let dev = shim.open(None).unwrap();
+    let shape = GemmShape {
+        m: M_RUN,
+        k: 64,
+        n: 512,
+    };
+    let kernel = dev.load_kernel(None, "test", None, shape).unwrap();
+    let mut a = kernel.alloc(Role::A, M_RUN * 64).unwrap();
+    let mut b = kernel.alloc(Role::B, 64 * 512).unwrap();
+    let c = kernel.alloc(Role::C, M_RUN * 512 * 4).unwrap();
+    a.as_i8_mut().fill(1);
+    b.as_i8_mut().fill(1);
+    kernel.run(&a, &b, &c).unwrap();
+    c.sync_from_device().unwrap();
+    assert!(c.as_i32().iter().all(|&v| v == 0), "unsynced inputs used");
+    a.sync_to_device().unwrap();
+    b.sync_to_device().unwrap();
+    kernel.run(&a, &b, &c).unwrap();
+    assert!(c.as_i32().iter().all(|&v| v == 0), "unsynced output seen");
+    c.sync_from_device().unwrap();
+    assert!(c.as_i32().iter().all(|&v| v == 64));
+
+    let bad = GemmShape {
+        m: M_RUN,
+        k: 100,
+        n: 512,
+    };
+    let err = dev.load_kernel(None, "bad", None, bad).err().unwrap();
+    assert!(err.to_string().contains("512x100x512"), "{err}");
+    let small = kernel.alloc(Role::A, 16).unwrap();
+    let err = kernel.run(&small, &b, &c).unwrap_err();
+    assert!(err.to_string().contains("too small"), "{err}");
+}
+
+// ---- the engine --------------------------------------------------------------------------------
+
+/// The CPU int8 computation straight from `quant` (the definition every int8 engine reproduces).
+struct RefInt8Engine;
+
+struct RefInt8Linear(QuantizedWeight);
+
+impl Engine for RefInt8Engine {
+    fn backend(&self) -> BackendKind {
+        BackendKind::Cpu
+    }
+    fn precision(&self) -> Precision {
+        Precision::Int8
+    }
+    fn prepare(&self, weight: ArrayView2<f32>, bias: Option<ArrayView1<f32>>) -> Box<dyn Linear> {
+        Box::new(RefInt8Linear(quant::quantize_weight(weight, bias)))
+    }
+}
+
+impl Linear for RefInt8Linear {
+    fn n_in(&self) -> usize {
+        self.0.n_in
+    }
+    fn n_out(&self) -> usize {
+        self.0.n_out
+    }
+    fn forward(&self, x: ArrayView2<f32>, y: ArrayViewMut2<f32>) {
+        let (rows, k, n) = (x.nrows(), self.0.n_in, self.0.n_out);
+        let (mut q, mut scales, mut acc) = (vec![0; rows * k], vec![0.0; rows], vec![0; rows * n]);
+        quant::quantize_rows(x, &mut q, &mut scales);
+        quant::gemm_i8_reference(&q, &self.0.data, rows, k, n, &mut acc);
+        quant::dequantize(&acc, &scales, &self.0, y);
+    }
+}
+
+fn same_bits(a: &Array2<f32>, b: &Array2<f32>) -> bool {
+    a.dim() == b.dim()
+        && a.iter()
+            .zip(b.iter())
+            .all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+#[test]
+fn linear_layers_equal_the_cpu_int8_computation() {
+    let engine = emulated_engine();
+    assert_eq!(engine.backend(), BackendKind::Xdna);
+    assert_eq!(engine.precision(), Precision::Int8);
+    assert!(engine.is_emulated());
+    // Odd sizes (every dimension padded), more rows than one run, with and without bias.
+    for (n_out, n_in, rows, bias) in [
+        (37, 53, 700, true),
+        (600, 64, 512, false),
+        (8, 200, 1, true),
+    ] {
+        let w = pseudo(n_out, n_in, n_out as u32);
+        let b: Array1<f32> = pseudo(1, n_out, 5).row(0).to_owned();
+        let x = pseudo(rows, n_in, rows as u32);
+        let bias = bias.then_some(b.view());
+        let ours = engine.prepare(w.view(), bias);
+        let reference = RefInt8Engine.prepare(w.view(), bias);
+        assert_eq!((ours.n_in(), ours.n_out()), (n_in, n_out));
+        let mut y = Array2::from_elem((rows, n_out), f32::NAN);
+        let mut want = Array2::zeros((rows, n_out));
+        ours.forward(x.view(), y.view_mut());
+        reference.forward(x.view(), want.view_mut());
+        assert!(same_bits(&y, &want), "{n_out}x{n_in}, {rows} rows differ");
+        // The same buffers serve the next call.
+        let x2 = pseudo(rows, n_in, 99);
+        ours.forward(x2.view(), y.view_mut());
+        reference.forward(x2.view(), want.view_mut());
+        assert!(same_bits(&y, &want), "second call differs");
+    }
+    let stats = engine.stats();
+    assert!(stats.fallbacks.is_empty(), "{:?}", stats.fallbacks);
+    // 2 + 1 + 1 runs per call, two calls each.
+    assert_eq!(stats.kernel_runs, 8);
+}
+
+fn load_model(name: &str) -> WhisperModel {
+    let dir = model_dir(name);
+    WhisperModel::load(&dir).unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()))
+}
+
+/// The whole encoder through the XDNA2 engine (emulated device) against the same encoder on the
+/// CPU int8 computation: equal bit for bit. Returns the XDNA2 output.
+fn encoder_exactness(model_name: &str) -> Array2<f32> {
+    let model = load_model(model_name);
+    let mel = read_npy_2d("golden/mel_jfk.npy");
+    let engine = emulated_engine();
+    let mut on_npu = Encoder::new(&model, engine.clone(), 2).unwrap();
+    let started = std::time::Instant::now();
+    let ours = on_npu.forward(mel.view());
+    let npu_time = started.elapsed();
+    let mut on_cpu = Encoder::new(&model, Arc::new(RefInt8Engine), 2).unwrap();
+    let reference = on_cpu.forward(mel.view());
+    assert!(ours.iter().all(|v| v.is_finite()));
+    let differing = ours
+        .iter()
+        .zip(reference.iter())
+        .filter(|(a, b)| a.to_bits() != b.to_bits())
+        .count();
+    assert_eq!(
+        differing, 0,
+        "{model_name}: {differing} values differ from the CPU int8 encoder"
+    );
+    let stats = engine.stats();
+    assert!(stats.fallbacks.is_empty(), "{:?}", stats.fallbacks);
+    let d = model.dims();
+    // conv1 (1024 rows: 2 runs), conv2, and 4 products per layer.
+    assert_eq!(stats.kernel_runs as usize, 2 + 1 + 4 * d.n_encoder_layers);
+    println!(
+        "{model_name}: XDNA2 engine (emulated, {} kernel runs, {:.1} s) == CPU int8 encoder, \
+         bit for bit",
+        stats.kernel_runs,
+        npu_time.as_secs_f64()
+    );
+
+    // And again: the device buffers are reused, the result does not change.
+    let again = on_npu.forward(mel.view());
+    assert!(same_bits(&again, &ours), "second window differs");
+    ours
+}
+
+#[test]
+fn base_encoder_on_the_emulated_npu_equals_cpu_int8() {
+    let ours = encoder_exactness("base");
+    let reference = read_npy_2d("golden/enc_base_jfk.npy");
+    let err = relative_l2(ours.as_slice().unwrap(), reference.as_slice().unwrap());
+    println!("base jfk: relative L2 error of the XDNA2 (int8) encoder {err:.4}");
+    assert!(
+        err <= INT8_MAX_REL_L2,
+        "relative L2 {err} > {INT8_MAX_REL_L2}"
+    );
+}
+
+#[test]
+fn tiny_en_encoder_on_the_emulated_npu_equals_cpu_int8() {
+    let ours = encoder_exactness("tiny.en");
+    let reference = read_npy_2d("golden/enc_tiny.en_jfk.npy");
+    let err = relative_l2(ours.as_slice().unwrap(), reference.as_slice().unwrap());
+    println!("tiny.en jfk: relative L2 error of the XDNA2 (int8) encoder {err:.4}");
+    assert!(
+        err <= INT8_MAX_REL_L2,
+        "relative L2 {err} > {INT8_MAX_REL_L2}"
+    );
+}
+
+// ---- opening: what is missing is said ----------------------------------------------------------
+
+fn open_error(config: &XdnaConfig) -> EngineError {
+    XdnaEngine::open(config).expect_err("opening should fail")
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("whisperencnpu-xdna-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn missing_pieces_are_explained() {
+    let no_device = XdnaConfig {
+        device: XdnaDevice::Node("/nonexistent/accel0".into()),
+        shim: xdna::emulator_shim_path(),
+        kernels: temp_dir("none"),
+    };
+    let err = open_error(&no_device).to_string();
+    assert!(
+        err.contains("/nonexistent/accel0") && err.contains(xdna::ENV_DEVICE),
+        "{err}"
+    );
+    assert!(err.contains("emulated"), "{err}");
+
+    // A device node that exists (any file will do for the check), the rest missing in turn.
+    let kernels = temp_dir("kernels");
+    let mut config = XdnaConfig {
+        device: XdnaDevice::Node("/dev/null".into()),
+        shim: kernels.join(xdna::XRT_SHIM_FILE),
+        kernels: kernels.clone(),
+    };
+    let err = open_error(&config).to_string();
+    assert!(
+        err.contains(xdna::XRT_SHIM_FILE) && err.contains(xdna::ENV_SHIM),
+        "{err}"
+    );
+
+    config.shim = xdna::emulator_shim_path();
+    let err = open_error(&config).to_string();
+    assert!(
+        err.contains("kernel binaries") && err.contains(xdna::ENV_KERNELS),
+        "{err}"
+    );
+    std::fs::write(kernels.join(xdna::insts_file(512, 512)), [0u8; 4]).unwrap();
+    let err = open_error(&config).to_string();
+    assert!(err.contains(xdna::XCLBIN_FILE), "{err}");
+
+    // Everything there, but the library is the emulator: not taken for the device.
+    std::fs::write(kernels.join(xdna::XCLBIN_FILE), b"xclbin").unwrap();
+    let err = open_error(&config).to_string();
+    assert!(
+        err.contains("emulator") && err.contains(xdna::ENV_DEVICE),
+        "{err}"
+    );
+
+    // A file that is no library.
+    let mut emulated = emulator();
+    emulated.shim = kernels.join(xdna::insts_file(512, 512));
+    let err = open_error(&emulated).to_string();
+    assert!(err.contains("cannot be used"), "{err}");
+    let _ = std::fs::remove_dir_all(kernels);
+}
+
+/// `auto` picks the NPU exactly when the NPU engine opens from the environment; here (no NPU) that
+/// is the CPU.
+#[test]
+fn auto_picks_the_npu_only_when_it_opens() {
+    let engine = npu::open_engine(BackendChoice::Auto, Precision::F32).unwrap();
+    let npu_opens = XdnaEngine::open_auto().is_ok();
+    let expected = if npu_opens {
+        BackendKind::Xdna
+    } else {
+        BackendKind::Cpu
+    };
+    assert_eq!(engine.backend(), expected);
+    if !std::path::Path::new(xdna::DEFAULT_DEVICE).exists() {
+        assert_eq!(engine.backend(), BackendKind::Cpu);
+    }
+}
+
+// ---- the element -------------------------------------------------------------------------------
+
+/// Runs `test` (an ignored test of this binary) in a child process with the XDNA variables
+/// cleared and `device` as WHISPERENCNPU_XDNA_DEVICE.
+fn run_child(test: &str, device: Option<&str>) {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        test,
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env_remove(xdna::ENV_DEVICE)
+    .env_remove(xdna::ENV_SHIM)
+    .env_remove(xdna::ENV_KERNELS)
+    .env("WHISPERENCNPU_XDNA_CHILD", "1");
+    if let Some(device) = device {
+        cmd.env(xdna::ENV_DEVICE, device);
+    }
+    let out = cmd.output().expect("run the test binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{test} failed in the child process");
+    assert!(stdout.contains("1 passed"), "{test} did not run");
+}
+
+fn in_child() -> bool {
+    std::env::var_os("WHISPERENCNPU_XDNA_CHILD").is_some()
+}
+
+fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        gst::init().unwrap();
+        gstwhisperencnpu::plugin_register_static().expect("register the plugin");
+    });
+}
+
+fn element(model: &str, backend: &str) -> gst::Element {
+    init();
+    let el = gst::ElementFactory::make("whisperencnpu")
+        .property("model", model_dir(model).to_str().unwrap())
+        .property("threads", 2u32)
+        .build()
+        .unwrap();
+    el.set_property_from_str("backend", backend);
+    el
+}
+
+/// Pushes 12 s of a tone through the element (two windows) and returns the buffers and the
+/// timing messages.
+fn run_element(el: &gst::Element) -> (Vec<gst::Buffer>, Vec<gst::Structure>) {
+    let bus = gst::Bus::new();
+    el.set_bus(Some(&bus));
+    let mut h = Harness::with_element(el, Some("sink"), Some("src"));
+    h.set_src_caps_str("audio/x-raw,format=F32LE,rate=16000,channels=1,layout=interleaved");
+    h.play();
+    let samples: Vec<f32> = (0..16_000 * 12)
+        .map(|i| 0.1 * (i as f32 * 440.0 * std::f32::consts::TAU / 16_000.0).sin())
+        .collect();
+    let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+    let mut buffer = gst::Buffer::from_mut_slice(bytes);
+    buffer.get_mut().unwrap().set_pts(gst::ClockTime::ZERO);
+    assert_eq!(h.push(buffer), Ok(gst::FlowSuccess::Ok));
+    h.push_event(gst::event::Eos::new());
+    let mut buffers = Vec::new();
+    while let Ok(Some(b)) = h.pull_until_eos() {
+        buffers.push(b);
+    }
+    let timings = std::iter::from_fn(|| bus.pop_filtered(&[gst::MessageType::Element]))
+        .filter_map(|m| m.structure().map(|s| s.to_owned()))
+        .filter(|s| s.name() == "whisperencnpu-timing")
+        .collect();
+    (buffers, timings)
+}
+
+#[test]
+fn element_runs_backend_xdna_on_the_emulated_npu() {
+    run_child("child_element_xdna_emulated", Some(xdna::EMULATED));
+}
+
+#[test]
+#[ignore = "run by element_runs_backend_xdna_on_the_emulated_npu in a child process"]
+fn child_element_xdna_emulated() {
+    assert!(in_child());
+    let (buffers, timings) = run_element(&element("tiny.en", "xdna"));
+    assert_eq!(buffers.len(), 2);
+    for b in &buffers {
+        assert_eq!(b.size(), 384 * 512 * 4);
+        let map = b.map_readable().unwrap();
+        assert!(map
+            .chunks_exact(4)
+            .all(|c| f32::from_le_bytes(c.try_into().unwrap()).is_finite()));
+    }
+    assert_eq!(timings.len(), 2);
+    for s in &timings {
+        assert_eq!(s.get::<&str>("backend").unwrap(), "xdna", "{s}");
+        assert_eq!(s.get::<&str>("precision").unwrap(), "int8", "{s}");
+    }
+    println!("timing: {}", timings[0]);
+}
+
+#[test]
+fn element_backend_auto_runs_on_the_cpu_here() {
+    run_child("child_element_auto", None);
+}
+
+#[test]
+#[ignore = "run by element_backend_auto_runs_on_the_cpu_here in a child process"]
+fn child_element_auto() {
+    assert!(in_child());
+    let (buffers, timings) = run_element(&element("tiny.en", "auto"));
+    assert_eq!(buffers.len(), 2);
+    let expected = if XdnaEngine::open_auto().is_ok() {
+        "xdna"
+    } else {
+        "cpu"
+    };
+    for s in &timings {
+        assert_eq!(s.get::<&str>("backend").unwrap(), expected, "{s}");
+    }
+    if !std::path::Path::new(xdna::DEFAULT_DEVICE).exists() {
+        assert_eq!(expected, "cpu");
+    }
+}
+
+#[test]
+fn element_backend_xdna_without_an_npu_fails_clearly() {
+    run_child("child_element_xdna_missing", None);
+}
+
+#[test]
+#[ignore = "run by element_backend_xdna_without_an_npu_fails_clearly in a child process"]
+fn child_element_xdna_missing() {
+    assert!(in_child());
+    if std::path::Path::new(xdna::DEFAULT_DEVICE).exists() {
+        println!("an NPU is present: nothing to check");
+        return;
+    }
+    let el = element("tiny.en", "xdna");
+    let pipeline = gst::Pipeline::new();
+    pipeline.add(&el).unwrap();
+    assert!(pipeline.set_state(gst::State::Paused).is_err());
+    let msg = pipeline
+        .bus()
+        .unwrap()
+        .timed_pop_filtered(gst::ClockTime::from_seconds(5), &[gst::MessageType::Error])
+        .expect("an error message on the bus");
+    pipeline.set_state(gst::State::Null).unwrap();
+    let gst::MessageView::Error(e) = msg.view() else {
+        unreachable!()
+    };
+    let text = e.error().to_string();
+    println!("error on the bus: {text}");
+    assert!(text.contains("backend=xdna"), "{text}");
+    assert!(text.contains(xdna::DEFAULT_DEVICE), "{text}");
+    assert!(text.contains(xdna::ENV_DEVICE), "{text}");
+}
