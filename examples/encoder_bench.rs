@@ -81,6 +81,17 @@ fn parse() -> Result<Args, String> {
     Ok(a)
 }
 
+/// CPU time of this process so far (user + system, all threads), from /proc (Linux), in ms.
+fn process_cpu_ms() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ is 100 on every Linux architecture that matters here.
+    Some(ticks * 10.0)
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
@@ -135,13 +146,20 @@ fn run(a: &Args) -> Result<(), String> {
             }
         }
     } else {
+        let cpu0 = process_cpu_ms();
         let times = (0..a.runs)
             .map(|_| once(&mut out))
             .collect::<Result<Vec<f64>, String>>()?;
+        // CPU time per run (all threads; includes the pool's spinning while it waits): with
+        // --threads 1 a measure that other processes on the machine hardly disturb.
+        let cpu = match (cpu0, process_cpu_ms()) {
+            (Some(a0), Some(a1)) if a.runs > 0 => format!("{:.2}", (a1 - a0) / a.runs as f64),
+            _ => "null".to_string(),
+        };
         let list: Vec<String> = times.iter().map(|t| format!("{t:.4}")).collect();
         writeln!(
             stdout.lock(),
-            "{{{head},\"times_ms\":[{}],\"median_ms\":{:.4}}}",
+            "{{{head},\"times_ms\":[{}],\"median_ms\":{:.4},\"cpu_ms_per_run\":{cpu}}}",
             list.join(","),
             median(&times)
         )

@@ -5,6 +5,7 @@
 //! cargo run --release --example eval -- [--model base|tiny.en|DIR] [--manifest PATH]
 //!     [--language en|auto] [--beam N] [--no-prompt] [--threads N] [--verbose]
 //!     [--file WAV ...]            transcribe these files instead, printing the segments
+//!     [--decoder-speed]           time one decoder step (batch 1 and 5) instead
 //! ```
 //!
 //! The audio is pushed in 0.5 s chunks as a live stream would bring it; windows are decoded as soon
@@ -26,6 +27,7 @@ struct Args {
     threads: usize,
     verbose: bool,
     files: Vec<PathBuf>,
+    decoder_speed: bool,
 }
 
 fn shared_dir() -> PathBuf {
@@ -37,7 +39,7 @@ fn shared_dir() -> PathBuf {
 fn usage() -> ! {
     eprintln!(
         "usage: eval [--model base|tiny.en|DIR] [--manifest PATH] [--language CODE|auto] \
-         [--beam N] [--no-prompt] [--threads N] [--verbose] [--file WAV ...]"
+         [--beam N] [--no-prompt] [--threads N] [--verbose] [--file WAV ...] [--decoder-speed]"
     );
     std::process::exit(2)
 }
@@ -53,6 +55,7 @@ fn parse_args() -> Args {
         threads: 0,
         verbose: false,
         files: Vec::new(),
+        decoder_speed: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -77,6 +80,7 @@ fn parse_args() -> Args {
             "--threads" => a.threads = value().parse().unwrap_or_else(|_| usage()),
             "--verbose" | "-v" => a.verbose = true,
             "--file" => a.files.push(PathBuf::from(value())),
+            "--decoder-speed" => a.decoder_speed = true,
             "--help" | "-h" => usage(),
             _ => usage(),
         }
@@ -97,7 +101,7 @@ fn transcribe(
     }
     t.reset(0);
     let mut windows = Vec::new();
-    let mut show = |w: &WindowResult| {
+    let show = |w: &WindowResult| {
         if verbose {
             for s in &w.segments {
                 println!("  [{:7.2} -> {:7.2}] {}", s.start, s.end, s.text.trim());
@@ -189,6 +193,10 @@ fn main() {
         std::process::exit(1)
     });
 
+    if args.decoder_speed {
+        decoder_speed(&model, args.threads);
+        return;
+    }
     if !args.files.is_empty() {
         for f in &args.files {
             println!("{}", f.display());
@@ -207,14 +215,18 @@ fn main() {
     let base = args.manifest.parent().unwrap_or(Path::new("."));
     let (fw_overall, fw_clips) = reference_figures(&base.join("../README.md"));
     println!(
-        "model {} ({}), greedy={}, language {}, prompt {}",
+        "model {} ({}), {}, language {}, prompt {}",
         args.model.display(),
         if model.dims().is_multilingual() {
             "multilingual"
         } else {
             "English-only"
         },
-        args.options.beam_size <= 1,
+        if args.options.beam_size <= 1 {
+            "greedy".to_string()
+        } else {
+            format!("beam {}", args.options.beam_size)
+        },
         args.options.language.as_deref().unwrap_or("auto"),
         if args.options.use_prompt { "on" } else { "off" },
     );
@@ -299,6 +311,48 @@ fn print_timing(ws: &[WindowResult]) {
             w.temperature,
             if w.no_speech { ", no speech" } else { "" },
             if w.failed { ", failed" } else { "" },
+        );
+    }
+}
+
+/// Milliseconds per decoder step (one token through the layers and the logits), for a batch of one
+/// (greedy) and of five (beam search, best-of), after a prompt of 100 tokens.
+fn decoder_speed(model: &WhisperModel, threads: usize) {
+    use gstwhisperencnpu::model::decoder::Decoder;
+    use gstwhisperencnpu::npu::CpuF32Engine;
+    let dec = Decoder::new(model, std::sync::Arc::new(CpuF32Engine::new()), threads)
+        .unwrap_or_else(|e| {
+            eprintln!("{e}");
+            std::process::exit(1)
+        });
+    let d = model.dims();
+    let enc = ndarray::Array2::<f32>::from_shape_fn((512, d.d_model), |(i, j)| {
+        ((i * 31 + j * 17) % 97) as f32 / 97.0 - 0.5
+    });
+    let started = Instant::now();
+    let cross = dec.cross_kv(enc.view());
+    println!(
+        "cross-attention keys/values of a window: {:.1} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    for batch in [1usize, 5] {
+        let mut cache = dec.new_cache();
+        let prompt: Vec<u32> = (0..100).map(|i| 1000 + i).collect();
+        let started = Instant::now();
+        dec.forward(&mut cache, &cross, &prompt, prompt.len());
+        let prompt_ms = started.elapsed().as_secs_f64() * 1e3;
+        cache.repeat(batch);
+        let steps = 50;
+        let started = Instant::now();
+        for s in 0..steps {
+            let h = dec.forward(&mut cache, &cross, &vec![2000 + s; batch], 1);
+            std::hint::black_box(dec.logits(h.view()));
+        }
+        let per = started.elapsed().as_secs_f64() * 1e3 / f64::from(steps);
+        println!(
+            "batch {batch}: prompt of 100 tokens {prompt_ms:.1} ms, {per:.2} ms per step \
+             ({:.2} ms per token)",
+            per / batch as f64
         );
     }
 }

@@ -3,25 +3,16 @@
 mod common;
 
 use std::str::FromStr;
-use std::sync::Once;
 
 use gst::prelude::*;
 use gst_check::Harness;
 
-use common::{model_dir, read_npy_2d, relative_l2, shared_file};
+use common::{f32_buffer, init_gst as init, jfk_samples, model_dir, read_npy_2d, relative_l2};
 
 const WINDOW_SAMPLES: usize = 163_840;
 const WINDOW: gst::ClockTime = gst::ClockTime::from_mseconds(10_240);
 const F32_CAPS: &str = "audio/x-raw,format=F32LE,rate=16000,channels=1,layout=interleaved";
 const S16_CAPS: &str = "audio/x-raw,format=S16LE,rate=16000,channels=1,layout=interleaved";
-
-fn init() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().unwrap();
-        gstwhisperencnpu::plugin_register_static().expect("register the plugin");
-    });
-}
 
 fn element(model: &str) -> gst::Element {
     init();
@@ -37,19 +28,6 @@ fn harness(model: &str, caps: &str) -> Harness {
     h.set_src_caps_str(caps);
     h.play();
     h
-}
-
-fn f32_buffer(samples: &[f32], pts: gst::ClockTime) -> gst::Buffer {
-    let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
-    let mut buffer = gst::Buffer::from_mut_slice(bytes);
-    {
-        let b = buffer.get_mut().unwrap();
-        b.set_pts(pts);
-        b.set_duration(gst::ClockTime::from_nseconds(
-            samples.len() as u64 * 1_000_000_000 / 16_000,
-        ));
-    }
-    buffer
 }
 
 fn s16_buffer(samples: &[i16], pts: gst::ClockTime) -> gst::Buffer {
@@ -83,16 +61,6 @@ fn pull_until_eos(h: &mut Harness) -> Vec<gst::Buffer> {
             Err(err) => panic!("no EOS: {err}"),
         }
     }
-}
-
-fn jfk_samples() -> Vec<i16> {
-    let data = std::fs::read(shared_file("audio/jfk.wav")).unwrap();
-    // 16-bit PCM WAV: find the data chunk rather than assume a 44-byte header.
-    let pos = data.windows(4).position(|w| w == b"data").unwrap();
-    data[pos + 8..]
-        .chunks_exact(2)
-        .map(|b| i16::from_le_bytes([b[0], b[1]]))
-        .collect()
 }
 
 #[test]

@@ -2,23 +2,12 @@
 
 mod common;
 
-use std::sync::Once;
-
 use gst::prelude::*;
 use gst_check::Harness;
 
-use common::{model_dir, shared_file};
+use common::{f32_buffer, init_gst as init, jfk_samples, model_dir, words, JFK_WORDS};
 
 const F32_CAPS: &str = "audio/x-raw,format=F32LE,rate=16000,channels=1,layout=interleaved";
-const JFK: &str = "and so my fellow americans ask not what your country can do for you ask what you can do for your country";
-
-fn init() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().unwrap();
-        gstwhisperencnpu::plugin_register_static().expect("register the plugin");
-    });
-}
 
 fn transcriber(model: &str) -> gst::Element {
     init();
@@ -28,38 +17,6 @@ fn transcriber(model: &str) -> gst::Element {
         .property("language", "en")
         .build()
         .unwrap()
-}
-
-fn f32_buffer(samples: &[f32], pts: gst::ClockTime) -> gst::Buffer {
-    let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
-    let mut buffer = gst::Buffer::from_mut_slice(bytes);
-    buffer.get_mut().unwrap().set_pts(pts);
-    buffer
-}
-
-fn jfk() -> Vec<f32> {
-    let data = std::fs::read(shared_file("audio/jfk.wav")).unwrap();
-    let pos = data.windows(4).position(|w| w == b"data").unwrap();
-    data[pos + 8..]
-        .chunks_exact(2)
-        .map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0)
-        .collect()
-}
-
-fn words(text: &str) -> String {
-    text.to_lowercase()
-        .chars()
-        .map(|c| {
-            if c.is_alphanumeric() || c == '\'' {
-                c
-            } else {
-                ' '
-            }
-        })
-        .collect::<String>()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// Everything that came out of the harness: text buffers, GAP events, final-transcript events.
@@ -134,12 +91,13 @@ fn run(model: &str, audio: &[f32]) -> Output {
 
 #[test]
 fn jfk_is_transcribed_once_with_timestamps() {
-    let out = run("tiny.en", &jfk());
+    let jfk: Vec<f32> = jfk_samples().iter().map(|&s| s as f32 / 32768.0).collect();
+    let out = run("tiny.en", &jfk);
     let caps = out.caps.expect("caps");
     assert_eq!(caps.structure(0).unwrap().name(), "text/x-raw");
     let all: Vec<_> = out.texts.iter().map(|(_, _, t)| t.as_str()).collect();
     println!("{all:?}");
-    assert_eq!(words(&all.join(" ")), JFK);
+    assert_eq!(words(&all.join(" ")), JFK_WORDS);
     // In order, inside the 11 s of audio, one final-transcript event and one message per segment.
     let mut last_end = gst::ClockTime::ZERO;
     for (pts, duration, _) in &out.texts {

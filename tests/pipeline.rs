@@ -14,8 +14,7 @@ struct Run {
 }
 
 fn run_file(model: &str, d_model: usize) -> Run {
-    gst::init().unwrap();
-    gstwhisperencnpu::plugin_register_static().unwrap();
+    common::init_gst();
     let out =
         std::env::temp_dir().join(format!("whisperencnpu-{model}-{}.f32", std::process::id()));
     let pipeline = gst::parse::launch(&format!(
@@ -115,8 +114,7 @@ fn jfk_tiny_en_matches_the_reference() {
 /// A flushing seek restarts the windows at the seek target; nothing from before it comes out.
 #[test]
 fn seek_restarts_windows_at_the_target() {
-    gst::init().unwrap();
-    gstwhisperencnpu::plugin_register_static().unwrap();
+    common::init_gst();
     let pipeline = gst::parse::launch(&format!(
         "filesrc location={} ! wavparse ! audioconvert ! audioresample ! \
          whisperencnpu model={} ! fakesink name=sink signal-handoffs=true",

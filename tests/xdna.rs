@@ -17,6 +17,7 @@ use gst_check::Harness;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2};
 
 use gstwhisperencnpu::model::{Encoder, WhisperModel};
+use gstwhisperencnpu::npu::cpu_int8::CpuInt8Engine;
 use gstwhisperencnpu::npu::quant::{self, QuantizedWeight};
 use gstwhisperencnpu::npu::xdna::layout::{self, M_RUN, N_ALIGN, TILE_K, TILE_M, TILE_N};
 use gstwhisperencnpu::npu::xdna::shim::{GemmShape, Role, Shim, ShimKind};
@@ -252,7 +253,8 @@ fn emulated_shim_needs_syncs_and_checks_its_arguments() {
 
 // ---- the engine --------------------------------------------------------------------------------
 
-/// The CPU int8 computation straight from `quant` (the definition every int8 engine reproduces).
+/// The CPU int8 computation straight from `quant` (the definition every int8 engine reproduces);
+/// the tests compare with it and with the CPU int8 engine.
 struct RefInt8Engine;
 
 struct RefInt8Linear(QuantizedWeight);
@@ -310,12 +312,18 @@ fn linear_layers_equal_the_cpu_int8_computation() {
         let bias = bias.then_some(b.view());
         let ours = engine.prepare(w.view(), bias);
         let reference = RefInt8Engine.prepare(w.view(), bias);
+        let cpu_int8 = CpuInt8Engine::new().prepare(w.view(), bias);
         assert_eq!((ours.n_in(), ours.n_out()), (n_in, n_out));
         let mut y = Array2::from_elem((rows, n_out), f32::NAN);
         let mut want = Array2::zeros((rows, n_out));
         ours.forward(x.view(), y.view_mut());
         reference.forward(x.view(), want.view_mut());
         assert!(same_bits(&y, &want), "{n_out}x{n_in}, {rows} rows differ");
+        cpu_int8.forward(x.view(), want.view_mut());
+        assert!(
+            same_bits(&y, &want),
+            "{n_out}x{n_in}, {rows} rows differ from the CPU int8 engine"
+        );
         // The same buffers serve the next call.
         let x2 = pseudo(rows, n_in, 99);
         ours.forward(x2.view(), y.view_mut());
@@ -333,49 +341,64 @@ fn load_model(name: &str) -> WhisperModel {
     WhisperModel::load(&dir).unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()))
 }
 
-/// The whole encoder through the XDNA2 engine (emulated device) against the same encoder on the
-/// CPU int8 computation: equal bit for bit. Returns the XDNA2 output.
-fn encoder_exactness(model_name: &str) -> Array2<f32> {
+/// The whole encoder through an XDNA2 engine against the same encoder on the CPU int8
+/// computation: equal bit for bit. Returns the XDNA2 output.
+fn encoder_exactness(model_name: &str, engine: Arc<XdnaEngine>) -> Array2<f32> {
     let model = load_model(model_name);
     let mel = read_npy_2d("golden/mel_jfk.npy");
-    let engine = emulated_engine();
     let mut on_npu = Encoder::new(&model, engine.clone(), 2).unwrap();
     let started = std::time::Instant::now();
     let ours = on_npu.forward(mel.view());
     let npu_time = started.elapsed();
-    let mut on_cpu = Encoder::new(&model, Arc::new(RefInt8Engine), 2).unwrap();
-    let reference = on_cpu.forward(mel.view());
     assert!(ours.iter().all(|v| v.is_finite()));
-    let differing = ours
-        .iter()
-        .zip(reference.iter())
-        .filter(|(a, b)| a.to_bits() != b.to_bits())
-        .count();
-    assert_eq!(
-        differing, 0,
-        "{model_name}: {differing} values differ from the CPU int8 encoder"
-    );
+    let cpu_engines: [(&str, Arc<dyn Engine>); 2] = [
+        ("CPU int8 engine", Arc::new(CpuInt8Engine::new())),
+        ("quant.rs reference", Arc::new(RefInt8Engine)),
+    ];
+    for (name, cpu) in cpu_engines {
+        let mut on_cpu = Encoder::new(&model, cpu, 2).unwrap();
+        let reference = on_cpu.forward(mel.view());
+        let differing = ours
+            .iter()
+            .zip(reference.iter())
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(
+            differing, 0,
+            "{model_name}: {differing} values differ from the {name} encoder"
+        );
+    }
     let stats = engine.stats();
     assert!(stats.fallbacks.is_empty(), "{:?}", stats.fallbacks);
     let d = model.dims();
     // conv1 (1024 rows: 2 runs), conv2, and 4 products per layer.
     assert_eq!(stats.kernel_runs as usize, 2 + 1 + 4 * d.n_encoder_layers);
+    let device = if engine.is_emulated() {
+        "emulated"
+    } else {
+        "device"
+    };
     println!(
-        "{model_name}: XDNA2 engine (emulated, {} kernel runs, {:.1} s) == CPU int8 encoder, \
-         bit for bit",
+        "{model_name}: XDNA2 engine ({device}, {} kernel runs, first window {:.3} s) == CPU int8 \
+         engine == quant.rs reference, bit for bit",
         stats.kernel_runs,
         npu_time.as_secs_f64()
     );
 
     // And again: the device buffers are reused, the result does not change.
+    let started = std::time::Instant::now();
     let again = on_npu.forward(mel.view());
+    println!(
+        "{model_name}: second window {:.3} s",
+        started.elapsed().as_secs_f64()
+    );
     assert!(same_bits(&again, &ours), "second window differs");
     ours
 }
 
 #[test]
 fn base_encoder_on_the_emulated_npu_equals_cpu_int8() {
-    let ours = encoder_exactness("base");
+    let ours = encoder_exactness("base", emulated_engine());
     let reference = read_npy_2d("golden/enc_base_jfk.npy");
     let err = relative_l2(ours.as_slice().unwrap(), reference.as_slice().unwrap());
     println!("base jfk: relative L2 error of the XDNA2 (int8) encoder {err:.4}");
@@ -387,10 +410,27 @@ fn base_encoder_on_the_emulated_npu_equals_cpu_int8() {
 
 #[test]
 fn tiny_en_encoder_on_the_emulated_npu_equals_cpu_int8() {
-    let ours = encoder_exactness("tiny.en");
+    let ours = encoder_exactness("tiny.en", emulated_engine());
     let reference = read_npy_2d("golden/enc_tiny.en_jfk.npy");
     let err = relative_l2(ours.as_slice().unwrap(), reference.as_slice().unwrap());
     println!("tiny.en jfk: relative L2 error of the XDNA2 (int8) encoder {err:.4}");
+    assert!(
+        err <= INT8_MAX_REL_L2,
+        "relative L2 {err} > {INT8_MAX_REL_L2}"
+    );
+}
+
+/// On a Ryzen AI machine with the kernels and the XRT shim installed (kernels/README.md):
+/// `cargo test --release --test xdna -- --ignored on_the_device`. The same checks as above, on
+/// the NPU itself.
+#[test]
+#[ignore = "needs an XDNA2 NPU with the kernels installed"]
+fn base_encoder_on_the_device_equals_cpu_int8() {
+    let engine = XdnaEngine::open(&XdnaConfig::from_env()).unwrap_or_else(|e| panic!("{e}"));
+    let ours = encoder_exactness("base", Arc::new(engine));
+    let reference = read_npy_2d("golden/enc_base_jfk.npy");
+    let err = relative_l2(ours.as_slice().unwrap(), reference.as_slice().unwrap());
+    println!("base jfk on the device: relative L2 error {err:.4}");
     assert!(
         err <= INT8_MAX_REL_L2,
         "relative L2 {err} > {INT8_MAX_REL_L2}"

@@ -1,6 +1,7 @@
 // xdna_shim_xrt.cpp: the xdna_shim.h ABI over XRT's C++ API, for the XDNA / XDNA2 NPU
-// (amdxdna driver). Needs an XRT with hardware contexts (xrt::hw_context, 2.16 or newer; the
-// Ryzen AI / amdxdna builds have it).
+// (amdxdna driver). Needs an XRT with hardware contexts (xrt::hw_context and
+// device::register_xclbin: XRT 2.14 or newer; for the NPU, the XRT that the amdxdna driver's
+// repository, amd/xdna-driver, builds with its plugin).
 //
 // The flow XDNA needs: open xrt::device, read the xclbin, device.register_xclbin(xclbin), make an
 // xrt::hw_context for its uuid, take the xrt::kernel by name from that context, allocate xrt::bo

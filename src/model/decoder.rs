@@ -218,7 +218,7 @@ impl Decoder {
                 };
                 Ok(engine.prepare(weight.view(), bias.as_ref().map(|b| b.view())))
             };
-        if d % dims.n_decoder_heads != 0 {
+        if !d.is_multiple_of(dims.n_decoder_heads) {
             return Err(ModelError::Malformed {
                 path: w.path().to_path_buf(),
                 reason: format!(

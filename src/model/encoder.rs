@@ -17,12 +17,13 @@ use rayon::prelude::*;
 
 use super::{Dims, ModelError, WhisperModel};
 use crate::npu::cpu::{matmul, Parallel};
+use crate::npu::cpu_attn::{self, AttnScratch, HeadView};
 use crate::npu::cpu_math::Math;
 use crate::npu::{Engine, Linear};
 
 /// Query rows per attention task: 16 tasks for a 10.24 s window, enough to balance two to four
 /// threads, and the task's scores (32 x 512 floats, 64 KiB) stay in L2 with the head's K and V.
-const ATTN_BLOCK: usize = 32;
+const ATTN_BLOCK: usize = cpu_attn::BLOCK;
 /// Elements per task of the element-wise passes (GELU): large enough to amortise a rayon task.
 const EW_CHUNK: usize = 16 * 1024;
 
@@ -110,8 +111,20 @@ struct Scratch {
     attn: Vec<f32>,
     proj: Vec<f32>,
     ffn: Vec<f32>,
+    /// K and V of every head, head-major and contiguous (2 x heads x p x dh) for the AVX-512
+    /// attention kernel.
+    kv: Vec<f32>,
     /// Attention scores, one buffer per pool thread.
-    scores: Vec<Mutex<Vec<f32>>>,
+    scores: Vec<Mutex<AttnBuf>>,
+}
+
+/// One pool thread's attention buffers.
+#[derive(Default)]
+struct AttnBuf {
+    /// Generic path: block x p scores and the block's row sums.
+    scores: Vec<f32>,
+    /// The AVX-512 kernel's buffers.
+    fast: AttnScratch,
 }
 
 /// The front `n` elements of `buf`, growing it if needed.
@@ -210,7 +223,7 @@ impl Encoder {
             .map_err(|e| ModelError::ThreadPool(e.to_string()))?;
         let scratch = Scratch {
             scores: (0..pool.current_num_threads())
-                .map(|_| Mutex::new(Vec::new()))
+                .map(|_| Mutex::new(AttnBuf::default()))
                 .collect(),
             ..Scratch::default()
         };
@@ -386,7 +399,7 @@ impl Weights {
             let mut qkv = mat(&mut s.qkv, p, 3 * d);
             layer.qkv.forward(ln, qkv.view_mut());
             let mut attn = mat(&mut s.attn, p, d);
-            self.attention(math, qkv.view(), attn.view_mut(), &s.scores);
+            self.attention(math, qkv.view(), attn.view_mut(), &mut s.kv, &s.scores);
             let mut proj = mat(&mut s.proj, p, d);
             layer.out.forward(attn.view(), proj.view_mut());
             layer
@@ -427,10 +440,12 @@ impl Weights {
         }
     }
 
-    /// Full (non-causal) multi-head attention: `qkv` is p x 3d (q | k | v), `out` p x d.
+    /// Full (non-causal) multi-head attention: `qkv` is p x 3d (q | k | v), `out` p x d, both
+    /// row-major and contiguous.
     ///
-    /// One rayon task per block of [`ATTN_BLOCK`] query rows, all heads: scores
-    /// `S = Q K^T` (block x p), `E = exp((S - max) / sqrt(dh))` row by row, then
+    /// One rayon task per block of [`ATTN_BLOCK`] query rows, all heads. With AVX-512 and heads
+    /// of 64 (every Whisper model) the fused kernel of [`cpu_attn`] runs; otherwise scores
+    /// `S = Q K^T` (block x p) through `matmul`, `E = exp((S - max) / sqrt(dh))` row by row, and
     /// `out = (E V) / rowsum(E)`: the normalisation is applied to the block x dh result instead of
     /// the block x p probabilities.
     fn attention(
@@ -438,14 +453,31 @@ impl Weights {
         math: Math,
         qkv: ArrayView2<f32>,
         mut out: ArrayViewMut2<f32>,
-        scores: &[Mutex<Vec<f32>>],
+        kv: &mut Vec<f32>,
+        scores: &[Mutex<AttnBuf>],
     ) {
         let d = self.dims.d_model;
         let n_heads = self.dims.n_heads;
         let dh = d / n_heads;
         let p = qkv.nrows();
         let scale = 1.0 / (dh as f32).sqrt();
-
+        let qkv_flat = qkv.as_slice().expect("qkv scratch is contiguous");
+        let fast = dh == cpu_attn::HEAD && cpu_attn::available();
+        let kv: &[f32] = if fast {
+            // Pack K and V per head (one task per head), as the kernel reads them.
+            let kv = buf(kv, 2 * p * d);
+            let (k_all, v_all) = kv.split_at_mut(p * d);
+            k_all
+                .par_chunks_mut(p * dh)
+                .zip(v_all.par_chunks_mut(p * dh))
+                .enumerate()
+                .for_each(|(h, (k, v))| {
+                    cpu_attn::pack_head(qkv_flat, 3 * d, d + h * dh, 2 * d + h * dh, p, k, v)
+                });
+            kv
+        } else {
+            &[]
+        };
         out.axis_chunks_iter_mut(Axis(0), ATTN_BLOCK)
             .into_par_iter()
             .enumerate()
@@ -453,12 +485,33 @@ impl Weights {
                 let r0 = b * ATTN_BLOCK;
                 let rows = block_out.nrows();
                 let slot = rayon::current_thread_index().unwrap_or(0) % scores.len().max(1);
-                // Each pool thread has its own buffer: the lock is never contended.
+                // Each pool thread has its own buffers: the lock is never contended.
                 let mut guard = scores[slot].lock().unwrap_or_else(|e| e.into_inner());
-                let (sc_buf, sums) = {
-                    let all = buf(&mut guard, rows * p + rows);
-                    all.split_at_mut(rows * p)
-                };
+                let bufs = &mut *guard;
+                if fast {
+                    let o = block_out
+                        .as_slice_mut()
+                        .expect("attention scratch is contiguous");
+                    for h in 0..n_heads {
+                        let view = HeadView {
+                            q: &qkv_flat[h * dh..],
+                            q_ld: 3 * d,
+                            k: &kv[h * p * dh..],
+                            v: &kv[(n_heads + h) * p * dh..],
+                            p,
+                        };
+                        cpu_attn::attention_block(
+                            view,
+                            r0,
+                            rows,
+                            &mut o[h * dh..],
+                            d,
+                            &mut bufs.fast,
+                        );
+                    }
+                    return;
+                }
+                let (sc_buf, sums) = buf(&mut bufs.scores, rows * p + rows).split_at_mut(rows * p);
                 for h in 0..n_heads {
                     let q = qkv.slice(s![r0..r0 + rows, h * dh..(h + 1) * dh]);
                     let k = qkv.slice(s![.., d + h * dh..d + (h + 1) * dh]);

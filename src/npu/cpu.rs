@@ -1,24 +1,51 @@
 //! Float32 CPU engine.
 //!
-//! Matrix products go through the `gemm` crate with `Parallelism::Rayon(n)`, n being the thread
-//! count of the rayon pool the caller runs in (the encoder's own pool).
+//! With AVX-512F, linear layers run on [`super::cpu_gemm`]: the weight is packed once at load into
+//! the kernel's panels, the rows of a call are split into blocks, one rayon task per block (in the
+//! caller's pool), each running the single-threaded kernel. Without AVX-512, and for the
+//! attention's activation x activation products ([`matmul`]), the `gemm` crate runs them.
 //!
-//! Why gemm: measured on the base encoder's shapes (512 x 512 times 512 -> 2048 / 1536 / 512) on
-//! the 2-core build machine (Xeon, AVX2 kernels): gemm ~105 GFLOPS on one thread and ~200 on two,
-//! ndarray's `dot` (matrixmultiply; its threading feature is off) ~97 on one thread only. With
-//! gemm's optional `x86-v4` feature (AVX-512 kernels, dispatched at run time) gemm reaches ~165 on
-//! one thread and the base encoder goes from ~190 to ~150 ms per 10.24 s window.
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2};
+//! How the choice was made (2-core Xeon with AVX-512, the base encoder's shapes 512 x 512 ->
+//! 1536 / 512 / 2048 and 512 x 2048 -> 512; GFLOPS, one thread by thread CPU time, two by wall
+//! time, machine shared, so ranges):
+//! - ndarray's `dot` (matrixmultiply, threading off): ~97 on one thread, no second thread.
+//! - `gemm` 0.19 with `x86-v4` (AVX-512 kernels): 175-200 on one thread, 280-345 on two
+//!   (`Parallelism::Rayon(2)`); it packs both operands on every call.
+//! - `cpu_gemm` (pre-packed weight, 12 x 32 register tile, rows split between threads):
+//!   170-190 on one thread, 330-355 on two, and no per-call packing of the weight.
+//! OpenBLAS was not tried: a C dependency and its packing per call too, for at best what `gemm`
+//! does here.
+use std::cell::RefCell;
 
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis};
+use rayon::prelude::*;
+
+use super::cpu_gemm::{self, PackedWeight};
 use super::{BackendKind, Engine, Linear, Precision};
 
-/// Float32 engine on the CPU: weights kept as f32, products through `gemm`.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct CpuF32Engine;
+/// Float32 engine on the CPU.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuF32Engine {
+    packed: bool,
+}
+
+impl Default for CpuF32Engine {
+    fn default() -> Self {
+        CpuF32Engine::new()
+    }
+}
 
 impl CpuF32Engine {
+    /// The engine with the fastest kernel of this CPU.
     pub fn new() -> CpuF32Engine {
-        CpuF32Engine
+        CpuF32Engine {
+            packed: cpu_gemm::available(),
+        }
+    }
+
+    /// The engine on the `gemm` crate only (no AVX-512 kernel), e.g. to compare them.
+    pub fn portable() -> CpuF32Engine {
+        CpuF32Engine { packed: false }
     }
 }
 
@@ -32,7 +59,7 @@ impl Engine for CpuF32Engine {
     }
 
     fn prepare(&self, weight: ArrayView2<f32>, bias: Option<ArrayView1<f32>>) -> Box<dyn Linear> {
-        let n_out = weight.nrows();
+        let (n_out, n_in) = weight.dim();
         if let Some(b) = &bias {
             assert_eq!(
                 b.len(),
@@ -41,39 +68,129 @@ impl Engine for CpuF32Engine {
                 b.len()
             );
         }
-        Box::new(CpuF32Linear {
-            // Row-major n_out x n_in: the rhs W^T of `x W^T` is then read with unit stride along
-            // k, which gemm packs efficiently.
-            weight: weight.as_standard_layout().into_owned(),
-            bias: bias.map(|b| b.to_owned()),
-        })
+        let bias = bias.map(|b| b.to_owned());
+        if self.packed {
+            Box::new(CpuF32Linear::Packed {
+                w: PackedWeight::new(n_out, n_in, |o, i| weight[[o, i]]),
+                bias,
+            })
+        } else {
+            Box::new(CpuF32Linear::Gemm {
+                // Row-major n_out x n_in: the rhs W^T of `x W^T` is then read with unit stride
+                // along k, which gemm packs efficiently.
+                weight: weight.as_standard_layout().into_owned(),
+                bias,
+            })
+        }
     }
 }
 
-struct CpuF32Linear {
-    weight: Array2<f32>,
-    bias: Option<Array1<f32>>,
+enum CpuF32Linear {
+    Packed {
+        w: PackedWeight,
+        bias: Option<Array1<f32>>,
+    },
+    Gemm {
+        weight: Array2<f32>,
+        bias: Option<Array1<f32>>,
+    },
+}
+
+thread_local! {
+    /// Per thread: the packed rows of cpu_gemm, and staging copies for strided inputs/outputs.
+    static SCRATCH: RefCell<[Vec<f32>; 3]> = RefCell::new([Vec::new(), Vec::new(), Vec::new()]);
+}
+
+/// Rows per task of a packed product: two blocks per thread.
+fn block_rows(rows: usize) -> usize {
+    rows.div_ceil(2 * rayon::current_num_threads().max(1)).max(1)
+}
+
+fn packed_block(
+    w: &PackedWeight,
+    bias: Option<&[f32]>,
+    x: ArrayView2<f32>,
+    mut y: ArrayViewMut2<f32>,
+) {
+    let (rows, n_in) = x.dim();
+    let n_out = w.n;
+    SCRATCH.with(|s| {
+        let [pack, xs, ys] = &mut *s.borrow_mut();
+        // Unit column stride and a non-negative row stride: read in place; else stage a copy.
+        let direct = |strides: &[isize], cols: usize| {
+            rows <= 1 && (cols <= 1 || strides[1] == 1)
+                || strides[1] == 1 && strides[0] >= cols as isize
+        };
+        let (a, lda) = if direct(x.strides(), n_in) {
+            (x.as_ptr(), x.strides()[0].max(0) as usize)
+        } else {
+            xs.clear();
+            xs.extend(x.iter());
+            (xs.as_ptr(), n_in)
+        };
+        let y_direct = direct(y.strides(), n_out);
+        let (c, ldc) = if y_direct {
+            (y.as_mut_ptr(), y.strides()[0].max(0) as usize)
+        } else {
+            if ys.len() < rows * n_out {
+                ys.resize(rows * n_out, 0.0);
+            }
+            (ys.as_mut_ptr(), n_out)
+        };
+        // SAFETY: AVX-512F is available (the engine packs only then); `a` points to `rows` rows of
+        // n_in values with row stride lda (the view's own memory, or the staged copy), `c` to
+        // `rows` rows of n_out values with row stride ldc that only this task writes (its own
+        // block of y, or the staging buffer); the bias has n_out values (checked at prepare).
+        unsafe { cpu_gemm::gemm_raw(a, lda.max(n_in), rows, w, bias, c, ldc.max(n_out), pack) };
+        if !y_direct {
+            let src = ArrayView2::from_shape((rows, n_out), &ys[..rows * n_out]).expect("sized");
+            y.assign(&src);
+        }
+    });
 }
 
 impl Linear for CpuF32Linear {
     fn n_in(&self) -> usize {
-        self.weight.ncols()
+        match self {
+            CpuF32Linear::Packed { w, .. } => w.k,
+            CpuF32Linear::Gemm { weight, .. } => weight.ncols(),
+        }
     }
 
     fn n_out(&self) -> usize {
-        self.weight.nrows()
+        match self {
+            CpuF32Linear::Packed { w, .. } => w.n,
+            CpuF32Linear::Gemm { weight, .. } => weight.nrows(),
+        }
     }
 
     fn forward(&self, x: ArrayView2<f32>, mut y: ArrayViewMut2<f32>) {
         let (rows, n_in) = x.dim();
         assert_eq!(n_in, self.n_in(), "input width");
         assert_eq!(y.dim(), (rows, self.n_out()), "output shape");
-        match &self.bias {
-            Some(b) => {
-                y.rows_mut().into_iter().for_each(|mut r| r.assign(b));
-                matmul(x, self.weight.t(), y, true, Parallel::Pool);
+        match self {
+            CpuF32Linear::Packed { w, bias } => {
+                if rows == 0 {
+                    return;
+                }
+                let bias = bias.as_ref().map(|b| b.as_slice().expect("owned bias"));
+                let block = block_rows(rows);
+                if block >= rows {
+                    packed_block(w, bias, x, y);
+                } else {
+                    x.axis_chunks_iter(Axis(0), block)
+                        .into_par_iter()
+                        .zip(y.axis_chunks_iter_mut(Axis(0), block).into_par_iter())
+                        .for_each(|(xb, yb)| packed_block(w, bias, xb, yb));
+                }
             }
-            None => matmul(x, self.weight.t(), y, false, Parallel::Pool),
+            CpuF32Linear::Gemm { weight, bias } => match bias {
+                Some(b) => {
+                    y.rows_mut().into_iter().for_each(|mut r| r.assign(b));
+                    matmul(x, weight.t(), y, true, Parallel::Pool);
+                }
+                None => matmul(x, weight.t(), y, false, Parallel::Pool),
+            },
         }
     }
 }
@@ -179,7 +296,12 @@ mod tests {
 
     #[test]
     fn linear_matches_naive() {
-        let e = CpuF32Engine::new();
+        for e in [CpuF32Engine::new(), CpuF32Engine::portable()] {
+            linear_matches_naive_with(e);
+        }
+    }
+
+    fn linear_matches_naive_with(e: CpuF32Engine) {
         assert_eq!(e.backend().nick(), "cpu");
         assert_eq!(e.precision().nick(), "f32");
         let w = pseudo(37, 53, 1);
@@ -194,11 +316,17 @@ mod tests {
             for bias in [None, Some(&b)] {
                 let lin = e.prepare(w.view(), bias.map(|b| b.view()));
                 assert_eq!((lin.n_in(), lin.n_out()), (53, 37));
+                let r = naive(&x, &w, bias);
                 let mut y = Array2::from_elem((x.nrows(), 37), f32::NAN);
                 lin.forward(x, y.view_mut());
-                let r = naive(&x, &w, bias);
                 let err = (&y - &r).iter().fold(0f32, |m, v| m.max(v.abs()));
                 assert!(err < 1e-4, "max error {err}");
+                // A transposed (column-major) output, inside a 2-thread pool.
+                let mut yt = Array2::from_elem((37, x.nrows()), f32::NAN);
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+                pool.install(|| lin.forward(x, yt.view_mut().reversed_axes()));
+                let err = (&yt.t() - &r).iter().fold(0f32, |m, v| m.max(v.abs()));
+                assert!(err < 1e-4, "max error {err} (transposed output)");
             }
         }
     }

@@ -382,6 +382,10 @@ mod avx512 {
     }
 }
 
+/// `e^x` on 16 lanes (the AVX-512 path of [`exp_scalar`]).
+#[cfg(target_arch = "x86_64")]
+pub(crate) use avx512::exp as exp512;
+
 // ---------------------------------------------------------------------------------------------
 // AVX2 + FMA.
 

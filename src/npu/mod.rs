@@ -9,6 +9,9 @@ use std::sync::Arc;
 use ndarray::{ArrayView1, ArrayView2, ArrayViewMut2};
 
 pub mod cpu;
+pub mod cpu_attn;
+pub mod cpu_gemm;
+pub mod cpu_int8;
 pub mod cpu_math;
 pub mod quant;
 pub mod xdna;

@@ -43,16 +43,12 @@ pub(crate) struct DecodeParams {
 pub(crate) struct DecodeResult {
     /// Sampled tokens, without the final `<|endoftext|>`.
     pub tokens: Vec<u32>,
-    pub text: String,
-    pub sum_logprob: f64,
     pub avg_logprob: f64,
     pub no_speech_prob: f32,
     pub temperature: f32,
     pub compression_ratio: f64,
     /// The hypothesis looped; `tokens` are cut before the repetition.
     pub repetition: bool,
-    /// Ended by `<|endoftext|>` (not by the length limit or a repetition).
-    pub ended: bool,
 }
 
 /// Small deterministic generator for sampling (xorshift64*).
@@ -230,12 +226,9 @@ fn finish(tok: &Tokenizer, h: Hyp, no_speech_prob: f32, temperature: f32) -> Dec
         avg_logprob: h.sum_logprob / (h.tokens.len() + 1) as f64,
         compression_ratio: compression_ratio(&text),
         tokens: h.tokens,
-        text,
-        sum_logprob: h.sum_logprob,
         no_speech_prob,
         temperature,
         repetition: h.repetition,
-        ended: h.done && !h.repetition,
     }
 }
 

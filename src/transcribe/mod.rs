@@ -35,6 +35,9 @@ pub const SAMPLES_PER_TIMESTAMP: u64 = 320;
 /// How far (seconds) a segment of the last window decoded with look-back may start before the seek
 /// position and still count as new.
 const LOOKBACK_TOLERANCE: f64 = 0.4;
+/// A segment of the last window that starts less than this many timestamp steps (0.1 s) before the
+/// end of the audio is dropped.
+const END_SLACK: u32 = 5;
 /// Tokens of previous text given as prompt at most (`n_text_ctx / 2 - 1`).
 pub const MAX_PROMPT_TOKENS: usize = 223;
 
@@ -85,6 +88,9 @@ pub struct TranscribeOptions {
     pub edge_margin: f64,
     /// Stop and fall back when a hypothesis loops.
     pub check_repetition: bool,
+    /// A window whose loudest 20 ms is quieter than this (dBFS RMS) is silent: it is skipped
+    /// without running the model (Whisper tends to hallucinate a word or two on digital silence).
+    pub silence_threshold_db: Option<f64>,
     /// Seed of the sampler used at temperatures above 0.
     pub seed: u64,
     /// Decoder threads; 0 means one per core.
@@ -110,6 +116,7 @@ impl Default for TranscribeOptions {
             suppress_tokens: None,
             edge_margin: 0.5,
             check_repetition: true,
+            silence_threshold_db: Some(-60.0),
             seed: 0,
             decoder_threads: 0,
         }
@@ -200,6 +207,13 @@ struct RawSegment {
     tokens: Vec<u32>,
 }
 
+/// A segment to emit, in stream samples.
+struct Emit {
+    start: u64,
+    end: u64,
+    tokens: Vec<u32>,
+}
+
 /// Splits sampled tokens into segments at timestamps.
 fn split_segments(tok: &Tokenizer, tokens: &[u32]) -> Vec<RawSegment> {
     let tb = tok.timestamp_begin();
@@ -258,7 +272,8 @@ pub struct Transcriber {
     seek: u64,
     /// Segments emitted since the prompt was last reset: end sample and tokens.
     history: Vec<(u64, Vec<u32>)>,
-    last_compression_ratio: f64,
+    /// Emitted segments a look-back may overlap: start, end, words.
+    recent: Vec<(u64, u64, Vec<String>)>,
     /// Words of the segments emitted from the last window (to drop repeats).
     last_words: Vec<String>,
     window_index: u64,
@@ -383,7 +398,7 @@ impl Transcriber {
             buffer_start: 0,
             seek: 0,
             history: Vec::new(),
-            last_compression_ratio: 0.0,
+            recent: Vec::new(),
             last_words: Vec::new(),
             window_index: 0,
             rng: Rng::new(seed),
@@ -484,6 +499,7 @@ impl Transcriber {
         self.buffer_start = start_sample;
         self.seek = start_sample;
         self.history.clear();
+        self.recent.clear();
         self.last_words.clear();
         if !self.language_fixed {
             self.language = None;
@@ -503,11 +519,7 @@ impl Transcriber {
             let tol = (LOOKBACK_TOLERANCE * f64::from(SAMPLE_RATE)) as u64;
             for (end, tokens) in &self.history {
                 if *end <= prompt_before + tol {
-                    if std::env::var_os("XP_PROMPT_TEXT_ONLY").is_some() {
-                        prompt.extend(tokens.iter().filter(|&&t| self.tokenizer.is_text(t)));
-                    } else {
-                        prompt.extend_from_slice(tokens);
-                    }
+                    prompt.extend_from_slice(tokens);
                 }
             }
             if prompt.len() > MAX_PROMPT_TOKENS {
@@ -667,98 +679,160 @@ impl Transcriber {
         let index = self.window_index;
         self.window_index += 1;
         let mut timing = TranscribeTiming::default();
-        let sps = SAMPLES_PER_TIMESTAMP;
 
-        // The stream's last window is short: decode the last full 10.24 s instead (audio before
-        // the seek position too, already transcribed) and keep what comes after the seek position.
-        // The model does much better with more audio than with a short window and padding.
+        // The stream's last window is short: decode the last full 10.24 s instead, the audio before
+        // the seek position too, and keep the words after those already emitted (the model does
+        // much better with a full window than with a short one and padding).
         let lookback = if last {
             (WINDOW_SAMPLES - available).min((self.seek - self.buffer_start) as usize)
         } else {
             0
         };
-        let mut selected: Option<(WindowResult, Vec<RawSegment>, u64)> = None;
-        if lookback >= SAMPLE_RATE as usize {
+        if lookback >= SAMPLE_RATE as usize && !self.is_quiet(self.seek, available) {
             let start = self.seek - lookback as u64;
             let n = lookback + available;
             let (result, failed, language) = self.run_window(start, n, true, start, &mut timing);
-            let out = self.window_result(index, start, n, true, &result, failed, language);
-            let tol = (LOOKBACK_TOLERANCE * f64::from(SAMPLE_RATE)) as u64;
-            let seek = self.seek;
-            let raw: Vec<RawSegment> = split_segments(&self.tokenizer, &result.tokens)
-                .into_iter()
-                .filter(|s| self.has_text(s))
-                .collect();
-            let max_ts = (n as u64 / sps) as u32;
-            let at = |ts: u32| start + u64::from(ts) * sps;
-            let straddles = raw
-                .iter()
-                .any(|s| at(s.start) + tol < seek && at(s.end.unwrap_or(max_ts)) > seek + tol);
-            if self.is_silence(&result) {
-                selected = Some((out, Vec::new(), result.no_speech_prob as u64));
-            } else if !straddles && !failed {
-                let keep: Vec<RawSegment> = raw
-                    .into_iter()
-                    .filter(|s| at(s.start) + tol >= seek)
-                    .collect();
-                if self.debug {
-                    eprintln!(
-                        "  look-back: {} segment(s) after the seek position",
-                        keep.len()
-                    );
-                }
-                selected = Some((out, keep, 0));
-            } else if self.debug {
-                eprintln!("  look-back: a segment straddles the seek position; decoding from it");
-            }
-            if let Some((ref mut out, _, _)) = selected {
-                out.no_speech = self.is_silence(&result);
-                out.temperature = result.temperature;
-                out.avg_logprob = result.avg_logprob;
-                out.no_speech_prob = f64::from(result.no_speech_prob);
-                out.failed = failed;
-                out.language = language
-                    .and_then(|l| self.tokenizer.language_code(l))
-                    .map(str::to_string);
-                if !out.no_speech {
+            if !failed && !self.is_silence(&result) {
+                if let Some(emit) = self.align_lookback(start, n, &result.tokens) {
+                    let mut out =
+                        self.window_result(index, start, n, true, &result, failed, language);
                     self.lock_language(language);
-                }
-                self.remember_result(&result);
-            }
-        }
-        let (mut out, emit, window_start, result_lp) = match selected {
-            Some((out, emit, _)) => {
-                let ws = out.start_sample;
-                let lp = out.avg_logprob;
-                (out, emit, ws, lp)
-            }
-            None => {
-                let start = self.seek;
-                let n = available.min(WINDOW_SAMPLES);
-                let (result, failed, language) =
-                    self.run_window(start, n, last, start, &mut timing);
-                let out = self.window_result(index, start, n, last, &result, failed, language);
-                if out.no_speech {
-                    let mut out = out;
                     out.timing = timing;
+                    self.emit(&mut out, emit, &result);
+                    out.next_seek = start + n as u64;
                     self.advance(out.next_seek);
                     return out;
                 }
-                self.lock_language(language);
-                self.remember_result(&result);
-                let (emit, seek_ts) = self.select_segments(&result.tokens, n, last);
-                let mut out = out;
-                out.next_seek = start + (u64::from(seek_ts) * sps).min(n as u64);
-                let lp = out.avg_logprob;
-                (out, emit, start, lp)
             }
-        };
-        let _ = result_lp;
+            if self.debug {
+                eprintln!("  look-back not aligned: decoding from the seek position");
+            }
+        }
+
+        let start = self.seek;
+        let n = available.min(WINDOW_SAMPLES);
+        if self.is_quiet(start, n) {
+            let mut out =
+                self.window_result(index, start, n, last, &DecodeResult::default(), false, None);
+            out.no_speech = true;
+            out.no_speech_prob = 1.0;
+            if self.debug {
+                eprintln!(
+                    "window at {:.2} s: below the silence threshold",
+                    start as f64 / 16000.0
+                );
+            }
+            self.advance(out.next_seek);
+            return out;
+        }
+        let (result, failed, language) = self.run_window(start, n, last, start, &mut timing);
+        let mut out = self.window_result(index, start, n, last, &result, failed, language);
         out.timing = timing;
-        out.index = index;
-        let max_ts = (out.audio_samples as u64 / sps) as u32;
-        let window_end = window_start + out.audio_samples as u64;
-        let prev_words = std::mem::take(&mut self.last_words);
+        if out.no_speech {
+            self.advance(out.next_seek);
+            return out;
+        }
+        self.lock_language(language);
+        let (raw, seek_ts) = self.select_segments(&result.tokens, n, last);
+        let emit = raw
+            .into_iter()
+            .map(|s| Emit {
+                start: start + u64::from(s.start) * SAMPLES_PER_TIMESTAMP,
+                end: start + u64::from(s.end.unwrap_or(seek_ts)) * SAMPLES_PER_TIMESTAMP,
+                tokens: s.tokens,
+            })
+            .collect();
+        self.emit(&mut out, emit, &result);
+        out.next_seek = if last {
+            start + n as u64
+        } else {
+            start + (u64::from(seek_ts) * SAMPLES_PER_TIMESTAMP).min(n as u64)
+        };
+        self.advance(out.next_seek);
+        out
+    }
+
+    /// The segments of a look-back decode (window from `start`, `n` samples) that come after
+    /// the words already emitted: the decoded words are aligned with the emitted ones that overlap
+    /// the window (the first of which may begin before it). `None` when they do not match well.
+    fn align_lookback(&self, start: u64, n: usize, tokens: &[u32]) -> Option<Vec<Emit>> {
+        let overlap: Vec<&(u64, u64, Vec<String>)> =
+            self.recent.iter().filter(|r| r.1 > start).collect();
+        let mut target: Vec<String> = Vec::new();
+        let mut free = 0;
+        for (i, (s, e, words)) in overlap.iter().enumerate() {
+            if i == 0 && *s < start {
+                // Roughly this many of its words lie before the window.
+                let frac = (start - s) as f64 / (e - s).max(1) as f64;
+                free = ((frac * words.len() as f64).ceil() as usize + 2).min(words.len());
+            }
+            target.extend(words.iter().cloned());
+        }
+        let decoded = text::Words::from_tokens(&self.tokenizer, tokens);
+        let dw = &decoded.words;
+        // cost[j]: fewest edits between some target[i..] (i <= free) and dw[..j].
+        let mut best: Option<(usize, usize, usize)> = None; // (cost, j, matched length)
+        for i in 0..=free.min(target.len()) {
+            let t = &target[i..];
+            let row = text::edit_distance_to_prefixes(t, dw);
+            for (j, &c) in row.iter().enumerate() {
+                if best.is_none_or(|(bc, bj, _)| c < bc || (c == bc && j < bj)) {
+                    best = Some((c, j, t.len()));
+                }
+            }
+        }
+        let (cost, j, matched) = best?;
+        let k = decoded.token_index.get(j).copied().unwrap_or(tokens.len());
+        let rest = &tokens[k..];
+        // The timestamps just before the new part (the end of the previous segment and the start
+        // of the next) are near the seek position when the alignment is right: that allows more
+        // differences between the two decodings of the same words.
+        let boundary_agrees = tokens[..k]
+            .iter()
+            .rev()
+            .take_while(|&&t| self.tokenizer.is_timestamp(t))
+            .any(|&t| {
+                let ts = u64::from(t - self.tokenizer.timestamp_begin());
+                (start + ts * SAMPLES_PER_TIMESTAMP).abs_diff(self.seek) <= u64::from(SAMPLE_RATE)
+            });
+        let share = if boundary_agrees { 0.5 } else { 0.3 };
+        let allowed = ((matched as f64) * share).floor().max(1.0) as usize;
+        if self.debug {
+            eprintln!(
+                "  look-back: {} emitted word(s) overlap, {} decoded; {} edit(s) at word {j}",
+                target.len(),
+                dw.len(),
+                cost
+            );
+        }
+        if !target.is_empty() && cost > allowed {
+            return None;
+        }
+        let max_ts = (n as u64 / SAMPLES_PER_TIMESTAMP) as u32;
+        let seek = self.seek;
+        Some(
+            split_segments(&self.tokenizer, rest)
+                .into_iter()
+                .filter(|s| self.has_text(s) && s.start + END_SLACK < max_ts)
+                .map(|s| {
+                    let at = |ts: u32| start + u64::from(ts) * SAMPLES_PER_TIMESTAMP;
+                    let begin = at(s.start).max(seek);
+                    Emit {
+                        start: begin,
+                        end: at(s.end.unwrap_or(max_ts)).max(begin),
+                        tokens: s.tokens,
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    /// Turns the chosen segments into [`Segment`]s of `out`, dropping one the previous window
+    /// ended with already, and records them for the prompt.
+    fn emit(&mut self, out: &mut WindowResult, emit: Vec<Emit>, result: &DecodeResult) {
+        let window_end = out.start_sample + out.audio_samples as u64;
+        let prev_words = self.last_words.clone();
+        let mut emitted_words: Vec<String> = Vec::new();
         for s in emit {
             let text = self.tokenizer.decode(&s.tokens);
             let words: Vec<String> = text::Words::from_tokens(&self.tokenizer, &s.tokens).words;
@@ -769,12 +843,10 @@ impl Transcriber {
             if out.segments.is_empty() && prev_words.ends_with(&words) {
                 continue;
             }
-            let end_ts = s.end.unwrap_or(max_ts).max(s.start);
-            let start = (window_start + u64::from(s.start) * sps).max(self.seek.min(window_end));
-            let end = (window_start + u64::from(end_ts) * sps)
-                .min(window_end)
-                .max(start);
-            self.last_words.extend(words);
+            let start = s.start.clamp(self.seek.min(window_end), window_end);
+            let end = s.end.clamp(start, window_end);
+            emitted_words.extend(words.iter().cloned());
+            self.recent.push((start, end, words));
             self.history.push((end, s.tokens.clone()));
             out.segments.push(Segment {
                 start_sample: start,
@@ -783,24 +855,39 @@ impl Transcriber {
                 end: end as f64 / f64::from(SAMPLE_RATE),
                 text,
                 tokens: s.tokens,
-                avg_logprob: out.avg_logprob,
-                no_speech_prob: out.no_speech_prob,
-                compression_ratio: self.last_compression_ratio,
-                temperature: out.temperature,
+                avg_logprob: result.avg_logprob,
+                no_speech_prob: f64::from(result.no_speech_prob),
+                compression_ratio: result.compression_ratio,
+                temperature: result.temperature,
                 language: out.language.clone(),
             });
         }
-        if out.segments.is_empty() {
-            self.last_words = prev_words;
+        if !emitted_words.is_empty() {
+            self.last_words = emitted_words;
         }
-        if !self.options.use_prompt || out.temperature > 0.5 {
+        if !self.options.use_prompt || result.temperature > 0.5 {
             self.history.clear();
         }
-        if last {
-            out.next_seek = window_end;
-        }
-        self.advance(out.next_seek);
-        out
+        // Keep what a look-back could overlap.
+        let horizon = window_end.saturating_sub(2 * WINDOW_SAMPLES as u64);
+        self.recent.retain(|r| r.1 > horizon);
+    }
+
+    /// Whether the loudest 20 ms of the `n` samples from `start` are below the silence threshold.
+    fn is_quiet(&self, start: u64, n: usize) -> bool {
+        let Some(db) = self.options.silence_threshold_db else {
+            return false;
+        };
+        let off = (start - self.buffer_start) as usize;
+        let threshold = 10f64.powf(db / 20.0);
+        let loudest = self.buffer[off..off + n]
+            .chunks(SAMPLES_PER_TIMESTAMP as usize)
+            .map(|c| {
+                (c.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>() / c.len() as f64)
+                    .sqrt()
+            })
+            .fold(0.0, f64::max);
+        loudest < threshold
     }
 
     fn has_text(&self, s: &RawSegment) -> bool {
@@ -813,10 +900,6 @@ impl Transcriber {
             self.language = language;
             self.language_fixed = true;
         }
-    }
-
-    fn remember_result(&mut self, r: &DecodeResult) {
-        self.last_compression_ratio = r.compression_ratio;
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -859,23 +942,40 @@ impl Transcriber {
             v.into_iter().filter(|s| self.has_text(s)).collect()
         };
         if last {
-            return (with_text(raw), max_ts);
+            // Not a segment starting at the very end of the audio (nothing can be in it).
+            let v = with_text(raw)
+                .into_iter()
+                .filter(|s| s.start + END_SLACK < max_ts)
+                .collect();
+            return (v, max_ts);
         }
-        // Complete segments that end clear of the window's end.
+        let complete = |s: &&RawSegment| self.has_text(s) && s.end.is_some();
+        // Complete segments that end clear of the window's end: emitted; the rest is decoded again
+        // from the next window, which starts where the last of them ends.
         let inside: Vec<RawSegment> = raw
             .iter()
-            .filter(|s| self.has_text(s) && s.end.is_some_and(|e| e + margin <= max_ts))
+            .filter(complete)
+            .filter(|s| s.end.is_some_and(|e| e + margin <= max_ts))
             .cloned()
             .collect();
         if let Some(end) = inside.last().and_then(|s| s.end) {
             return (inside, end.max(1));
         }
-        if let Some(start) = raw.iter().map(|s| s.start).find(|&s| s > 0) {
-            // Speech starts later in the window: the next window starts there.
-            return (Vec::new(), start);
+        match raw.iter().find(|s| self.has_text(s)) {
+            // Nothing said: the whole window is used up.
+            None => (Vec::new(), max_ts),
+            // Speech starts a little into the window but runs past its end: start there.
+            Some(first) if first.start > 0 => (Vec::new(), first.start),
+            // Speech from the start to (nearly) the end of the window: emit the complete segments
+            // (or the whole text if none is complete) and go on after them.
+            Some(_) => {
+                let done: Vec<RawSegment> = raw.iter().filter(complete).cloned().collect();
+                match done.last().and_then(|s| s.end) {
+                    Some(end) if end > 0 => (done, end),
+                    _ => (with_text(raw), max_ts),
+                }
+            }
         }
-        // One segment fills the window: emit it whole.
-        (with_text(raw), max_ts)
     }
 
     /// Moves the seek position, keeping one window of audio before it (for the look-back of the

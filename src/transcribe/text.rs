@@ -4,8 +4,7 @@
 use crate::model::tokenizer::Tokenizer;
 
 /// Normalised words (lower case, letters and digits only) of a token sequence, each with the index
-/// of the token it starts at. Timestamps and special tokens are skipped; punctuation-only words are
-/// dropped.
+/// of the token it starts at. Timestamps and special tokens are skipped.
 #[derive(Clone, Debug, Default)]
 pub struct Words {
     pub words: Vec<String>,
@@ -13,30 +12,44 @@ pub struct Words {
 }
 
 impl Words {
+    /// Words are runs of letters and digits (so "tell-to-tell" is three words).
     pub fn from_tokens(tok: &Tokenizer, tokens: &[u32]) -> Words {
         let mut out = Words::default();
-        let mut cur: Vec<u8> = Vec::new();
+        let mut cur = String::new();
         let mut cur_start = 0;
-        let flush = |bytes: &mut Vec<u8>, start: usize, out: &mut Words| {
-            let w = normalize_word(&String::from_utf8_lossy(bytes));
-            if !w.is_empty() {
-                out.words.push(w);
-                out.token_index.push(start);
-            }
-            bytes.clear();
-        };
+        // Bytes of a character split across tokens wait here.
+        let mut pending: Vec<u8> = Vec::new();
+        let mut pending_start = 0;
         for (i, &t) in tokens.iter().enumerate() {
             if tok.is_special(t) {
                 continue;
             }
-            let b = tok.token_bytes(t);
-            if b.first().is_some_and(|c| c.is_ascii_whitespace()) || cur.is_empty() {
-                flush(&mut cur, cur_start, &mut out);
-                cur_start = i;
+            if pending.is_empty() {
+                pending_start = i;
             }
-            cur.extend_from_slice(b);
+            pending.extend_from_slice(tok.token_bytes(t));
+            let text = match std::str::from_utf8(&pending) {
+                Ok(s) => s.to_string(),
+                Err(e) if e.error_len().is_none() && pending.len() < 8 => continue,
+                Err(_) => String::from_utf8_lossy(&pending).into_owned(),
+            };
+            pending.clear();
+            for c in text.chars() {
+                if c.is_alphanumeric() {
+                    if cur.is_empty() {
+                        cur_start = pending_start;
+                    }
+                    cur.extend(c.to_lowercase());
+                } else if !cur.is_empty() {
+                    out.words.push(std::mem::take(&mut cur));
+                    out.token_index.push(cur_start);
+                }
+            }
         }
-        flush(&mut cur, cur_start, &mut out);
+        if !cur.is_empty() {
+            out.words.push(cur);
+            out.token_index.push(cur_start);
+        }
         out
     }
 }
@@ -51,7 +64,8 @@ pub fn normalize_word(w: &str) -> String {
 
 /// If the words end in a loop, the index of the word where the repeated copy starts (keeping one
 /// copy). A loop is a block of `p` words repeated back to back `c` times at the end with
-/// `p >= 4, c >= 2` (a phrase said twice), `p >= 2, c >= 3`, or `c >= 4`.
+/// `p >= 4, c >= 2` (a phrase said twice), `p >= 2, c >= 3`, or `c >= 4`; or the last six words
+/// found earlier in the words.
 pub fn repetition_start(words: &[String]) -> Option<usize> {
     let n = words.len();
     for p in 1..=n / 2 {
@@ -64,8 +78,18 @@ pub fn repetition_start(words: &[String]) -> Option<usize> {
             return Some(n - p * (c - 1));
         }
     }
+    // A phrase said again further on (the model going back to an earlier sentence).
+    if n >= 2 * PHRASE {
+        let tail = &words[n - PHRASE..];
+        if words[..n - PHRASE].windows(PHRASE).any(|w| w == tail) {
+            return Some(n - PHRASE);
+        }
+    }
     None
 }
+
+/// Words of a phrase that [`repetition_start`] does not accept twice in one window.
+const PHRASE: usize = 6;
 
 /// Whisper's compression ratio: UTF-8 length over zlib-compressed length.
 pub fn compression_ratio(text: &str) -> f64 {
@@ -195,6 +219,22 @@ pub fn word_errors(reference: &[String], hyp: &[String]) -> usize {
     prev[hyp.len()]
 }
 
+/// Edit distances between `a` and every prefix of `b`: `out[j]` for `b[..j]`.
+pub fn edit_distance_to_prefixes(a: &[String], b: &[String]) -> Vec<usize> {
+    // Rows over a, columns over b.
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, x) in a.iter().enumerate() {
+        cur[0] = i + 1;
+        for (j, y) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(x != y);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev
+}
+
 /// Reads a RIFF WAVE file of 16-bit PCM or 32-bit float samples, averaging channels. Returns the
 /// samples and the sample rate.
 pub fn read_wav(bytes: &[u8]) -> Result<(Vec<f32>, u32), String> {
@@ -264,6 +304,10 @@ mod tests {
         assert_eq!(repetition_start(&w(jfk)), None);
         let looped = format!("{jfk} ask what you can do for your country");
         assert_eq!(repetition_start(&w(&looped)), Some(w(jfk).len()));
+        let back =
+            "the salt breeze came across from the sea the girl sold bonds the salt breeze came \
+                    across from";
+        assert_eq!(repetition_start(&w(back)), Some(13));
     }
 
     #[test]

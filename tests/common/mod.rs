@@ -54,3 +54,57 @@ pub fn relative_l2(ours: &[f32], reference: &[f32]) -> f64 {
     }
     (diff / norm).sqrt()
 }
+
+/// GStreamer initialised and this crate's plugin registered, once per test binary.
+pub fn init_gst() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        gst::init().unwrap();
+        gstwhisperencnpu::plugin_register_static().expect("register the plugin");
+    });
+}
+
+/// float32 little-endian audio in a buffer with the given PTS.
+pub fn f32_buffer(samples: &[f32], pts: gst::ClockTime) -> gst::Buffer {
+    let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+    let mut buffer = gst::Buffer::from_mut_slice(bytes);
+    {
+        let b = buffer.get_mut().unwrap();
+        b.set_pts(pts);
+        b.set_duration(gst::ClockTime::from_nseconds(
+            samples.len() as u64 * 1_000_000_000 / 16_000,
+        ));
+    }
+    buffer
+}
+
+/// The samples of jfk.wav (16-bit PCM WAV; the data chunk is looked up, not assumed at 44).
+pub fn jfk_samples() -> Vec<i16> {
+    let data = std::fs::read(shared_file("audio/jfk.wav")).unwrap();
+    let pos = data.windows(4).position(|w| w == b"data").unwrap();
+    data[pos + 8..]
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect()
+}
+
+/// The words of jfk.wav, as `words` normalises them.
+pub const JFK_WORDS: &str = "and so my fellow americans ask not what your country can do for you \
+                             ask what you can do for your country";
+
+/// Lower-case words without punctuation, single-spaced.
+pub fn words(text: &str) -> String {
+    text.to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '\'' {
+                c
+            } else {
+                ' '
+            }
+        })
+        .collect::<String>()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}

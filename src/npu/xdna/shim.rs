@@ -270,7 +270,7 @@ impl Kernel {
         &self.name
     }
 
-    /// A zeroed-or-not device buffer of `bytes` for argument `role` of this kernel.
+    /// A device buffer of `bytes` for argument `role` of this kernel (contents unspecified).
     pub fn alloc(&self, role: Role, bytes: usize) -> Result<Buffer, ShimError> {
         let role_c = match role {
             Role::A => ffi::xdna_buffer_role::XDNA_BUFFER_A,

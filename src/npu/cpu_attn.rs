@@ -1,0 +1,343 @@
+//! Fused multi-head attention kernel (AVX-512F, head width 64: every Whisper model) for one block
+//! of up to [`BLOCK`] query rows and one head, on the CPU in float32:
+//!
+//! 1. `Q^T` of the block is packed (64 x 32, scaled by `1 / sqrt(64)`), so the score tile
+//!    `S^T = K Q^T` (keys x queries) is a register-blocked product (12 keys x 32 queries per
+//!    tile, 24 zmm accumulators) over K packed once per layer by [`pack_head`]: 12 keys
+//!    interleaved per dimension, so the broadcasts come from one pointer.
+//! 2. The softmax runs down the columns of `S^T`: max, `exp` and sum are plain vertical vector
+//!    operations over 32 queries at once, no horizontal reductions; the max is taken while the
+//!    tiles are stored.
+//! 3. `O = E V` reads V rows in place (6 queries x 64 values per tile), and the normalisation
+//!    `1 / sum` is applied to the 64-wide result instead of the p-wide probabilities.
+//!
+//! Nothing is allocated: the caller passes a [`AttnScratch`] per thread. Other head widths and
+//! CPUs without AVX-512 use the generic path of the encoder.
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// Query rows per block (two zmm of queries in `S^T`).
+pub const BLOCK: usize = 32;
+/// The head width this kernel handles.
+pub const HEAD: usize = 64;
+
+/// Whether this CPU runs the kernel.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Per-thread buffers of the kernel.
+#[derive(Default)]
+pub struct AttnScratch {
+    qt: Vec<f32>,
+    st: Vec<f32>,
+}
+
+/// Keys per tile of the packed K.
+const KT: usize = 12;
+
+/// Packs one head's K (tiles of 12 keys, the keys interleaved per dimension) and V (rows of 64,
+/// contiguous) from `p` rows of `src` (row stride `ld`, K at column `k_col`, V at `v_col`), into
+/// `k` and `v` of `p * 64` values each. Once per layer and head: every query block reads them,
+/// and rows 3d apart would cost a TLB miss each.
+///
+/// # Panics
+/// If a slice is too short.
+pub fn pack_head(src: &[f32], ld: usize, k_col: usize, v_col: usize, p: usize, k: &mut [f32], v: &mut [f32]) {
+    assert!(k.len() >= p * HEAD && v.len() >= p * HEAD, "pack_head: output too small");
+    if p == 0 {
+        return;
+    }
+    assert!((p - 1) * ld + k_col.max(v_col) + HEAD <= src.len(), "pack_head: input too small");
+    for (j, row) in v.chunks_exact_mut(HEAD).take(p).enumerate() {
+        row.copy_from_slice(&src[j * ld + v_col..][..HEAD]);
+    }
+    let mut j0 = 0;
+    while j0 < p {
+        let w = KT.min(p - j0);
+        let tile = &mut k[j0 * HEAD..(j0 + w) * HEAD];
+        for jj in 0..w {
+            let row = &src[(j0 + jj) * ld + k_col..][..HEAD];
+            for (c, &x) in row.iter().enumerate() {
+                tile[c * w + jj] = x;
+            }
+        }
+        j0 += w;
+    }
+}
+
+/// One head: its q (`p` rows of 64 values, row `j` at `q[j * q_ld..]`), and its K and V as
+/// [`pack_head`] leaves them.
+#[derive(Clone, Copy)]
+pub struct HeadView<'a> {
+    pub q: &'a [f32],
+    pub q_ld: usize,
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    /// Positions (keys and values).
+    pub p: usize,
+}
+
+/// `out[i][0..64] = softmax(q[r0 + i] . k[j] / 8 over j) v` for `rows` (<= [`BLOCK`]) query rows
+/// from `r0`; `out` holds the rows with stride `ldo`.
+///
+/// # Panics
+/// If the CPU lacks AVX-512F, or the views are too small.
+pub fn attention_block(
+    head: HeadView<'_>,
+    r0: usize,
+    rows: usize,
+    out: &mut [f32],
+    ldo: usize,
+    scratch: &mut AttnScratch,
+) {
+    assert!(available(), "attention kernel needs AVX-512F");
+    assert!(rows >= 1 && rows <= BLOCK && r0 + rows <= head.p, "query rows");
+    assert!(head.q_ld >= HEAD && (head.p - 1) * head.q_ld + HEAD <= head.q.len(), "q too small");
+    assert!(head.k.len() >= head.p * HEAD && head.v.len() >= head.p * HEAD, "k or v too small");
+    assert!((rows - 1) * ldo + HEAD <= out.len(), "out too small");
+    if scratch.qt.len() < HEAD * BLOCK {
+        scratch.qt.resize(HEAD * BLOCK, 0.0);
+    }
+    if scratch.st.len() < head.p * BLOCK {
+        scratch.st.resize(head.p * BLOCK, 0.0);
+    }
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512F checked above; every index the kernel touches was bounds-checked above:
+    // rows 0..p of q, k and v (64 values each), out rows 0..rows (64 values each), qt 64 x 32 and
+    // st p x 32.
+    unsafe {
+        kernel(head, r0, rows, out.as_mut_ptr(), ldo, scratch)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel(
+    h: HeadView<'_>,
+    r0: usize,
+    rows: usize,
+    out: *mut f32,
+    ldo: usize,
+    s: &mut AttnScratch,
+) {
+    let p = h.p;
+    let qt = s.qt.as_mut_ptr();
+    let st = s.st.as_mut_ptr();
+
+    // 1. qt[k][i] = q[r0 + i][k] / sqrt(64), zero for the padding queries.
+    let scale = 1.0 / (HEAD as f32).sqrt();
+    for i in 0..BLOCK {
+        if i < rows {
+            let q = h.q.as_ptr().add((r0 + i) * h.q_ld);
+            for k in 0..HEAD {
+                *qt.add(k * BLOCK + i) = *q.add(k) * scale;
+            }
+        } else {
+            for k in 0..HEAD {
+                *qt.add(k * BLOCK + i) = 0.0;
+            }
+        }
+    }
+
+    // 2. st[j][0..32] = k[j] . qt, with the running max per query.
+    let kb = h.k.as_ptr();
+    let mut m0 = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut m1 = m0;
+    let mut j = 0;
+    while j + KT <= p {
+        scores::<KT>(kb.add(j * HEAD), qt, st.add(j * BLOCK), &mut m0, &mut m1);
+        j += KT;
+    }
+    let (kj, sj) = (kb.add(j * HEAD), st.add(j * BLOCK));
+    match p - j {
+        0 => {}
+        1 => scores::<1>(kj, qt, sj, &mut m0, &mut m1),
+        2 => scores::<2>(kj, qt, sj, &mut m0, &mut m1),
+        3 => scores::<3>(kj, qt, sj, &mut m0, &mut m1),
+        4 => scores::<4>(kj, qt, sj, &mut m0, &mut m1),
+        5 => scores::<5>(kj, qt, sj, &mut m0, &mut m1),
+        6 => scores::<6>(kj, qt, sj, &mut m0, &mut m1),
+        7 => scores::<7>(kj, qt, sj, &mut m0, &mut m1),
+        8 => scores::<8>(kj, qt, sj, &mut m0, &mut m1),
+        9 => scores::<9>(kj, qt, sj, &mut m0, &mut m1),
+        10 => scores::<10>(kj, qt, sj, &mut m0, &mut m1),
+        _ => scores::<11>(kj, qt, sj, &mut m0, &mut m1),
+    }
+
+    // 3. st = exp(st - max), column sums.
+    let (mut s0, mut s1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    for j in 0..p {
+        let row = st.add(j * BLOCK);
+        let e0 = crate::npu::cpu_math::exp512(_mm512_sub_ps(_mm512_loadu_ps(row), m0));
+        let e1 = crate::npu::cpu_math::exp512(_mm512_sub_ps(_mm512_loadu_ps(row.add(16)), m1));
+        _mm512_storeu_ps(row, e0);
+        _mm512_storeu_ps(row.add(16), e1);
+        s0 = _mm512_add_ps(s0, e0);
+        s1 = _mm512_add_ps(s1, e1);
+    }
+    let mut inv = [0f32; BLOCK];
+    _mm512_storeu_ps(inv.as_mut_ptr(), _mm512_div_ps(_mm512_set1_ps(1.0), s0));
+    _mm512_storeu_ps(inv.as_mut_ptr().add(16), _mm512_div_ps(_mm512_set1_ps(1.0), s1));
+
+    // 4. out[i] = (sum_j st[j][i] v[j]) * inv[i], 6 queries at a time.
+    let (vb, ld) = (h.v.as_ptr(), HEAD);
+    let mut i = 0;
+    while i + 6 <= rows {
+        values::<6>(vb, ld, p, st.add(i), inv.as_ptr().add(i), out.add(i * ldo), ldo);
+        i += 6;
+    }
+    let (sti, invi, outi) = (st.add(i), inv.as_ptr().add(i), out.add(i * ldo));
+    match rows - i {
+        0 => {}
+        1 => values::<1>(vb, ld, p, sti, invi, outi, ldo),
+        2 => values::<2>(vb, ld, p, sti, invi, outi, ldo),
+        3 => values::<3>(vb, ld, p, sti, invi, outi, ldo),
+        4 => values::<4>(vb, ld, p, sti, invi, outi, ldo),
+        _ => values::<5>(vb, ld, p, sti, invi, outi, ldo),
+    }
+}
+
+/// MR keys of a packed tile (per dimension, the MR keys side by side):
+/// `st[jj][0..32] = k[jj] . qt[..][0..32]`; updates the column maxima.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn scores<const MR: usize>(
+    k: *const f32,
+    qt: *const f32,
+    st: *mut f32,
+    m0: &mut __m512,
+    m1: &mut __m512,
+) {
+    let mut a0 = [_mm512_setzero_ps(); MR];
+    let mut a1 = [_mm512_setzero_ps(); MR];
+    for c in 0..HEAD {
+        let b0 = _mm512_loadu_ps(qt.add(c * BLOCK));
+        let b1 = _mm512_loadu_ps(qt.add(c * BLOCK + 16));
+        for jj in 0..MR {
+            let a = _mm512_set1_ps(*k.add(c * MR + jj));
+            a0[jj] = _mm512_fmadd_ps(a, b0, a0[jj]);
+            a1[jj] = _mm512_fmadd_ps(a, b1, a1[jj]);
+        }
+    }
+    for jj in 0..MR {
+        _mm512_storeu_ps(st.add(jj * BLOCK), a0[jj]);
+        _mm512_storeu_ps(st.add(jj * BLOCK + 16), a1[jj]);
+        *m0 = _mm512_max_ps(*m0, a0[jj]);
+        *m1 = _mm512_max_ps(*m1, a1[jj]);
+    }
+}
+
+/// MR queries: `out[ii][0..64] = inv[ii] * sum_j st[j][ii] v[j][0..64]` (`st` offset to the
+/// first query's column).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn values<const MR: usize>(
+    v: *const f32,
+    ld: usize,
+    p: usize,
+    st: *const f32,
+    inv: *const f32,
+    out: *mut f32,
+    ldo: usize,
+) {
+    let mut acc = [[_mm512_setzero_ps(); 4]; MR];
+    for j in 0..p {
+        let vr = v.add(j * ld);
+        let vv = [
+            _mm512_loadu_ps(vr),
+            _mm512_loadu_ps(vr.add(16)),
+            _mm512_loadu_ps(vr.add(32)),
+            _mm512_loadu_ps(vr.add(48)),
+        ];
+        let e = st.add(j * BLOCK);
+        for ii in 0..MR {
+            let a = _mm512_set1_ps(*e.add(ii));
+            for c in 0..4 {
+                acc[ii][c] = _mm512_fmadd_ps(a, vv[c], acc[ii][c]);
+            }
+        }
+    }
+    for ii in 0..MR {
+        let s = _mm512_set1_ps(*inv.add(ii));
+        let o = out.add(ii * ldo);
+        for c in 0..4 {
+            _mm512_storeu_ps(o.add(16 * c), _mm512_mul_ps(acc[ii][c], s));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_naive_attention() {
+        if !available() {
+            eprintln!("no AVX-512F: attention kernel not tested here");
+            return;
+        }
+        let mut st = 99u32;
+        let mut rnd = || {
+            st ^= st << 13;
+            st ^= st >> 17;
+            st ^= st << 5;
+            (st % 20001) as f32 / 10000.0 - 1.0
+        };
+        let mut scratch = AttnScratch::default();
+        for &(p, heads) in &[(1usize, 1usize), (5, 2), (13, 1), (40, 3), (512, 2), (97, 1)] {
+            let d = heads * HEAD;
+            let ld = 3 * d + 5; // a row stride with padding
+            let qkv: Vec<f32> = (0..p * ld).map(|_| 3.0 * rnd()).collect();
+            for h in 0..heads {
+                let (mut kp, mut vp) = (vec![0f32; p * HEAD], vec![0f32; p * HEAD]);
+                pack_head(&qkv, ld, d + h * HEAD, 2 * d + h * HEAD, p, &mut kp, &mut vp);
+                let view = HeadView { q: &qkv[h * HEAD..], q_ld: ld, k: &kp, v: &vp, p };
+                let mut r0 = 0;
+                while r0 < p {
+                    let rows = BLOCK.min(p - r0);
+                    let ldo = 70;
+                    let mut out = vec![f32::NAN; rows * ldo];
+                    attention_block(view, r0, rows, &mut out, ldo, &mut scratch);
+                    for i in 0..rows {
+                        let q = &view.q[(r0 + i) * ld..][..HEAD];
+                        let kcol = d + h * HEAD;
+                        let vcol = 2 * d + h * HEAD;
+                        let sc: Vec<f64> = (0..p)
+                            .map(|j| {
+                                let k = &qkv[j * ld + kcol..][..HEAD];
+                                q.iter().zip(k).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>()
+                                    / 8.0
+                            })
+                            .collect();
+                        let mx = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                        let e: Vec<f64> = sc.iter().map(|s| (s - mx).exp()).collect();
+                        let sum: f64 = e.iter().sum();
+                        for c in 0..HEAD {
+                            let want: f64 = (0..p)
+                                .map(|j| e[j] * qkv[j * ld + vcol + c] as f64)
+                                .sum::<f64>()
+                                / sum;
+                            let got = out[i * ldo + c] as f64;
+                            assert!(
+                                (got - want).abs() < 2e-5 * (1.0 + want.abs()),
+                                "p={p} h={h} row={} c={c}: {got} vs {want}",
+                                r0 + i
+                            );
+                        }
+                    }
+                    r0 += rows;
+                }
+            }
+        }
+    }
+}

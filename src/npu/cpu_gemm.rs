@@ -1,0 +1,327 @@
+//! Float32 GEMM with a pre-packed right-hand side, AVX-512F: `c = a w^T (+ bias)` for the
+//! encoder's linear layers, whose weights are fixed.
+//!
+//! The weight (n x k) is packed once, at load, into panels of [`NR`] = 32 output columns: for every
+//! input index, the panel's 32 weights side by side (two zmm). The microkernel keeps a tile of
+//! up to 12 rows x 32 columns in 24 zmm accumulators, broadcasting the rows' values from a packed
+//! copy (12 rows interleaved per input, so one pointer with immediate offsets: no address
+//! arithmetic competes with the FMAs) against the panel's two vectors. Blocking: [`KC`] inputs at
+//! a time, so the panel's slice (KC x 32 floats, 32 KiB) stays in L1 while the kernel walks down
+//! all the rows of the call; the output tile is written once per KC block (initialised with the
+//! bias in the first).
+//!
+//! [`gemm`] is single-threaded; callers split the rows between threads (each thread then streams
+//! the whole weight, which costs little next to the products: a 512 x 2048 weight is 4 MiB per
+//! 128 rows x 1 GFLOP).
+//!
+//! Why not the `gemm` crate for these products: it packs both operands on every call; with the
+//! weights pre-packed, and the bias folded into the first store, this kernel spends its time in
+//! FMAs. [`super::cpu`] measures and documents the choice.
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// Output columns per packed panel.
+pub const NR: usize = 32;
+/// Rows per microkernel tile.
+pub const MR: usize = 12;
+/// Inputs per cache block.
+pub const KC: usize = 256;
+
+/// Whether this CPU runs the kernel.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A weight `n x k` packed into panels of [`NR`] columns.
+#[derive(Clone, Debug)]
+pub struct PackedWeight {
+    pub n: usize,
+    pub k: usize,
+    /// `panels x k x NR`, zero in the padding columns.
+    data: Vec<f32>,
+}
+
+impl PackedWeight {
+    /// Packs `w[o][i]` (n x k, any strides, through the accessor).
+    pub fn new(n: usize, k: usize, w: impl Fn(usize, usize) -> f32) -> PackedWeight {
+        let panels = n.div_ceil(NR);
+        let mut data = vec![0f32; panels * k * NR];
+        for p in 0..panels {
+            for c in 0..NR.min(n - p * NR) {
+                let o = p * NR + c;
+                for i in 0..k {
+                    data[(p * k + i) * NR + c] = w(o, i);
+                }
+            }
+        }
+        PackedWeight { n, k, data }
+    }
+
+    pub fn panels(&self) -> usize {
+        self.n.div_ceil(NR)
+    }
+}
+
+/// `c[r][o] = sum_i a[r][i] w[o][i] + bias[o]` for rows `0..m`, single-threaded. `a` is
+/// row-major with row stride `lda` (unit column stride), `c` likewise with `ldc`; `scratch`
+/// holds the packed rows (grown on demand).
+///
+/// For every block of [`KC`] inputs, the rows' slices are packed tile by tile (12 rows
+/// interleaved per input), then for every panel the kernel walks down the tiles: the panel's
+/// KC x 32 slice stays in L1, the packed rows in L2.
+///
+/// # Panics
+/// If the CPU lacks AVX-512F, or a slice is too short for the shapes.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    a: &[f32],
+    lda: usize,
+    m: usize,
+    w: &PackedWeight,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    ldc: usize,
+    scratch: &mut Vec<f32>,
+) {
+    assert!(available(), "cpu_gemm needs AVX-512F");
+    let (n, k) = (w.n, w.k);
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(lda >= k && (m - 1) * lda + k <= a.len(), "a too small");
+    assert!(ldc >= n && (m - 1) * ldc + n <= c.len(), "c too small");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "bias length");
+    }
+    // SAFETY: AVX-512F checked; the shapes of a, c and bias were checked above.
+    unsafe { gemm_raw(a.as_ptr(), lda, m, w, bias, c.as_mut_ptr(), ldc, scratch) }
+}
+
+/// [`gemm`] on raw pointers.
+///
+/// # Safety
+/// AVX-512F must be available; `a` must point to `m` rows of `w.k` readable values (row stride
+/// `lda`), `c` to `m` rows of `w.n` writable values (row stride `ldc`) that nothing else accesses
+/// during the call, and `bias`, if any, must hold `w.n` values.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_raw(
+    a: *const f32,
+    lda: usize,
+    m: usize,
+    w: &PackedWeight,
+    bias: Option<&[f32]>,
+    c: *mut f32,
+    ldc: usize,
+    scratch: &mut Vec<f32>,
+) {
+    let (n, k) = (w.n, w.k);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if scratch.len() < m * KC.min(k.max(1)) {
+        scratch.resize(m * KC.min(k.max(1)), 0.0);
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (ap, cp, wp, sp) = (a, c, w.data.as_ptr(), scratch.as_mut_ptr());
+        let mut k0 = 0;
+        loop {
+            let kc = KC.min(k - k0);
+            let first = k0 == 0;
+            // Pack: tile t (rows t*MR ..) at sp + t*MR*kc, input-major, its rows side by side.
+            let mut r = 0;
+            while r < m {
+                let rows = MR.min(m - r);
+                let dst = sp.add(r * kc);
+                for i in 0..rows {
+                    let src = ap.add((r + i) * lda + k0);
+                    for kk in 0..kc {
+                        *dst.add(kk * rows + i) = *src.add(kk);
+                    }
+                }
+                r += rows;
+            }
+            for p in 0..w.panels() {
+                let cols = NR.min(n - p * NR);
+                let masks = col_masks(cols);
+                let panel = wp.add((p * k + k0) * NR);
+                let bias_p = bias.map(|b| b.as_ptr().add(p * NR));
+                let init = if first { Init::Bias(bias_p) } else { Init::Load };
+                let mut r = 0;
+                while r < m {
+                    let rows = MR.min(m - r);
+                    tile(rows, sp.add(r * kc), panel, kc, cp.add(r * ldc + p * NR), ldc, init, masks);
+                    r += rows;
+                }
+            }
+            k0 += kc;
+            if k0 >= k {
+                break;
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Init {
+    /// First K block: start from the bias (or zero).
+    Bias(Option<*const f32>),
+    /// Later blocks: start from what c holds.
+    Load,
+}
+
+#[cfg(target_arch = "x86_64")]
+fn col_masks(cols: usize) -> [__mmask16; 2] {
+    let bits = |c: usize| -> __mmask16 {
+        if c >= 16 {
+            0xffff
+        } else {
+            ((1u32 << c) - 1) as __mmask16
+        }
+    };
+    [bits(cols), bits(cols.saturating_sub(16))]
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile(
+    rows: usize,
+    a: *const f32,
+    b: *const f32,
+    kc: usize,
+    c: *mut f32,
+    ldc: usize,
+    init: Init,
+    masks: [__mmask16; 2],
+) {
+    macro_rules! go {
+        ($($m:literal)*) => {
+            match rows {
+                $($m => kernel::<$m>(a, b, kc, c, ldc, init, masks),)*
+                _ => unreachable!("tile rows"),
+            }
+        };
+    }
+    go!(1 2 3 4 5 6 7 8 9 10 11 12)
+}
+
+/// R rows x 32 columns over `kc` inputs; `a` is the packed tile (per input, the R rows' values).
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel<const R: usize>(
+    a: *const f32,
+    b: *const f32,
+    kc: usize,
+    c: *mut f32,
+    ldc: usize,
+    init: Init,
+    masks: [__mmask16; 2],
+) {
+    let [m0, m1] = masks;
+    let mut acc0 = [_mm512_setzero_ps(); R];
+    let mut acc1 = [_mm512_setzero_ps(); R];
+    match init {
+        Init::Bias(Some(bias)) => {
+            let b0 = _mm512_maskz_loadu_ps(m0, bias);
+            let b1 = _mm512_maskz_loadu_ps(m1, bias.add(16));
+            for i in 0..R {
+                acc0[i] = b0;
+                acc1[i] = b1;
+            }
+        }
+        Init::Bias(None) => {}
+        Init::Load => {
+            for i in 0..R {
+                acc0[i] = _mm512_maskz_loadu_ps(m0, c.add(i * ldc));
+                acc1[i] = _mm512_maskz_loadu_ps(m1, c.add(i * ldc + 16));
+            }
+        }
+    }
+    let (mut ap, mut bp) = (a, b);
+    for _ in 0..kc {
+        let b0 = _mm512_loadu_ps(bp);
+        let b1 = _mm512_loadu_ps(bp.add(16));
+        for i in 0..R {
+            let av = _mm512_set1_ps(*ap.add(i));
+            acc0[i] = _mm512_fmadd_ps(av, b0, acc0[i]);
+            acc1[i] = _mm512_fmadd_ps(av, b1, acc1[i]);
+        }
+        ap = ap.add(R);
+        bp = bp.add(NR);
+    }
+    for i in 0..R {
+        _mm512_mask_storeu_ps(c.add(i * ldc), m0, acc0[i]);
+        _mm512_mask_storeu_ps(c.add(i * ldc + 16), m1, acc1[i]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_naive() {
+        if !available() {
+            eprintln!("no AVX-512F: cpu_gemm not tested here");
+            return;
+        }
+        let mut st = 7u32;
+        let mut rnd = || {
+            st ^= st << 13;
+            st ^= st >> 17;
+            st ^= st << 5;
+            (st % 20001) as f32 / 10000.0 - 1.0
+        };
+        for &(m, k, n) in &[
+            (1usize, 1usize, 1usize),
+            (5, 3, 40),
+            (13, 300, 33),
+            (24, 256, 64),
+            (30, 513, 95),
+            (100, 1000, 17),
+        ] {
+            let lda = k + 3;
+            let ldc = n + 5;
+            let a: Vec<f32> = (0..m * lda).map(|_| rnd()).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
+            let bias: Vec<f32> = (0..n).map(|_| rnd()).collect();
+            let pw = PackedWeight::new(n, k, |o, i| w[o * k + i]);
+            let mut scratch = Vec::new();
+            for with_bias in [false, true] {
+                let mut c = vec![f32::NAN; m * ldc];
+                let b = with_bias.then_some(&bias[..]);
+                gemm(&a, lda, m, &pw, b, &mut c, ldc, &mut scratch);
+                for r in 0..m {
+                    for o in 0..n {
+                        let want: f64 = (0..k)
+                            .map(|i| a[r * lda + i] as f64 * w[o * k + i] as f64)
+                            .sum::<f64>()
+                            + if with_bias { bias[o] as f64 } else { 0.0 };
+                        let got = c[r * ldc + o] as f64;
+                        assert!(
+                            (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                            "{m}x{k}x{n} r={r} o={o}: {got} vs {want}"
+                        );
+                    }
+                    // The padding between rows is untouched.
+                    for o in n..ldc.min(n + 5) {
+                        if r + 1 < m {
+                            assert!(c[r * ldc + o].is_nan(), "wrote past the columns");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
