@@ -12,7 +12,8 @@
  * The emulated compute tiles run on up to XDNA_EMU_THREADS host threads (default: one per
  * online CPU).
  */
-#include <errno.h>
+#define _POSIX_C_SOURCE 200809L /* sysconf */
+
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
