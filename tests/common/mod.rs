@@ -108,3 +108,28 @@ pub fn words(text: &str) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+/// A 16-bit mono WAV file's samples as float32 in [-1, 1).
+pub fn wav_f32(rel: &str) -> Vec<f32> {
+    let data = std::fs::read(shared_file(rel)).unwrap();
+    let pos = data.windows(4).position(|w| w == b"data").unwrap();
+    data[pos + 8..]
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0)
+        .collect()
+}
+
+/// Word-level edit distance.
+pub fn word_errors(reference: &[&str], hypothesis: &[&str]) -> usize {
+    let mut prev: Vec<usize> = (0..=hypothesis.len()).collect();
+    for (i, r) in reference.iter().enumerate() {
+        let mut cur = vec![i + 1; hypothesis.len() + 1];
+        for (j, h) in hypothesis.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(r != h))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[hypothesis.len()]
+}
