@@ -32,3 +32,11 @@ fmt:
 .PHONY: eval
 eval: setup
 	scripts/eval
+
+# Our encoder against CTranslate2 (installed into target/ct2-venv from the package registry): same
+# mel, weights and threads, medians and ratios in float32 and int8, accuracy against the golden
+# output; then the element's realtime factor and peak memory on 10 minutes of audio. Run it on an
+# idle machine (MODEL, THREADS, RUNS, MINUTES override the defaults).
+.PHONY: bench-vs-ct2
+bench-vs-ct2: setup
+	scripts/bench-vs-ct2

@@ -1,4 +1,5 @@
-"""Our encoder against CTranslate2's, same mel, same weights, same thread count, one run.
+"""Our encoder against CTranslate2's, same mel, same weights, same thread count, one run; and
+the report of the element's run on a long input (--element-report).
 
 Driven by scripts/bench-vs-ct2 (which makes the venv and builds the Rust side). CTranslate2 runs in
 this process; ours runs in `encoder_bench --serve` processes (one per precision) that encode once
@@ -12,6 +13,7 @@ data.
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -58,18 +60,55 @@ class Ours:
             raise SystemExit("encoder_bench failed")
 
 
+def element_report(gst_log, time_log, label):
+    """Realtime factor and peak memory of a `gst-launch-1.0 -m ... whisperencnpu ...` run."""
+    text = open(gst_log, encoding="utf-8", errors="replace").read()
+    field = lambda name: [int(v) for v in re.findall(rf"{name}=\(guint64\)(\d+)", text)]
+    audio, processing, encoder = field("audio-duration"), field("processing-time"), field("encoder-time")
+    if not audio:
+        raise SystemExit(f"no whisperencnpu-timing messages in {gst_log}")
+    tv = open(time_log, encoding="utf-8").read()
+    rss_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", tv)[1])
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", tv)[1]
+    wall_s = sum(float(x) * 60**i for i, x in enumerate(reversed(wall.split(":"))))
+    audio_s = sum(audio) / 1e9
+    proc_s = sum(processing) / 1e9
+    enc_ms = sorted(encoder)[len(encoder) // 2] / 1e6
+    print(
+        f"element {label}: {len(audio)} windows, {audio_s:.1f} s of audio; whole process (start-up, "
+        f"model load, warm-up window, every window) {wall_s:.2f} s: {audio_s / wall_s:.1f}x "
+        f"realtime; the windows' processing (mel + encoder, summed) {proc_s:.2f} s: "
+        f"{audio_s / proc_s:.1f}x; median encoder {enc_ms:.1f} ms per window; "
+        f"peak RSS {rss_kib / 1024:.0f} MiB"
+    )
+    print("json " + json.dumps({
+        "label": label, "windows": len(audio), "audio_s": audio_s, "wall_s": wall_s,
+        "realtime_factor": audio_s / wall_s, "processing_s": proc_s,
+        "processing_realtime_factor": audio_s / proc_s, "median_encoder_ms": enc_ms,
+        "peak_rss_mib": rss_kib / 1024,
+    }))
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--ours", required=True, help="path of the encoder_bench example")
-    ap.add_argument("--model-dir", required=True)
-    ap.add_argument("--mel", required=True)
-    ap.add_argument("--golden", required=True, help="CT2 float32 encoder output for --mel")
+    ap.add_argument("--element-report", help="gst-launch -m log: report the element's run")
+    ap.add_argument("--time-report", help="/usr/bin/time -v output of that run")
+    ap.add_argument("--label", default="")
+    ap.add_argument("--ours", help="path of the encoder_bench example")
+    ap.add_argument("--model-dir")
+    ap.add_argument("--mel")
+    ap.add_argument("--golden", help="CT2 float32 encoder output for --mel")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--pause", type=float, default=0.05, help="seconds between timed runs")
     ap.add_argument("--precisions", default="f32,int8")
     args = ap.parse_args()
+    if args.element_report:
+        return element_report(args.element_report, args.time_report, args.label)
+    for need in ("ours", "model_dir", "mel", "golden"):
+        if getattr(args, need) is None:
+            ap.error(f"--{need.replace('_', '-')} is required")
 
     import ctranslate2
 

@@ -103,17 +103,32 @@ thread_local! {
 
 /// Rows per task of a packed product: two blocks per thread.
 fn block_rows(rows: usize) -> usize {
-    rows.div_ceil(2 * rayon::current_num_threads().max(1)).max(1)
+    rows.div_ceil(2 * rayon::current_num_threads().max(1))
+        .max(1)
 }
 
+/// Whether a product of `rows` rows splits its rows between the threads (else its output
+/// columns: few rows, as in the decoder's token-by-token products, would leave threads idle).
+fn split_rows(rows: usize) -> bool {
+    rows >= 2 * cpu_gemm::MR * rayon::current_num_threads().max(1)
+}
+
+/// `y = x w^T + bias` for the output columns of `panels` (y holds just those columns), on this
+/// thread.
 fn packed_block(
     w: &PackedWeight,
     bias: Option<&[f32]>,
+    panels: std::ops::Range<usize>,
     x: ArrayView2<f32>,
     mut y: ArrayViewMut2<f32>,
 ) {
-    let (rows, n_in) = x.dim();
-    let n_out = w.n;
+    let rows = x.nrows();
+    let n_in = w.k;
+    let n_cols = y.ncols();
+    debug_assert_eq!(
+        n_cols,
+        w.n.min(panels.end * cpu_gemm::NR) - panels.start * cpu_gemm::NR
+    );
     SCRATCH.with(|s| {
         let [pack, xs, ys] = &mut *s.borrow_mut();
         // Unit column stride and a non-negative row stride: read in place; else stage a copy.
@@ -128,22 +143,35 @@ fn packed_block(
             xs.extend(x.iter());
             (xs.as_ptr(), n_in)
         };
-        let y_direct = direct(y.strides(), n_out);
+        let y_direct = direct(y.strides(), n_cols);
         let (c, ldc) = if y_direct {
             (y.as_mut_ptr(), y.strides()[0].max(0) as usize)
         } else {
-            if ys.len() < rows * n_out {
-                ys.resize(rows * n_out, 0.0);
+            if ys.len() < rows * n_cols {
+                ys.resize(rows * n_cols, 0.0);
             }
-            (ys.as_mut_ptr(), n_out)
+            (ys.as_mut_ptr(), n_cols)
         };
         // SAFETY: AVX-512F is available (the engine packs only then); `a` points to `rows` rows of
         // n_in values with row stride lda (the view's own memory, or the staged copy), `c` to
-        // `rows` rows of n_out values with row stride ldc that only this task writes (its own
-        // block of y, or the staging buffer); the bias has n_out values (checked at prepare).
-        unsafe { cpu_gemm::gemm_raw(a, lda.max(n_in), rows, w, bias, c, ldc.max(n_out), pack) };
+        // `rows` rows of the panels' n_cols columns with row stride ldc that only this task
+        // writes (its own block of y, or the staging buffer); the bias has n values (checked at
+        // prepare); `panels` is within the weight's panels (the caller's split).
+        unsafe {
+            cpu_gemm::gemm_raw(
+                a,
+                lda.max(n_in),
+                rows,
+                w,
+                bias,
+                panels,
+                c,
+                ldc.max(n_cols),
+                pack,
+            )
+        };
         if !y_direct {
-            let src = ArrayView2::from_shape((rows, n_out), &ys[..rows * n_out]).expect("sized");
+            let src = ArrayView2::from_shape((rows, n_cols), &ys[..rows * n_cols]).expect("sized");
             y.assign(&src);
         }
     });
@@ -170,18 +198,30 @@ impl Linear for CpuF32Linear {
         assert_eq!(y.dim(), (rows, self.n_out()), "output shape");
         match self {
             CpuF32Linear::Packed { w, bias } => {
-                if rows == 0 {
+                if rows == 0 || w.n == 0 {
                     return;
                 }
                 let bias = bias.as_ref().map(|b| b.as_slice().expect("owned bias"));
-                let block = block_rows(rows);
-                if block >= rows {
-                    packed_block(w, bias, x, y);
-                } else {
+                let all = 0..w.panels();
+                let threads = rayon::current_num_threads().max(1);
+                if split_rows(rows) {
+                    let block = block_rows(rows);
                     x.axis_chunks_iter(Axis(0), block)
                         .into_par_iter()
                         .zip(y.axis_chunks_iter_mut(Axis(0), block).into_par_iter())
-                        .for_each(|(xb, yb)| packed_block(w, bias, xb, yb));
+                        .for_each(|(xb, yb)| packed_block(w, bias, all.clone(), xb, yb));
+                } else if threads > 1 && w.panels() > 1 {
+                    // Few rows: split the output columns, a few panels per task.
+                    let per = w.panels().div_ceil(4 * threads);
+                    y.axis_chunks_iter_mut(Axis(1), per * cpu_gemm::NR)
+                        .into_par_iter()
+                        .enumerate()
+                        .for_each(|(i, yb)| {
+                            let panels = i * per..((i + 1) * per).min(w.panels());
+                            packed_block(w, bias, panels, x, yb)
+                        });
+                } else {
+                    packed_block(w, bias, all, x, y);
                 }
             }
             CpuF32Linear::Gemm { weight, bias } => match bias {
@@ -323,10 +363,34 @@ mod tests {
                 assert!(err < 1e-4, "max error {err}");
                 // A transposed (column-major) output, inside a 2-thread pool.
                 let mut yt = Array2::from_elem((37, x.nrows()), f32::NAN);
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(2)
+                    .build()
+                    .unwrap();
                 pool.install(|| lin.forward(x, yt.view_mut().reversed_axes()));
                 let err = (&yt.t() - &r).iter().fold(0f32, |m, v| m.max(v.abs()));
                 assert!(err < 1e-4, "max error {err} (transposed output)");
+            }
+        }
+        // Many rows (split between threads) and a single row (columns split), 1 to 3 threads.
+        let w = pseudo(100, 70, 4);
+        let b = pseudo(1, 100, 5).row(0).to_owned();
+        let lin = e.prepare(w.view(), Some(b.view()));
+        for rows in [1usize, 7, 130] {
+            let x = pseudo(rows, 70, 6 + rows as u32);
+            let r = naive(&x.view(), &w, Some(&b));
+            for threads in 1..=3 {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let mut y = Array2::from_elem((rows, 100), f32::NAN);
+                pool.install(|| lin.forward(x.view(), y.view_mut()));
+                let err = (&y - &r).iter().fold(0f32, |m, v| m.max(v.abs()));
+                assert!(
+                    err < 1e-4,
+                    "{rows} rows, {threads} threads: max error {err}"
+                );
             }
         }
     }

@@ -8,8 +8,10 @@
 //! 2. The softmax runs down the columns of `S^T`: max, `exp` and sum are plain vertical vector
 //!    operations over 32 queries at once, no horizontal reductions; the max is taken while the
 //!    tiles are stored.
-//! 3. `O = E V` reads V rows in place (6 queries x 64 values per tile), and the normalisation
-//!    `1 / sum` is applied to the 64-wide result instead of the p-wide probabilities.
+//! 3. By chunks of 64 keys, `exp` then `O += E V` (12 queries x 32 values per tile, V rows read
+//!    in place), so the chunk's probabilities and values are in L1 when the product reads them;
+//!    the normalisation `1 / sum` is applied to the 64-wide result instead of the p-wide
+//!    probabilities.
 //!
 //! Nothing is allocated: the caller passes a [`AttnScratch`] per thread. Other head widths and
 //! CPUs without AVX-512 use the generic path of the encoder.
@@ -38,6 +40,7 @@ pub fn available() -> bool {
 pub struct AttnScratch {
     qt: Vec<f32>,
     st: Vec<f32>,
+    o: Vec<f32>,
 }
 
 /// Keys per tile of the packed K.
@@ -50,12 +53,26 @@ const KT: usize = 12;
 ///
 /// # Panics
 /// If a slice is too short.
-pub fn pack_head(src: &[f32], ld: usize, k_col: usize, v_col: usize, p: usize, k: &mut [f32], v: &mut [f32]) {
-    assert!(k.len() >= p * HEAD && v.len() >= p * HEAD, "pack_head: output too small");
+pub fn pack_head(
+    src: &[f32],
+    ld: usize,
+    k_col: usize,
+    v_col: usize,
+    p: usize,
+    k: &mut [f32],
+    v: &mut [f32],
+) {
+    assert!(
+        k.len() >= p * HEAD && v.len() >= p * HEAD,
+        "pack_head: output too small"
+    );
     if p == 0 {
         return;
     }
-    assert!((p - 1) * ld + k_col.max(v_col) + HEAD <= src.len(), "pack_head: input too small");
+    assert!(
+        (p - 1) * ld + k_col.max(v_col) + HEAD <= src.len(),
+        "pack_head: input too small"
+    );
     for (j, row) in v.chunks_exact_mut(HEAD).take(p).enumerate() {
         row.copy_from_slice(&src[j * ld + v_col..][..HEAD]);
     }
@@ -99,15 +116,27 @@ pub fn attention_block(
     scratch: &mut AttnScratch,
 ) {
     assert!(available(), "attention kernel needs AVX-512F");
-    assert!(rows >= 1 && rows <= BLOCK && r0 + rows <= head.p, "query rows");
-    assert!(head.q_ld >= HEAD && (head.p - 1) * head.q_ld + HEAD <= head.q.len(), "q too small");
-    assert!(head.k.len() >= head.p * HEAD && head.v.len() >= head.p * HEAD, "k or v too small");
+    assert!(
+        rows >= 1 && rows <= BLOCK && r0 + rows <= head.p,
+        "query rows"
+    );
+    assert!(
+        head.q_ld >= HEAD && (head.p - 1) * head.q_ld + HEAD <= head.q.len(),
+        "q too small"
+    );
+    assert!(
+        head.k.len() >= head.p * HEAD && head.v.len() >= head.p * HEAD,
+        "k or v too small"
+    );
     assert!((rows - 1) * ldo + HEAD <= out.len(), "out too small");
     if scratch.qt.len() < HEAD * BLOCK {
         scratch.qt.resize(HEAD * BLOCK, 0.0);
     }
     if scratch.st.len() < head.p * BLOCK {
         scratch.st.resize(head.p * BLOCK, 0.0);
+    }
+    if scratch.o.len() < BLOCK * HEAD {
+        scratch.o.resize(BLOCK * HEAD, 0.0);
     }
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX-512F checked above; every index the kernel touches was bounds-checked above:
@@ -172,38 +201,71 @@ unsafe fn kernel(
         _ => scores::<11>(kj, qt, sj, &mut m0, &mut m1),
     }
 
-    // 3. st = exp(st - max), column sums.
-    let (mut s0, mut s1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-    for j in 0..p {
-        let row = st.add(j * BLOCK);
-        let e0 = crate::npu::cpu_math::exp512(_mm512_sub_ps(_mm512_loadu_ps(row), m0));
-        let e1 = crate::npu::cpu_math::exp512(_mm512_sub_ps(_mm512_loadu_ps(row.add(16)), m1));
-        _mm512_storeu_ps(row, e0);
-        _mm512_storeu_ps(row.add(16), e1);
-        s0 = _mm512_add_ps(s0, e0);
-        s1 = _mm512_add_ps(s1, e1);
+    // 3. By chunks of CH keys (so the chunk's probabilities and values stay in L1):
+    //    st = exp(st - max), column sums, and o += st^T v over the chunk, in tiles of VR queries
+    //    x 16 VZ values accumulated in `o` (32 x 64).
+    let o = s.o.as_mut_ptr();
+    for x in s.o.iter_mut() {
+        *x = 0.0;
     }
+    let vb = h.v.as_ptr();
+    let (mut s0, mut s1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    let mut j0 = 0;
+    while j0 < p {
+        let jn = CH.min(p - j0);
+        for j in j0..j0 + jn {
+            let row = st.add(j * BLOCK);
+            let e0 = crate::npu::cpu_math::exp512(_mm512_sub_ps(_mm512_loadu_ps(row), m0));
+            let e1 = crate::npu::cpu_math::exp512(_mm512_sub_ps(_mm512_loadu_ps(row.add(16)), m1));
+            _mm512_storeu_ps(row, e0);
+            _mm512_storeu_ps(row.add(16), e1);
+            s0 = _mm512_add_ps(s0, e0);
+            s1 = _mm512_add_ps(s1, e1);
+        }
+        let (vj, stj) = (vb.add(j0 * HEAD), st.add(j0 * BLOCK));
+        for c0 in (0..HEAD).step_by(16 * VZ) {
+            let mut i = 0;
+            while i + VR <= rows {
+                values::<VR, VZ>(vj.add(c0), jn, stj.add(i), o.add(i * HEAD + c0));
+                i += VR;
+            }
+            let (vc, sti, oi) = (vj.add(c0), stj.add(i), o.add(i * HEAD + c0));
+            macro_rules! tail {
+                ($($m:literal)*) => {
+                    match rows - i {
+                        0 => {}
+                        $($m => values::<$m, VZ>(vc, jn, sti, oi),)*
+                        _ => unreachable!("tail rows"),
+                    }
+                };
+            }
+            tail!(1 2 3 4 5 6 7 8 9 10 11);
+        }
+        j0 += jn;
+    }
+
+    // 4. out[i] = o[i] / sum[i].
     let mut inv = [0f32; BLOCK];
     _mm512_storeu_ps(inv.as_mut_ptr(), _mm512_div_ps(_mm512_set1_ps(1.0), s0));
-    _mm512_storeu_ps(inv.as_mut_ptr().add(16), _mm512_div_ps(_mm512_set1_ps(1.0), s1));
-
-    // 4. out[i] = (sum_j st[j][i] v[j]) * inv[i], 6 queries at a time.
-    let (vb, ld) = (h.v.as_ptr(), HEAD);
-    let mut i = 0;
-    while i + 6 <= rows {
-        values::<6>(vb, ld, p, st.add(i), inv.as_ptr().add(i), out.add(i * ldo), ldo);
-        i += 6;
-    }
-    let (sti, invi, outi) = (st.add(i), inv.as_ptr().add(i), out.add(i * ldo));
-    match rows - i {
-        0 => {}
-        1 => values::<1>(vb, ld, p, sti, invi, outi, ldo),
-        2 => values::<2>(vb, ld, p, sti, invi, outi, ldo),
-        3 => values::<3>(vb, ld, p, sti, invi, outi, ldo),
-        4 => values::<4>(vb, ld, p, sti, invi, outi, ldo),
-        _ => values::<5>(vb, ld, p, sti, invi, outi, ldo),
+    _mm512_storeu_ps(
+        inv.as_mut_ptr().add(16),
+        _mm512_div_ps(_mm512_set1_ps(1.0), s1),
+    );
+    for (i, &sc) in inv.iter().enumerate().take(rows) {
+        let sv = _mm512_set1_ps(sc);
+        for c in (0..HEAD).step_by(16) {
+            let v = _mm512_mul_ps(_mm512_loadu_ps(o.add(i * HEAD + c)), sv);
+            _mm512_storeu_ps(out.add(i * ldo + c), v);
+        }
     }
 }
+
+/// Keys per chunk of the values product: the chunk's probabilities (CH x 32) and values
+/// (CH x 64) and the accumulators (32 x 64) take 32 KiB, in L1.
+const CH: usize = 64;
+/// Queries per tile of the values product, and zmm of values (16 each) per tile.
+const VR: usize = 12;
+const VZ: usize = 2;
 
 /// MR keys of a packed tile (per dimension, the MR keys side by side):
 /// `st[jj][0..32] = k[jj] . qt[..][0..32]`; updates the column maxima.
@@ -236,42 +298,41 @@ unsafe fn scores<const MR: usize>(
     }
 }
 
-/// MR queries: `out[ii][0..64] = inv[ii] * sum_j st[j][ii] v[j][0..64]` (`st` offset to the
-/// first query's column).
+/// MR queries x 16 NZ values over `jn` keys: `o[ii][0..16 NZ] += sum_j st[j][ii] v[j][0..16 NZ]`
+/// (`st` offset to the first query's column, `v` to the first value's, rows of 64; `o` rows of
+/// 64).
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn values<const MR: usize>(
+unsafe fn values<const MR: usize, const NZ: usize>(
     v: *const f32,
-    ld: usize,
-    p: usize,
+    jn: usize,
     st: *const f32,
-    inv: *const f32,
-    out: *mut f32,
-    ldo: usize,
+    o: *mut f32,
 ) {
-    let mut acc = [[_mm512_setzero_ps(); 4]; MR];
-    for j in 0..p {
-        let vr = v.add(j * ld);
-        let vv = [
-            _mm512_loadu_ps(vr),
-            _mm512_loadu_ps(vr.add(16)),
-            _mm512_loadu_ps(vr.add(32)),
-            _mm512_loadu_ps(vr.add(48)),
-        ];
+    let mut acc = [[_mm512_setzero_ps(); NZ]; MR];
+    for ii in 0..MR {
+        for c in 0..NZ {
+            acc[ii][c] = _mm512_loadu_ps(o.add(ii * HEAD + 16 * c));
+        }
+    }
+    for j in 0..jn {
+        let vr = v.add(j * HEAD);
+        let mut vv = [_mm512_setzero_ps(); NZ];
+        for (c, x) in vv.iter_mut().enumerate() {
+            *x = _mm512_loadu_ps(vr.add(16 * c));
+        }
         let e = st.add(j * BLOCK);
         for ii in 0..MR {
             let a = _mm512_set1_ps(*e.add(ii));
-            for c in 0..4 {
+            for c in 0..NZ {
                 acc[ii][c] = _mm512_fmadd_ps(a, vv[c], acc[ii][c]);
             }
         }
     }
     for ii in 0..MR {
-        let s = _mm512_set1_ps(*inv.add(ii));
-        let o = out.add(ii * ldo);
-        for c in 0..4 {
-            _mm512_storeu_ps(o.add(16 * c), _mm512_mul_ps(acc[ii][c], s));
+        for c in 0..NZ {
+            _mm512_storeu_ps(o.add(ii * HEAD + 16 * c), acc[ii][c]);
         }
     }
 }
@@ -294,14 +355,35 @@ mod tests {
             (st % 20001) as f32 / 10000.0 - 1.0
         };
         let mut scratch = AttnScratch::default();
-        for &(p, heads) in &[(1usize, 1usize), (5, 2), (13, 1), (40, 3), (512, 2), (97, 1)] {
+        for &(p, heads) in &[
+            (1usize, 1usize),
+            (5, 2),
+            (13, 1),
+            (40, 3),
+            (512, 2),
+            (97, 1),
+        ] {
             let d = heads * HEAD;
             let ld = 3 * d + 5; // a row stride with padding
             let qkv: Vec<f32> = (0..p * ld).map(|_| 3.0 * rnd()).collect();
             for h in 0..heads {
                 let (mut kp, mut vp) = (vec![0f32; p * HEAD], vec![0f32; p * HEAD]);
-                pack_head(&qkv, ld, d + h * HEAD, 2 * d + h * HEAD, p, &mut kp, &mut vp);
-                let view = HeadView { q: &qkv[h * HEAD..], q_ld: ld, k: &kp, v: &vp, p };
+                pack_head(
+                    &qkv,
+                    ld,
+                    d + h * HEAD,
+                    2 * d + h * HEAD,
+                    p,
+                    &mut kp,
+                    &mut vp,
+                );
+                let view = HeadView {
+                    q: &qkv[h * HEAD..],
+                    q_ld: ld,
+                    k: &kp,
+                    v: &vp,
+                    p,
+                };
                 let mut r0 = 0;
                 while r0 < p {
                     let rows = BLOCK.min(p - r0);
@@ -315,7 +397,10 @@ mod tests {
                         let sc: Vec<f64> = (0..p)
                             .map(|j| {
                                 let k = &qkv[j * ld + kcol..][..HEAD];
-                                q.iter().zip(k).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>()
+                                q.iter()
+                                    .zip(k)
+                                    .map(|(&a, &b)| a as f64 * b as f64)
+                                    .sum::<f64>()
                                     / 8.0
                             })
                             .collect();

@@ -101,15 +101,29 @@ pub fn gemm(
         assert_eq!(b.len(), n, "bias length");
     }
     // SAFETY: AVX-512F checked; the shapes of a, c and bias were checked above.
-    unsafe { gemm_raw(a.as_ptr(), lda, m, w, bias, c.as_mut_ptr(), ldc, scratch) }
+    unsafe {
+        gemm_raw(
+            a.as_ptr(),
+            lda,
+            m,
+            w,
+            bias,
+            0..w.panels(),
+            c.as_mut_ptr(),
+            ldc,
+            scratch,
+        )
+    }
 }
 
-/// [`gemm`] on raw pointers.
+/// [`gemm`] on raw pointers, for the output columns of `panels` only (panel `p` holds columns
+/// `32 p .. 32 p + 32`); `c` points to the first of them (column `32 panels.start`).
 ///
 /// # Safety
 /// AVX-512F must be available; `a` must point to `m` rows of `w.k` readable values (row stride
-/// `lda`), `c` to `m` rows of `w.n` writable values (row stride `ldc`) that nothing else accesses
-/// during the call, and `bias`, if any, must hold `w.n` values.
+/// `lda`), `c` to `m` rows of the panels' columns (up to column `w.n`), writable, with row stride
+/// `ldc`, that nothing else accesses during the call; `bias`, if any, must hold `w.n` values;
+/// `panels` must lie within `0..w.panels()`.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm_raw(
     a: *const f32,
@@ -117,12 +131,13 @@ pub unsafe fn gemm_raw(
     m: usize,
     w: &PackedWeight,
     bias: Option<&[f32]>,
+    panels: std::ops::Range<usize>,
     c: *mut f32,
     ldc: usize,
     scratch: &mut Vec<f32>,
 ) {
     let (n, k) = (w.n, w.k);
-    if m == 0 || n == 0 {
+    if m == 0 || n == 0 || panels.is_empty() {
         return;
     }
     if scratch.len() < m * KC.min(k.max(1)) {
@@ -148,16 +163,29 @@ pub unsafe fn gemm_raw(
                 }
                 r += rows;
             }
-            for p in 0..w.panels() {
+            for p in panels.clone() {
                 let cols = NR.min(n - p * NR);
                 let masks = col_masks(cols);
                 let panel = wp.add((p * k + k0) * NR);
                 let bias_p = bias.map(|b| b.as_ptr().add(p * NR));
-                let init = if first { Init::Bias(bias_p) } else { Init::Load };
+                let init = if first {
+                    Init::Bias(bias_p)
+                } else {
+                    Init::Load
+                };
                 let mut r = 0;
                 while r < m {
                     let rows = MR.min(m - r);
-                    tile(rows, sp.add(r * kc), panel, kc, cp.add(r * ldc + p * NR), ldc, init, masks);
+                    tile(
+                        rows,
+                        sp.add(r * kc),
+                        panel,
+                        kc,
+                        cp.add(r * ldc + (p - panels.start) * NR),
+                        ldc,
+                        init,
+                        masks,
+                    );
                     r += rows;
                 }
             }

@@ -192,7 +192,12 @@ impl CpuInt8Linear {
     fn new(kernel: Int8Kernel, weight: ArrayView2<f32>, bias: Option<ArrayView1<f32>>) -> Self {
         let (n_out, n_in) = weight.dim();
         if let Some(b) = &bias {
-            assert_eq!(b.len(), n_out, "bias length {} for {n_out} outputs", b.len());
+            assert_eq!(
+                b.len(),
+                n_out,
+                "bias length {} for {n_out} outputs",
+                b.len()
+            );
         }
         let mut q = quant::quantize_weight(weight, bias);
         let (kg, nr) = (kernel.kgroup(), kernel.nr());
@@ -220,10 +225,11 @@ impl CpuInt8Linear {
                     }
                 }
                 for (o, c) in corr.iter_mut().enumerate().take(n_out) {
-                    *c = 128 * q.data[o * n_in..(o + 1) * n_in]
-                        .iter()
-                        .map(|&v| v as i32)
-                        .sum::<i32>();
+                    *c = 128
+                        * q.data[o * n_in..(o + 1) * n_in]
+                            .iter()
+                            .map(|&v| v as i32)
+                            .sum::<i32>();
                 }
             }
             Int8Kernel::Avx2 => {
@@ -261,8 +267,15 @@ impl CpuInt8Linear {
         self.kernel
     }
 
-    /// One block of rows, on the current thread.
-    fn block(&self, x: ArrayView2<f32>, mut y: ArrayViewMut2<f32>, s: &mut Scratch) {
+    /// One block of rows, on the current thread, for the output channels of `panels` (y holds
+    /// just those channels; the portable kernel takes every channel).
+    fn block(
+        &self,
+        panels: std::ops::Range<usize>,
+        x: ArrayView2<f32>,
+        mut y: ArrayViewMut2<f32>,
+        s: &mut Scratch,
+    ) {
         let rows = x.nrows();
         let (k, n_out) = (self.n_in, self.n_out);
         grow(&mut s.xs, rows);
@@ -284,10 +297,14 @@ impl CpuInt8Linear {
 
         let (mr, nr, kgs) = (self.kernel.mr(), self.kernel.nr(), self.kernel.kgroup());
         let kg = self.k_pad / kgs;
+        // This task's channels c0..c1, padded to whole panels in acc (row stride ld).
+        let (c0, c1) = (panels.start * nr, n_out.min(panels.end * nr));
+        let ld = panels.len() * nr;
+        debug_assert_eq!(y.ncols(), c1 - c0);
         grow(&mut s.a, rows * kg);
         grow(&mut s.tmp, self.k_pad);
         grow(&mut s.row, k);
-        grow(&mut s.acc, rows * self.n_pad);
+        grow(&mut s.acc, rows * ld);
 
         // Quantize and pack the rows: tile t (rows t*mr ..) holds, for every input group, its
         // rows' groups side by side.
@@ -323,29 +340,30 @@ impl CpuInt8Linear {
         }
 
         // Tiles: panels outer (a panel stays in L1/L2 for all the block's tiles), rows inner.
-        let acc = &mut s.acc[..rows * self.n_pad];
-        for p in 0..self.n_pad / nr {
+        let acc = &mut s.acc[..rows * ld];
+        for p in panels.clone() {
             let panel = &self.packed[p * nr * self.k_pad * (4 / kgs)..];
             let corr = &self.corr[p * nr..];
             for t in 0..rows.div_ceil(mr) {
                 let w = mr.min(rows - t * mr);
                 let a = &s.a[t * mr * kg..];
-                let c = &mut acc[t * mr * self.n_pad + p * nr..];
+                let c = &mut acc[t * mr * ld + (p - panels.start) * nr..];
                 // SAFETY: `a` holds w * kg groups of this tile, `panel` nr * k_pad values,
-                // `corr` nr values, and `c` w rows of n_pad (>= p * nr + nr) int32 from the tile's
-                // first column; the kernel's features were checked when it was chosen.
-                unsafe { tile(self.kernel, w, a, panel, kg, corr, c, self.n_pad) };
+                // `corr` nr values, and `c` w rows of ld (>= (p - start) * nr + nr) int32 from the
+                // tile's first column; the kernel's features were checked when it was chosen.
+                unsafe { tile(self.kernel, w, a, panel, kg, corr, c, ld) };
             }
         }
 
+        let n = c1 - c0;
         for (r, mut yr) in y.axis_iter_mut(Axis(0)).enumerate() {
-            let accr = &acc[r * self.n_pad..r * self.n_pad + n_out];
+            let accr = &acc[r * ld..r * ld + n];
             match yr.as_slice_mut() {
-                Some(ys) => quant::dequantize_row(accr, s.xs[r], &self.q, ys),
+                Some(ys) => quant::dequantize_row_cols(accr, s.xs[r], &self.q, c0..c1, ys),
                 None => {
-                    grow(&mut s.out, n_out);
-                    quant::dequantize_row(accr, s.xs[r], &self.q, &mut s.out[..n_out]);
-                    for (d, &v) in yr.iter_mut().zip(&s.out[..n_out]) {
+                    grow(&mut s.out, n);
+                    quant::dequantize_row_cols(accr, s.xs[r], &self.q, c0..c1, &mut s.out[..n]);
+                    for (d, &v) in yr.iter_mut().zip(&s.out[..n]) {
                         *d = v;
                     }
                 }
@@ -391,18 +409,34 @@ impl Linear for CpuInt8Linear {
         if rows == 0 || self.n_out == 0 {
             return;
         }
-        // About four blocks per thread: enough to balance, few enough that each block reuses a
-        // weight panel over many rows.
         let threads = rayon::current_num_threads().max(1);
-        let block = rows.div_ceil(4 * threads).clamp(1, 96);
-        if block >= rows {
-            SCRATCH.with(|s| self.block(x, y, &mut s.borrow_mut()));
-            return;
+        let nr = self.kernel.nr();
+        let panels = self.n_pad / nr;
+        let all = 0..panels;
+        let run = |p: std::ops::Range<usize>, xb: ArrayView2<f32>, yb: ArrayViewMut2<f32>| {
+            SCRATCH.with(|s| self.block(p, xb, yb, &mut s.borrow_mut()))
+        };
+        if rows >= 2 * self.kernel.mr() * threads || self.kernel == Int8Kernel::Portable {
+            // About four blocks per thread: enough to balance, few enough that each block reuses
+            // a weight panel over many rows.
+            let block = rows.div_ceil(4 * threads).clamp(1, 96);
+            if block >= rows {
+                return run(all, x, y);
+            }
+            x.axis_chunks_iter(Axis(0), block)
+                .into_par_iter()
+                .zip(y.axis_chunks_iter_mut(Axis(0), block).into_par_iter())
+                .for_each(|(xb, yb)| run(all.clone(), xb, yb));
+        } else if threads > 1 && panels > 1 {
+            // Few rows (the decoder's tokens): split the output channels, a few panels per task.
+            let per = panels.div_ceil(4 * threads);
+            y.axis_chunks_iter_mut(Axis(1), per * nr)
+                .into_par_iter()
+                .enumerate()
+                .for_each(|(i, yb)| run(i * per..((i + 1) * per).min(panels), x, yb));
+        } else {
+            run(all, x, y);
         }
-        x.axis_chunks_iter(Axis(0), block)
-            .into_par_iter()
-            .zip(y.axis_chunks_iter_mut(Axis(0), block).into_par_iter())
-            .for_each(|(xb, yb)| SCRATCH.with(|s| self.block(xb, yb, &mut s.borrow_mut())));
     }
 }
 
@@ -569,7 +603,11 @@ mod tests {
     }
 
     /// The quant.rs definition: quantize, reference GEMM, dequantize.
-    fn reference(x: ArrayView2<f32>, w: ArrayView2<f32>, b: Option<ArrayView1<f32>>) -> Array2<f32> {
+    fn reference(
+        x: ArrayView2<f32>,
+        w: ArrayView2<f32>,
+        b: Option<ArrayView1<f32>>,
+    ) -> Array2<f32> {
         let (rows, k) = x.dim();
         let qw = quant::quantize_weight(w, b);
         let mut qx = vec![0i8; rows * k];
@@ -585,7 +623,11 @@ mod tests {
     fn assert_bits_eq(a: &Array2<f32>, b: &Array2<f32>, what: &str) {
         assert_eq!(a.dim(), b.dim(), "{what}: shape");
         for ((i, &x), &y) in a.indexed_iter().zip(b.iter()) {
-            assert_eq!(x.to_bits(), y.to_bits(), "{what}: element {i:?}: {x} vs {y}");
+            assert_eq!(
+                x.to_bits(),
+                y.to_bits(),
+                "{what}: element {i:?}: {x} vs {y}"
+            );
         }
     }
 
@@ -623,7 +665,10 @@ mod tests {
                     lin.forward(x.view(), y.view_mut());
                     assert_bits_eq(&y, &want, &format!("{kern:?} {rows}x{k}x{n}"));
                     // Inside a 2-thread pool too (blocks of rows in parallel).
-                    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(2)
+                        .build()
+                        .unwrap();
                     let mut y2 = Array2::from_elem((rows, n), f32::NAN);
                     pool.install(|| lin.forward(x.view(), y2.view_mut()));
                     assert_bits_eq(&y2, &want, &format!("{kern:?} {rows}x{k}x{n} pool"));
@@ -653,7 +698,9 @@ mod tests {
             let w = pseudo(n, k, case + 100);
             let want = reference(x, w.view(), None);
             for kern in Int8Kernel::available() {
-                let lin = CpuInt8Engine::with_kernel(kern).unwrap().prepare(w.view(), None);
+                let lin = CpuInt8Engine::with_kernel(kern)
+                    .unwrap()
+                    .prepare(w.view(), None);
                 for xv in [x, xt] {
                     let mut yb = Array2::from_elem((n, rows), f32::NAN);
                     // Output as a transposed (column-major) view.

@@ -159,8 +159,8 @@ pub fn open_engine(
         (BackendChoice::Auto | BackendChoice::Cpu, Precision::F32) => {
             Ok(Arc::new(cpu::CpuF32Engine::new()))
         }
-        (BackendChoice::Auto | BackendChoice::Cpu, Precision::Int8) => Err(
-            EngineError::PrecisionUnavailable(Precision::Int8, BackendKind::Cpu),
-        ),
+        (BackendChoice::Auto | BackendChoice::Cpu, Precision::Int8) => {
+            Ok(Arc::new(cpu_int8::CpuInt8Engine::new()))
+        }
     }
 }

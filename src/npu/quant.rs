@@ -110,7 +110,21 @@ fn quantize_row_with(path: Simd, row: &[f32], out: &mut [i8]) -> f32 {
 /// # Panics
 /// If `acc` or `y` is not `weight.n_out` long.
 pub fn dequantize_row(acc: &[i32], x_scale: f32, weight: &QuantizedWeight, y: &mut [f32]) {
-    dequantize_row_with(simd(), acc, x_scale, weight, y)
+    dequantize_row_with(simd(), acc, x_scale, weight, 0..weight.n_out, y)
+}
+
+/// [`dequantize_row`] for the output channels `cols` only: `acc` and `y` hold those channels.
+///
+/// # Panics
+/// If `cols` is not within `0..weight.n_out`, or `acc` or `y` is not `cols.len()` long.
+pub fn dequantize_row_cols(
+    acc: &[i32],
+    x_scale: f32,
+    weight: &QuantizedWeight,
+    cols: std::ops::Range<usize>,
+    y: &mut [f32],
+) {
+    dequantize_row_with(simd(), acc, x_scale, weight, cols, y)
 }
 
 fn dequantize_row_with(
@@ -118,27 +132,35 @@ fn dequantize_row_with(
     acc: &[i32],
     x_scale: f32,
     weight: &QuantizedWeight,
+    cols: std::ops::Range<usize>,
     y: &mut [f32],
 ) {
     let n = weight.n_out;
-    assert!(acc.len() == n && y.len() == n, "dequantize_row: lengths");
+    assert!(
+        cols.start <= cols.end && cols.end <= n,
+        "dequantize_row: columns"
+    );
+    let len = cols.len();
+    assert!(
+        acc.len() == len && y.len() == len,
+        "dequantize_row: lengths"
+    );
     assert_eq!(weight.scales.len(), n, "dequantize_row: scales");
-    let bias = weight.bias.as_deref();
-    if let Some(b) = bias {
+    if let Some(b) = &weight.bias {
         assert_eq!(b.len(), n, "dequantize_row: bias");
     }
+    let scales = &weight.scales[cols.clone()];
+    let bias = weight.bias.as_deref().map(|b| &b[cols]);
     match path {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: chosen only when the CPU has AVX-512F; lengths checked above.
-        Simd::Avx512 => unsafe {
-            x86::dequantize_row_avx512(acc, x_scale, &weight.scales, bias, y)
-        },
+        Simd::Avx512 => unsafe { x86::dequantize_row_avx512(acc, x_scale, scales, bias, y) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: chosen only when the CPU has AVX2; lengths checked above.
-        Simd::Avx2 => unsafe { x86::dequantize_row_avx2(acc, x_scale, &weight.scales, bias, y) },
+        Simd::Avx2 => unsafe { x86::dequantize_row_avx2(acc, x_scale, scales, bias, y) },
         _ => {
-            for o in 0..n {
-                y[o] = dequantize_value(acc[o], x_scale, weight.scales[o], bias.map(|b| b[o]));
+            for o in 0..len {
+                y[o] = dequantize_value(acc[o], x_scale, scales[o], bias.map(|b| b[o]));
             }
         }
     }
@@ -503,7 +525,7 @@ mod tests {
                         .map(|i| (i * 7919) % 200_001 - 100_000)
                         .collect();
                     let mut got = vec![0f32; n];
-                    dequantize_row_with(path, &acc, 3.7, &qw, &mut got);
+                    dequantize_row_with(path, &acc, 3.7, &qw, 0..n, &mut got);
                     for o in 0..n {
                         let want = dequantize_value(
                             acc[o],
@@ -517,6 +539,14 @@ mod tests {
                             "{path:?} dequantize n={n} o={o}"
                         );
                     }
+                    // A range of the channels.
+                    let (c0, c1) = (n / 3, n - n / 4);
+                    let mut part = vec![0f32; c1 - c0];
+                    dequantize_row_with(path, &acc[c0..c1], 3.7, &qw, c0..c1, &mut part);
+                    assert!(part
+                        .iter()
+                        .zip(&got[c0..c1])
+                        .all(|(a, b)| a.to_bits() == b.to_bits()));
                 }
             }
         }

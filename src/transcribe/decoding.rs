@@ -371,9 +371,24 @@ fn sample(logits: &[f32], temperature: f32, rng: &mut Rng) -> u32 {
     argmax(logits)
 }
 
+/// A beam: tokens, their log-probabilities, and whether it was cut at a repetition.
+#[derive(Clone)]
+struct Beam {
+    tokens: Vec<u32>,
+    logprobs: Vec<f32>,
+    repetition: bool,
+}
+
+impl Beam {
+    fn score(&self) -> f64 {
+        self.logprobs.iter().map(|&l| f64::from(l)).sum()
+    }
+}
+
 /// Beam search (OpenAI's `BeamSearchDecoder`): each beam proposes its `beam + 1` best tokens, the
 /// `beam` best unfinished sequences go on, finished ones are collected until there are
-/// `round(beam * patience)`. Candidates that would make a beam loop are dropped.
+/// `round(beam * patience)`, and the best by log-probability over length wins. A candidate that
+/// makes its beam loop finishes it, cut before the repetition (as greedy decoding does).
 #[allow(clippy::too_many_arguments)]
 fn beam_search(
     dec: &Decoder,
@@ -389,51 +404,73 @@ fn beam_search(
     let eot = tok.eot();
     let max_candidates = ((beam as f32 * p.patience).round() as usize).max(1);
     cache.repeat(beam);
-    let mut beams: Vec<(Vec<u32>, f64)> = vec![(Vec::new(), 0.0); beam];
+    let empty = Beam {
+        tokens: Vec::new(),
+        logprobs: Vec::new(),
+        repetition: false,
+    };
+    let mut beams: Vec<Beam> = vec![empty; beam];
     let mut logits: Vec<Vec<f32>> = vec![first.to_vec(); beam];
-    let mut finished: Vec<(Vec<u32>, f64)> = Vec::new();
-    let mut repetition_seen = false;
+    // Finished beams; the log-probability of <|endoftext|> is in `logprobs`, not in `tokens`.
+    let mut finished: Vec<Beam> = Vec::new();
     for _ in 0..sample_len {
-        // Candidates: (sequence, score, source beam).
-        let mut cands: Vec<(Vec<u32>, f64, usize)> = Vec::new();
-        for (bi, (seq, score)) in beams.iter().enumerate() {
+        // Candidates: (beam, next token, its log-probability, score, source beam).
+        let mut cands: Vec<(Vec<u32>, f32, f64, usize)> = Vec::new();
+        for (bi, b) in beams.iter().enumerate() {
             let l = &mut logits[bi];
-            apply_filters(l, seq, p, tok);
+            apply_filters(l, &b.tokens, p, tok);
             let lp = log_softmax(l);
             let mut idx: Vec<usize> = (0..lp.len()).collect();
             let k = (beam + 1).min(idx.len());
             idx.select_nth_unstable_by(k - 1, |&a, &b| lp[b].total_cmp(&lp[a]));
             idx.truncate(k);
+            let base = b.score();
             for &t in &idx {
                 if lp[t] == f32::NEG_INFINITY {
                     continue;
                 }
-                let mut s = seq.clone();
-                s.push(t as u32);
-                let new = score + f64::from(lp[t]);
-                if let Some(existing) = cands.iter_mut().find(|c| c.0 == s) {
-                    existing.1 = new;
-                    existing.2 = bi;
-                } else {
-                    cands.push((s, new, bi));
+                let mut seq = b.tokens.clone();
+                seq.push(t as u32);
+                let score = base + f64::from(lp[t]);
+                // The first step's beams are all the same: keep one of each sequence.
+                if !cands.iter().any(|c| c.0 == seq) {
+                    cands.push((seq, lp[t], score, bi));
                 }
             }
         }
-        cands.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let mut next: Vec<(Vec<u32>, f64)> = Vec::new();
+        cands.sort_by(|a, b| b.2.total_cmp(&a.2));
+        let mut next: Vec<Beam> = Vec::new();
         let mut sources = Vec::new();
         let mut newly_finished = Vec::new();
-        for (s, score, src) in cands {
-            let last = *s.last().expect("non-empty candidate");
+        for (seq, lp, _, src) in cands {
+            let parent = &beams[src];
+            let mut logprobs = parent.logprobs.clone();
+            logprobs.push(lp);
+            let last = *seq.last().expect("non-empty candidate");
             if last == eot {
-                newly_finished.push((s[..s.len() - 1].to_vec(), score));
+                let n = seq.len() - 1;
+                newly_finished.push(Beam {
+                    tokens: seq[..n].to_vec(),
+                    logprobs,
+                    repetition: false,
+                });
                 continue;
             }
-            if p.check_repetition && loops_with(tok, &s[..s.len() - 1], last).is_some() {
-                repetition_seen = true;
-                continue;
+            if p.check_repetition {
+                if let Some(at) = loops_with(tok, &parent.tokens, last) {
+                    newly_finished.push(Beam {
+                        tokens: seq[..at].to_vec(),
+                        logprobs: logprobs[..at].to_vec(),
+                        repetition: true,
+                    });
+                    continue;
+                }
             }
-            next.push((s, score));
+            next.push(Beam {
+                tokens: seq,
+                logprobs,
+                repetition: false,
+            });
             sources.push(src);
             if next.len() == beam {
                 break;
@@ -451,35 +488,34 @@ fn beam_search(
         cache.reorder(&sources);
         let feed: Vec<u32> = next
             .iter()
-            .map(|(s, _)| *s.last().expect("token"))
+            .map(|b| *b.tokens.last().expect("token"))
             .collect();
         beams = next;
         let h = dec.forward(&mut cache, cross, &feed, 1);
         let lg = dec.logits(h.view());
         logits = lg.rows().into_iter().map(|r| r.to_vec()).collect();
     }
-    let ended = !finished.is_empty();
     if finished.is_empty() {
         finished = beams;
     }
     let best = finished
         .into_iter()
         .max_by(|a, b| {
-            let score = |h: &(Vec<u32>, f64)| h.1 / h.0.len().max(1) as f64;
+            let score = |h: &Beam| h.score() / h.tokens.len().max(1) as f64;
             score(a).total_cmp(&score(b))
         })
         .expect("at least one beam");
-    let mut r = finish(
+    let repetition = best.repetition;
+    let sum_logprob = best.score();
+    finish(
         tok,
         Hyp {
-            tokens: best.0,
-            sum_logprob: best.1,
-            done: ended,
-            repetition: false,
+            tokens: best.tokens,
+            sum_logprob,
+            done: true,
+            repetition,
         },
         no_speech_prob,
         p.temperature,
-    );
-    r.repetition = !ended && repetition_seen;
-    r
+    )
 }

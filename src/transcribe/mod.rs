@@ -9,13 +9,23 @@
 //! that follows, from the next window. At the end of the stream ([`Transcriber::finish`]) the rest
 //! is decoded and all of it emitted.
 //!
-//! What the short windows need on top of Whisper's rules (they were trained on 30 s):
+//! What the short windows need on top of Whisper's rules (the model was trained on 30 s):
 //! - no timestamp past the end of the audio in the window;
-//! - a segment that ends close to the end of a window that is not the stream's last is held back
-//!   (its last word may be cut) and decoded again from the next window;
-//! - decoding stops when a hypothesis starts repeating itself; that counts as a failure, so the
-//!   temperature fallback runs, and if every temperature fails the repetition is cut;
-//! - a segment whose words were already emitted at the end of the previous window is dropped.
+//! - a segment that ends within `edge_margin` (0.5 s) of the end of a window that is not the
+//!   stream's last is held back (its last word may be cut) and decoded again from the next window;
+//! - decoding stops when a hypothesis starts repeating itself (a phrase back to back, or six words
+//!   said again): with complete segments before it, that is the model running past the audio and
+//!   the cut result is kept; otherwise it is a failure and the temperature fallback runs;
+//! - segments saying more than ~10 words a second are hallucinations and dropped, with all after
+//!   them;
+//! - a segment whose words the previous window ended with is dropped (nothing said twice);
+//! - the stream's last window, usually short, is decoded as the last full 10.24 s (look-back) and
+//!   only the words after those already emitted are kept (aligned word by word); if that does not
+//!   align, the short window is decoded;
+//! - a window whose loudest 20 ms is below -60 dBFS is silent without running the model, and
+//!   emitted segments are narrowed to the loud part of their span (better start times after
+//!   pauses).
+
 use std::time::{Duration, Instant};
 
 use crate::mel::{SAMPLE_RATE, WINDOW_SAMPLES};
@@ -214,6 +224,42 @@ struct Emit {
     tokens: Vec<u32>,
 }
 
+/// Narrows `[start, end]` (stream samples) to the loud frames in it, with 0.1 s to spare on each
+/// side: Whisper often starts a segment where the previous one ended, before a pause. Never widens
+/// it; leaves it as it is when nothing in it is loud.
+fn trim_to_speech(loud: &[bool], window_start: u64, start: u64, end: u64) -> (u64, u64) {
+    let sps = SAMPLES_PER_TIMESTAMP;
+    let first = ((start - window_start) / sps) as usize;
+    let last = (end.saturating_sub(window_start).div_ceil(sps) as usize).min(loud.len());
+    if first >= last {
+        return (start, end);
+    }
+    let frames = &loud[first..last];
+    let (Some(a), Some(b)) = (
+        frames.iter().position(|&l| l),
+        frames.iter().rposition(|&l| l),
+    ) else {
+        return (start, end);
+    };
+    let pad = 5 * sps;
+    let new_start = (window_start + (first + a) as u64 * sps)
+        .saturating_sub(pad)
+        .max(start);
+    let new_end = (window_start + (first + b + 1) as u64 * sps + pad).min(end);
+    (new_start, new_end.max(new_start))
+}
+
+/// Seconds of loud frames in `[start, end]` (stream samples).
+fn speech_seconds(loud: &[bool], window_start: u64, start: u64, end: u64) -> f64 {
+    let sps = SAMPLES_PER_TIMESTAMP;
+    let first = (start.saturating_sub(window_start) / sps) as usize;
+    let last = (end.saturating_sub(window_start).div_ceil(sps) as usize).min(loud.len());
+    let frames = loud
+        .get(first..last)
+        .map_or(0, |f| f.iter().filter(|&&l| l).count());
+    frames as f64 * sps as f64 / f64::from(SAMPLE_RATE)
+}
+
 /// Splits sampled tokens into segments at timestamps.
 fn split_segments(tok: &Tokenizer, tokens: &[u32]) -> Vec<RawSegment> {
     let tb = tok.timestamp_begin();
@@ -278,6 +324,8 @@ pub struct Transcriber {
     last_words: Vec<String>,
     window_index: u64,
     rng: Rng,
+    /// The seek position of the last window decoded again without the prompt (see `process`).
+    retried_at: Option<u64>,
     debug: bool,
 }
 
@@ -402,6 +450,7 @@ impl Transcriber {
             last_words: Vec::new(),
             window_index: 0,
             rng: Rng::new(seed),
+            retried_at: None,
             debug: std::env::var_os("WHISPERENCNPU_DEBUG_DECODE").is_some(),
         })
     }
@@ -698,7 +747,7 @@ impl Transcriber {
                         self.window_result(index, start, n, true, &result, failed, language);
                     self.lock_language(language);
                     out.timing = timing;
-                    self.emit(&mut out, emit, &result);
+                    let _ = self.emit(&mut out, emit, &result);
                     out.next_seek = start + n as u64;
                     self.advance(out.next_seek);
                     return out;
@@ -709,8 +758,38 @@ impl Transcriber {
             }
         }
 
-        let start = self.seek;
+        // A pause before the speech: start the window half a second before the speech instead.
+        // Whisper times speech after a long pause badly and invents text in it.
         let n = available.min(WINDOW_SAMPLES);
+        if let Some(first) = self.loud_frames(self.seek, n).iter().position(|&l| l) {
+            let onset = self.seek + first as u64 * SAMPLES_PER_TIMESTAMP;
+            let new_seek = onset.saturating_sub(u64::from(SAMPLE_RATE) / 2);
+            if new_seek > self.seek + u64::from(SAMPLE_RATE) {
+                let skipped = (new_seek - self.seek) as usize;
+                let mut out = self.window_result(
+                    index,
+                    self.seek,
+                    skipped,
+                    false,
+                    &DecodeResult::default(),
+                    false,
+                    None,
+                );
+                out.no_speech = true;
+                out.next_seek = new_seek;
+                if self.debug {
+                    eprintln!(
+                        "pause from {:.2} s: the window starts at {:.2} s",
+                        self.seek as f64 / 16000.0,
+                        new_seek as f64 / 16000.0
+                    );
+                }
+                self.advance(new_seek);
+                return out;
+            }
+        }
+
+        let start = self.seek;
         if self.is_quiet(start, n) {
             let mut out =
                 self.window_result(index, start, n, last, &DecodeResult::default(), false, None);
@@ -742,12 +821,31 @@ impl Transcriber {
                 tokens: s.tokens,
             })
             .collect();
-        self.emit(&mut out, emit, &result);
+        let untranscribed = self.emit(&mut out, emit, &result);
         out.next_seek = if last {
             start + n as u64
         } else {
             start + (u64::from(seek_ts) * SAMPLES_PER_TIMESTAMP).min(n as u64)
         };
+        // Speech the model answered with the previous text: decode it again from there without the
+        // prompt that led it astray (once per position, so this always moves on).
+        if let Some(at) = untranscribed.filter(|_| !last) {
+            // A little before: the dropped segment's timestamp may be late for the speech.
+            let at = at
+                .saturating_sub(u64::from(SAMPLE_RATE))
+                .clamp(start, out.next_seek);
+            if self.retried_at != Some(at) {
+                if self.debug {
+                    eprintln!(
+                        "  repeated the prompt over speech: again from {:.2} s without it",
+                        at as f64 / 16000.0
+                    );
+                }
+                self.retried_at = Some(at);
+                self.history.clear();
+                out.next_seek = at;
+            }
+        }
         self.advance(out.next_seek);
         out
     }
@@ -811,7 +909,7 @@ impl Transcriber {
         let max_ts = (n as u64 / SAMPLES_PER_TIMESTAMP) as u32;
         let seek = self.seek;
         Some(
-            split_segments(&self.tokenizer, rest)
+            self.plausible(split_segments(&self.tokenizer, rest))
                 .into_iter()
                 .filter(|s| self.has_text(s) && s.start + END_SLACK < max_ts)
                 .map(|s| {
@@ -829,10 +927,20 @@ impl Transcriber {
 
     /// Turns the chosen segments into [`Segment`]s of `out`, dropping one the previous window
     /// ended with already, and records them for the prompt.
-    fn emit(&mut self, out: &mut WindowResult, emit: Vec<Emit>, result: &DecodeResult) {
+    /// Returns where the first segment dropped with speech under it starts: the model said
+    /// something other than what is there (usually the prompt again), so that audio is still to
+    /// be transcribed.
+    fn emit(
+        &mut self,
+        out: &mut WindowResult,
+        emit: Vec<Emit>,
+        result: &DecodeResult,
+    ) -> Option<u64> {
         let window_end = out.start_sample + out.audio_samples as u64;
         let prev_words = self.last_words.clone();
         let mut emitted_words: Vec<String> = Vec::new();
+        let mut untranscribed = None;
+        let loud = self.loud_frames(out.start_sample, out.audio_samples);
         for s in emit {
             let text = self.tokenizer.decode(&s.tokens);
             let words: Vec<String> = text::Words::from_tokens(&self.tokenizer, &s.tokens).words;
@@ -841,10 +949,26 @@ impl Transcriber {
             }
             // Said already at the end of the previous window.
             if out.segments.is_empty() && prev_words.ends_with(&words) {
+                let speech = speech_seconds(&loud, out.start_sample, s.start, s.end.max(s.start));
+                if speech > 0.5 && untranscribed.is_none() {
+                    untranscribed = Some(s.start);
+                }
                 continue;
             }
             let start = s.start.clamp(self.seek.min(window_end), window_end);
             let end = s.end.clamp(start, window_end);
+            let (start, end) = trim_to_speech(&loud, out.start_sample, start, end);
+            // Text over silence is the model talking to itself (often the prompt again): a
+            // segment must have loud audio under it, enough for its words.
+            // (Over the span the model gave: clamping to the seek may collapse it.)
+            let speech = speech_seconds(&loud, out.start_sample, s.start, s.end.max(s.start));
+            let judged = s.end > s.start; // a look-back segment may have no span of its own
+            if judged && (words.len() as f64 > 10.0 * speech + 3.0 || speech == 0.0) {
+                if self.debug {
+                    eprintln!("dropped over {speech:.2} s of speech: {text:?}");
+                }
+                continue;
+            }
             emitted_words.extend(words.iter().cloned());
             self.recent.push((start, end, words));
             self.history.push((end, s.tokens.clone()));
@@ -871,6 +995,7 @@ impl Transcriber {
         // Keep what a look-back could overlap.
         let horizon = window_end.saturating_sub(2 * WINDOW_SAMPLES as u64);
         self.recent.retain(|r| r.1 > horizon);
+        untranscribed
     }
 
     /// Whether the loudest 20 ms of the `n` samples from `start` are below the silence threshold.
@@ -888,6 +1013,47 @@ impl Transcriber {
             })
             .fold(0.0, f64::max);
         loudest < threshold
+    }
+
+    /// For every 20 ms frame of the `n` samples from `start`: whether it is louder than the
+    /// window's noise floor (its 10th percentile) by 12 dB, and than -55 dBFS.
+    fn loud_frames(&self, start: u64, n: usize) -> Vec<bool> {
+        let off = (start - self.buffer_start) as usize;
+        let db: Vec<f64> = self.buffer[off..off + n]
+            .chunks(SAMPLES_PER_TIMESTAMP as usize)
+            .map(|c| {
+                let ms =
+                    c.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>() / c.len() as f64;
+                10.0 * ms.max(1e-12).log10()
+            })
+            .collect();
+        let mut sorted = db.clone();
+        sorted.sort_by(f64::total_cmp);
+        let floor = sorted.get(sorted.len() / 10).copied().unwrap_or(-120.0);
+        let threshold = (floor + 12.0).max(-55.0);
+        db.iter().map(|&d| d > threshold).collect()
+    }
+
+    /// Segments that say more than a person can in their time are hallucinated: nothing from the
+    /// first of them on is kept.
+    fn plausible(&self, raw: Vec<RawSegment>) -> Vec<RawSegment> {
+        let n = raw
+            .iter()
+            .position(|s| self.too_fast(s))
+            .unwrap_or(raw.len());
+        raw.into_iter().take(n).collect()
+    }
+
+    /// More than 10 words a second (plus slack) between the segment's timestamps.
+    fn too_fast(&self, s: &RawSegment) -> bool {
+        let Some(end) = s.end else {
+            return false;
+        };
+        let words = text::Words::from_tokens(&self.tokenizer, &s.tokens)
+            .words
+            .len();
+        let seconds = f64::from(end.saturating_sub(s.start)) * 0.02;
+        words as f64 > 10.0 * seconds + 3.0
     }
 
     fn has_text(&self, s: &RawSegment) -> bool {
@@ -935,7 +1101,7 @@ impl Transcriber {
     /// Which segments of a window decoded from the seek position to emit, and where the next
     /// window starts (timestamp units from the window start).
     fn select_segments(&self, tokens: &[u32], n: usize, last: bool) -> (Vec<RawSegment>, u32) {
-        let raw = split_segments(&self.tokenizer, tokens);
+        let raw = self.plausible(split_segments(&self.tokenizer, tokens));
         let max_ts = (n as u64 / SAMPLES_PER_TIMESTAMP) as u32;
         let margin = (self.options.edge_margin / 0.02).round() as u32;
         let with_text = |v: Vec<RawSegment>| -> Vec<RawSegment> {

@@ -32,3 +32,20 @@ fn segments_split_at_timestamp_pairs() {
     assert_eq!((s[1].start, s[1].end), (30, None));
     assert_eq!(t.decode(&toks), " A B C. D");
 }
+
+#[test]
+fn segments_trimmed_to_speech() {
+    // Frames 0..10 quiet, 10..20 loud, 20..30 quiet; window from sample 1000.
+    let loud: Vec<bool> = (0..30).map(|f| (10..20).contains(&f)).collect();
+    let (s, e) = trim_to_speech(&loud, 1000, 1000, 1000 + 30 * 320);
+    assert_eq!((s, e), (1000 + 5 * 320, 1000 + 25 * 320));
+    // Never widened, and left alone without loud frames.
+    assert_eq!(
+        trim_to_speech(&loud, 1000, 1000 + 12 * 320, 1000 + 14 * 320),
+        (1000 + 12 * 320, 1000 + 14 * 320)
+    );
+    assert_eq!(
+        trim_to_speech(&loud, 1000, 1000, 1000 + 5 * 320),
+        (1000, 1000 + 5 * 320)
+    );
+}

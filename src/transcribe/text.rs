@@ -307,7 +307,7 @@ mod tests {
         let back =
             "the salt breeze came across from the sea the girl sold bonds the salt breeze came \
                     across from";
-        assert_eq!(repetition_start(&w(back)), Some(13));
+        assert_eq!(repetition_start(&w(back)), Some(12));
     }
 
     #[test]
