@@ -14,9 +14,11 @@ setup:
 build: setup
 	cargo build --release --locked
 
-# Whisper base on real speech: jfk.wav through the element, embeddings to a file, timing per window.
+# Whisper base on real speech: jfk.wav through the element, embeddings to a file with the timing of
+# every window, then the same speech transcribed, segment by segment with timestamps.
 demo: build
 	examples/pipelines/embeddings-to-file.sh $(SHARED)/audio/jfk.wav target/jfk-embeddings.f32
+	examples/pipelines/captions.py $(SHARED)/audio/jfk.wav --srt target/jfk.srt
 
 test: setup
 	cargo build --release --locked

@@ -3,11 +3,10 @@ the report of the element's run on a long input (--element-report).
 
 Driven by scripts/bench-vs-ct2 (which makes the venv and builds the Rust side). CTranslate2 runs in
 this process; ours runs in `encoder_bench --serve` processes (one per precision) that encode once
-per `run` line. After a warm-up, the two engines alternate run by run (the order flips every
-round, with a short pause between runs so that neither engine's spinning worker threads overlap
-the other's timed run): both see the same machine noise. Prints medians, the ratio ours / CT2,
-and the relative L2 error of each output against the CTranslate2 float32 reference of the golden
-data.
+per `run` line. After a warm-up, the two engines take turns, a few runs each (one untimed, then
+--per-round timed), the order flipping every round: both see the same machine noise. Prints
+medians, the ratio ours / CT2, and the relative L2 error of each output against the CTranslate2
+float32 reference of the golden data.
 """
 
 import argparse
@@ -101,7 +100,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--pause", type=float, default=0.05, help="seconds between timed runs")
+    ap.add_argument("--per-round", type=int, default=3, help="timed runs per engine and round")
+    ap.add_argument("--pause", type=float, default=0.02, help="seconds between the engines' turns")
     ap.add_argument("--precisions", default="f32,int8")
     args = ap.parse_args()
     if args.element_report:
@@ -119,7 +119,8 @@ def main():
     model_name = os.path.basename(os.path.normpath(args.model_dir))
     print(
         f"model {model_name}, mel {os.path.basename(args.mel)} {mel.shape[0]}x{mel.shape[1]}, "
-        f"{args.threads} threads, {args.runs} timed runs each after {args.warmup} warm-up, "
+        f"{args.threads} threads, {args.runs} timed runs each after {args.warmup} warm-up, in turns of "
+        f"{args.per_round}, "
         f"ctranslate2 {ctranslate2.__version__}"
     )
 
@@ -136,16 +137,26 @@ def main():
             for _ in range(args.warmup):
                 ct2_out = ct2.encode(features)
             t_ct2, t_ours = [], []
-            for i in range(args.runs):
+            # Rounds: each engine in turn (the order flips every round) runs once untimed (its
+            # threads wake up and its caches refill after the other engine's turn), then
+            # --per-round timed runs back to back. Both see the same machine noise, and neither
+            # is timed cold nor while the other's worker threads still spin.
+            rounds = -(-args.runs // args.per_round)
+            for i in range(rounds):
                 order = ("ct2", "ours") if i % 2 == 0 else ("ours", "ct2")
                 for who in order:
                     time.sleep(args.pause)
-                    if who == "ct2":
-                        t0 = time.perf_counter()
-                        ct2_out = ct2.encode(features)
-                        t_ct2.append((time.perf_counter() - t0) * 1e3)
-                    else:
-                        t_ours.append(ours.run())
+                    for j in range(args.per_round + 1):
+                        if who == "ct2":
+                            t0 = time.perf_counter()
+                            ct2_out = ct2.encode(features)
+                            dt = (time.perf_counter() - t0) * 1e3
+                            if j:
+                                t_ct2.append(dt)
+                        else:
+                            dt = ours.run()
+                            if j:
+                                t_ours.append(dt)
             ours.close()
             ct2_arr = np.array(ct2_out)
             ours_arr = np.load(save)

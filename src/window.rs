@@ -42,7 +42,9 @@ pub struct WindowEncoder {
     encoder: Encoder,
     backend: BackendKind,
     precision: Precision,
+    /// Reused every window: the zero-padded audio and its log-mel.
     padded: Vec<f32>,
+    mel_frames: Array2<f32>,
 }
 
 impl WindowEncoder {
@@ -65,6 +67,7 @@ impl WindowEncoder {
             backend,
             precision,
             padded: vec![0.0; WINDOW_SAMPLES],
+            mel_frames: Array2::zeros((model.dims().n_mels, crate::mel::WINDOW_FRAMES)),
         })
     }
 
@@ -93,9 +96,10 @@ impl WindowEncoder {
         self.padded[n..].fill(0.0);
 
         let start = Instant::now();
-        let mel = self.mel.compute(&self.padded);
+        self.mel
+            .compute_into(&self.padded, self.mel_frames.view_mut());
         let mel_done = Instant::now();
-        let embeddings = self.encoder.forward(mel.view());
+        let embeddings = self.encoder.forward(self.mel_frames.view());
         let timing = WindowTiming {
             mel: mel_done - start,
             encoder: mel_done.elapsed(),

@@ -6,15 +6,54 @@
 //! (per output channel weights, per row activations, symmetric, 127) but keeps attention in
 //! float32.
 //!
+//! Also: a warm encoder allocates nothing per window, in float32 and int8 (counted by this test
+//! binary's global allocator; the tests here run one at a time).
+//!
 //! Needs the models installed by scripts/fetch-models; fails (never skips) without them.
 mod common;
 
-use std::sync::Arc;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use common::{model_dir, read_npy_2d, relative_l2};
 use gstwhisperencnpu::model::{Encoder, WhisperModel};
 use gstwhisperencnpu::npu::cpu_int8::{CpuInt8Engine, Int8Kernel};
 use gstwhisperencnpu::npu::{open_engine, BackendChoice, Engine, Precision};
+
+/// Counts every allocation of this test binary.
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator, only counting.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// The tests of this file run one at a time (the allocation count is global).
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn run(model_name: &str, clip: &str, engine: Arc<dyn Engine>) -> f64 {
     let model = WhisperModel::load(&model_dir(model_name)).expect("model loads");
@@ -41,6 +80,7 @@ fn run(model_name: &str, clip: &str, engine: Arc<dyn Engine>) -> f64 {
 }
 
 fn check(model_name: &str, clip: &str, bound: f64) {
+    let _one_at_a_time = serial();
     let engine = open_engine(BackendChoice::Cpu, Precision::Int8).expect("int8 engine opens");
     assert_eq!(engine.precision(), Precision::Int8);
     let err = run(model_name, clip, engine);
@@ -75,6 +115,7 @@ fn tiny_en_espeak() {
 /// products are exact; quantization and dequantization are shared).
 #[test]
 fn every_kernel_gives_the_same_encoder_output() {
+    let _one_at_a_time = serial();
     let model = WhisperModel::load(&model_dir("tiny.en")).expect("model loads");
     let mel = read_npy_2d("golden/mel_espeak.npy");
     let mel = mel.slice(ndarray::s![.., ..300]);
@@ -92,5 +133,29 @@ fn every_kernel_gives_the_same_encoder_output() {
                 "{kernel:?} differs from {k0:?}"
             ),
         }
+    }
+}
+
+/// After the first window, encoding allocates nothing: every buffer is kept and reused.
+#[test]
+fn a_warm_encoder_allocates_nothing() {
+    let _one_at_a_time = serial();
+    let model = WhisperModel::load(&model_dir("tiny.en")).expect("model loads");
+    let mel = read_npy_2d("golden/mel_jfk.npy");
+    for precision in [Precision::F32, Precision::Int8] {
+        let engine = open_engine(BackendChoice::Cpu, precision).expect("engine");
+        let mut encoder = Encoder::new(&model, engine, 2).expect("encoder");
+        let mut out = ndarray::Array2::<f32>::zeros((512, encoder.d_model()));
+        encoder
+            .forward_into(mel.view(), out.view_mut())
+            .expect("first window");
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        for _ in 0..3 {
+            encoder
+                .forward_into(mel.view(), out.view_mut())
+                .expect("window");
+        }
+        let n = ALLOCATIONS.load(Ordering::Relaxed) - before;
+        assert_eq!(n, 0, "{precision}: {n} allocations in 3 warm windows");
     }
 }

@@ -3,7 +3,6 @@
 
 mod common;
 
-use gst::prelude::*;
 use gst_check::Harness;
 
 use common::{f32_buffer, init_gst, model_dir, shared_file, wav_f32, word_errors, words};

@@ -7,12 +7,21 @@
 //!   -> LN -> (T/2) x d_model
 //! ```
 //!
-//! Both convolutions are im2col + a prepared linear layer, so an engine accelerates them like the
-//! other products. Attention (activation x activation products) runs here on the CPU, one rayon
-//! task per (head, block of query rows). Layer norms use eps 1e-5, GELU is the exact erf form.
+//! Both convolutions are a prepared linear layer on im2col rows, so an engine accelerates them like
+//! the other products; the im2col rows are overlapping views of a zero-padded, time-major copy of
+//! the input (no copy per row). Attention (activation x activation products) runs here on the
+//! CPU in float32 for both precisions (the fused AVX-512 kernel of [`cpu_attn`], head-major tasks
+//! on the encoder's pool). Layer norms use eps 1e-5; GELU is the erf form with a vectorized erf
+//! ([`crate::npu::cpu_math`], within 5e-7 of libm's).
+//!
+//! Fusion: each residual add is fused with the layer norm that follows it (one pass over the
+//! rows), the softmax's normalisation with the attention output, the bias with the products (the
+//! engines add it), GELU + position encodings after conv2 in one pass. Every buffer is kept from
+//! window to window, and after the first window of a given length each pool thread's buffers are
+//! grown to what any task needed, so later windows allocate nothing.
 use std::sync::{Arc, Mutex};
 
-use ndarray::{s, Array1, Array2, ArrayView2, ArrayViewMut2, Axis};
+use ndarray::{s, Array1, Array2, ArrayView2, ArrayViewMut2, Axis, ShapeBuilder};
 use rayon::prelude::*;
 
 use super::{Dims, ModelError, WhisperModel};
@@ -21,8 +30,8 @@ use crate::npu::cpu_attn::{self, AttnScratch, HeadView};
 use crate::npu::cpu_math::Math;
 use crate::npu::{Engine, Linear};
 
-/// Query rows per attention task: 16 tasks for a 10.24 s window, enough to balance two to four
-/// threads, and the task's scores (32 x 512 floats, 64 KiB) stay in L2 with the head's K and V.
+/// Query rows per attention block (the fused kernel's block; the generic path's task): a block's
+/// scores (32 x 512 floats, 64 KiB) stay in L2 with the head's K and V.
 const ATTN_BLOCK: usize = cpu_attn::BLOCK;
 /// Elements per task of the element-wise passes (GELU): large enough to amortise a rayon task.
 const EW_CHUNK: usize = 16 * 1024;
@@ -102,18 +111,16 @@ struct Weights {
 /// Buffers reused from window to window (grown on demand, never shrunk).
 #[derive(Default)]
 struct Scratch {
-    cols1: Vec<f32>,
+    /// The mel, time-major with a zero row before and after ((t + 2) x n_mels).
+    mel_t: Vec<f32>,
+    /// conv1's output with a zero row before and after ((t + 2) x d).
     h1: Vec<f32>,
-    cols2: Vec<f32>,
     x: Vec<f32>,
     ln: Vec<f32>,
     qkv: Vec<f32>,
     attn: Vec<f32>,
     proj: Vec<f32>,
     ffn: Vec<f32>,
-    /// K and V of every head, head-major and contiguous (2 x heads x p x dh) for the AVX-512
-    /// attention kernel.
-    kv: Vec<f32>,
     /// Attention scores, one buffer per pool thread.
     scores: Vec<Mutex<AttnBuf>>,
 }
@@ -123,7 +130,9 @@ struct Scratch {
 struct AttnBuf {
     /// Generic path: block x p scores and the block's row sums.
     scores: Vec<f32>,
-    /// The AVX-512 kernel's buffers.
+    /// AVX-512 kernel: one head's packed K and V, and the kernel's buffers.
+    k: Vec<f32>,
+    v: Vec<f32>,
     fast: AttnScratch,
 }
 
@@ -151,6 +160,8 @@ pub struct Encoder {
     engine: Arc<dyn Engine>,
     pool: rayon::ThreadPool,
     scratch: Scratch,
+    /// Frames of the input the per-thread buffers were last reserved for.
+    reserved_frames: usize,
 }
 
 impl std::fmt::Debug for Encoder {
@@ -240,6 +251,7 @@ impl Encoder {
             engine,
             pool,
             scratch,
+            reserved_frames: 0,
         })
     }
 
@@ -313,7 +325,31 @@ impl Encoder {
         let (pool, weights, scratch) = (&self.pool, &self.weights, &mut self.scratch);
         let math = self.math;
         pool.install(|| weights.forward(math, scratch, mel, out));
+        if mel.ncols() != self.reserved_frames {
+            self.reserve_thread_buffers(Self::positions_for(mel.ncols()));
+            self.reserved_frames = mel.ncols();
+        }
         Ok(())
+    }
+
+    /// After a pass with a new input length: grows every pool thread's buffers (the CPU engines'
+    /// per-thread scratch, the attention buffers) to what any task of that pass needed, so that
+    /// the next windows allocate nothing, whichever thread runs which task. The shared buffers
+    /// ([`Scratch`]) already have their size.
+    fn reserve_thread_buffers(&mut self, p: usize) {
+        self.pool.broadcast(|_| {
+            crate::npu::cpu::reserve_thread_scratch();
+            crate::npu::cpu_int8::reserve_thread_scratch();
+        });
+        let dh = self.weights.dims.d_head();
+        for slot in &self.scratch.scores {
+            let mut b = slot.lock().unwrap_or_else(|e| e.into_inner());
+            let AttnBuf { scores, k, v, fast } = &mut *b;
+            buf(scores, ATTN_BLOCK * p + ATTN_BLOCK);
+            buf(k, p * dh);
+            buf(v, p * dh);
+            fast.reserve(p);
+        }
     }
 
     fn check_input(&self, mel: ArrayView2<f32>) -> Result<(), ModelError> {
@@ -346,38 +382,35 @@ impl Weights {
         let d = self.dims.d_model;
         let p = Encoder::positions_for(t);
 
-        // conv1: im2col rows [mel[:, t-1], mel[:, t], mel[:, t+1]] (zero outside).
-        let mut cols1 = mat(&mut s.cols1, t, 3 * n_mels);
-        cols1.fill(0.0);
-        for k in 0..3 {
-            // Output time `o` reads input time `o + k - 1`.
-            let (o0, o1) = (usize::from(k == 0), (t + 1 - k).min(t));
-            let src = mel.slice(s![.., o0 + k - 1..o1 + k - 1]);
-            cols1
-                .slice_mut(s![o0..o1, k * n_mels..(k + 1) * n_mels])
-                .assign(&src.t());
-        }
-        let mut h1 = mat(&mut s.h1, t, d);
-        self.conv1.forward(cols1.view(), h1.view_mut());
-        par_gelu(math, h1.as_slice_mut().expect("scratch is contiguous"));
-
-        // conv2, stride 2: output o reads input times 2o-1, 2o, 2o+1.
-        let mut cols2 = mat(&mut s.cols2, p, 3 * d);
-        cols2
-            .axis_iter_mut(Axis(0))
-            .into_par_iter()
+        // Both convolutions (kernel 3, padding 1) read their im2col rows as overlapping views of
+        // a time-major buffer with a zero row before and after: row o of conv1's input is
+        // [mel[:, o-1], mel[:, o], mel[:, o+1]], 3 consecutive rows of the transposed mel; row o
+        // of conv2's (stride 2) is rows 2o-1, 2o, 2o+1 of conv1's output. No im2col copy.
+        let mel_t = buf(&mut s.mel_t, (t + 2) * n_mels);
+        mel_t[..n_mels].fill(0.0);
+        mel_t[(t + 1) * n_mels..].fill(0.0);
+        mel_t[n_mels..(t + 1) * n_mels]
+            .par_chunks_mut(64 * n_mels)
             .enumerate()
-            .for_each(|(o, mut row)| {
-                for k in 0..3 {
-                    let mut dst = row.slice_mut(s![k * d..(k + 1) * d]);
-                    match (2 * o + k).checked_sub(1).filter(|&i| i < t) {
-                        Some(i) => dst.assign(&h1.row(i)),
-                        None => dst.fill(0.0),
+            .for_each(|(c, rows)| {
+                for (i, row) in rows.chunks_exact_mut(n_mels).enumerate() {
+                    for (dst, &v) in row.iter_mut().zip(mel.column(c * 64 + i)) {
+                        *dst = v;
                     }
                 }
             });
+        let cols1 = ArrayView2::from_shape((t, 3 * n_mels).strides((n_mels, 1)), &*mel_t)
+            .expect("(t + 2) x n_mels holds the overlapping rows");
+        let h1_pad = buf(&mut s.h1, (t + 2) * d);
+        h1_pad[..d].fill(0.0);
+        h1_pad[(t + 1) * d..].fill(0.0);
+        let mut h1 = ArrayViewMut2::from_shape((t, d), &mut h1_pad[d..(t + 1) * d]).expect("sized");
+        self.conv1.forward(cols1, h1.view_mut());
+        par_gelu(math, h1.into_slice().expect("scratch is contiguous"));
+        let cols2 = ArrayView2::from_shape((p, 3 * d).strides((2 * d, 1)), &*h1_pad)
+            .expect("(t + 2) x d holds the overlapping rows");
         let mut x = mat(&mut s.x, p, d);
-        self.conv2.forward(cols2.view(), x.view_mut());
+        self.conv2.forward(cols2, x.view_mut());
         let pos = self.pos.slice(s![..p, ..]);
         let pos = pos.as_slice().expect("position encodings are contiguous");
         let x = x.into_slice().expect("scratch is contiguous");
@@ -399,7 +432,7 @@ impl Weights {
             let mut qkv = mat(&mut s.qkv, p, 3 * d);
             layer.qkv.forward(ln, qkv.view_mut());
             let mut attn = mat(&mut s.attn, p, d);
-            self.attention(math, qkv.view(), attn.view_mut(), &mut s.kv, &s.scores);
+            self.attention(math, qkv.view(), attn.view_mut(), &s.scores);
             let mut proj = mat(&mut s.proj, p, d);
             layer.out.forward(attn.view(), proj.view_mut());
             layer
@@ -443,17 +476,16 @@ impl Weights {
     /// Full (non-causal) multi-head attention: `qkv` is p x 3d (q | k | v), `out` p x d, both
     /// row-major and contiguous.
     ///
-    /// One rayon task per block of [`ATTN_BLOCK`] query rows, all heads. With AVX-512 and heads
-    /// of 64 (every Whisper model) the fused kernel of [`cpu_attn`] runs; otherwise scores
-    /// `S = Q K^T` (block x p) through `matmul`, `E = exp((S - max) / sqrt(dh))` row by row, and
-    /// `out = (E V) / rowsum(E)`: the normalisation is applied to the block x dh result instead of
-    /// the block x p probabilities.
+    /// With AVX-512 and heads of 64 (every Whisper model), the fused kernel of [`cpu_attn`], in
+    /// head-major tasks (below). Otherwise one rayon task per block of [`ATTN_BLOCK`] query rows,
+    /// all heads: scores `S = Q K^T` (block x p) through `matmul`,
+    /// `E = exp((S - max) / sqrt(dh))` row by row, and `out = (E V) / rowsum(E)`: the
+    /// normalisation is applied to the block x dh result instead of the block x p probabilities.
     fn attention(
         &self,
         math: Math,
         qkv: ArrayView2<f32>,
         mut out: ArrayViewMut2<f32>,
-        kv: &mut Vec<f32>,
         scores: &[Mutex<AttnBuf>],
     ) {
         let d = self.dims.d_model;
@@ -462,55 +494,66 @@ impl Weights {
         let p = qkv.nrows();
         let scale = 1.0 / (dh as f32).sqrt();
         let qkv_flat = qkv.as_slice().expect("qkv scratch is contiguous");
-        let fast = dh == cpu_attn::HEAD && cpu_attn::available();
-        let kv: &[f32] = if fast {
-            // Pack K and V per head (one task per head), as the kernel reads them.
-            let kv = buf(kv, 2 * p * d);
-            let (k_all, v_all) = kv.split_at_mut(p * d);
-            k_all
-                .par_chunks_mut(p * dh)
-                .zip(v_all.par_chunks_mut(p * dh))
+        let slot = || rayon::current_thread_index().unwrap_or(0) % scores.len().max(1);
+
+        if dh == cpu_attn::HEAD && cpu_attn::available() {
+            // Head-major tasks: a task takes one head's rows r0.. (all of them when there are
+            // enough heads to keep every thread busy), packs that head's K and V once into its
+            // thread's buffers and runs the kernel block by block, so K and V (2 x p x 64 floats,
+            // 256 KiB at p = 512) stay in L2 across the blocks.
+            let chunks = (2 * rayon::current_num_threads()).div_ceil(n_heads).max(1);
+            let rows_per = p.div_ceil(chunks).next_multiple_of(ATTN_BLOCK);
+            out.axis_chunks_iter_mut(Axis(1), dh)
+                .into_par_iter()
                 .enumerate()
-                .for_each(|(h, (k, v))| {
-                    cpu_attn::pack_head(qkv_flat, 3 * d, d + h * dh, 2 * d + h * dh, p, k, v)
+                .for_each(|(h, mut head_out)| {
+                    head_out
+                        .axis_chunks_iter_mut(Axis(0), rows_per)
+                        .into_par_iter()
+                        .enumerate()
+                        .for_each(|(c, mut part)| {
+                            // Each pool thread has its own buffers; nothing inside runs rayon, so
+                            // the lock is never contended nor re-entered.
+                            let mut guard =
+                                scores[slot()].lock().unwrap_or_else(|e| e.into_inner());
+                            let AttnBuf { k, v, fast, .. } = &mut *guard;
+                            let (k, v) = (buf(k, p * dh), buf(v, p * dh));
+                            cpu_attn::pack_head(
+                                qkv_flat,
+                                3 * d,
+                                d + h * dh,
+                                2 * d + h * dh,
+                                p,
+                                k,
+                                v,
+                            );
+                            let view = HeadView {
+                                q: &qkv_flat[h * dh..],
+                                q_ld: 3 * d,
+                                k,
+                                v,
+                                p,
+                            };
+                            let r0 = c * rows_per;
+                            for (b, blk) in
+                                part.axis_chunks_iter_mut(Axis(0), ATTN_BLOCK).enumerate()
+                            {
+                                cpu_attn::attention_block(view, r0 + b * ATTN_BLOCK, blk, fast);
+                            }
+                        });
                 });
-            kv
-        } else {
-            &[]
-        };
+            return;
+        }
+
         out.axis_chunks_iter_mut(Axis(0), ATTN_BLOCK)
             .into_par_iter()
             .enumerate()
             .for_each(|(b, mut block_out)| {
                 let r0 = b * ATTN_BLOCK;
                 let rows = block_out.nrows();
-                let slot = rayon::current_thread_index().unwrap_or(0) % scores.len().max(1);
                 // Each pool thread has its own buffers: the lock is never contended.
-                let mut guard = scores[slot].lock().unwrap_or_else(|e| e.into_inner());
+                let mut guard = scores[slot()].lock().unwrap_or_else(|e| e.into_inner());
                 let bufs = &mut *guard;
-                if fast {
-                    let o = block_out
-                        .as_slice_mut()
-                        .expect("attention scratch is contiguous");
-                    for h in 0..n_heads {
-                        let view = HeadView {
-                            q: &qkv_flat[h * dh..],
-                            q_ld: 3 * d,
-                            k: &kv[h * p * dh..],
-                            v: &kv[(n_heads + h) * p * dh..],
-                            p,
-                        };
-                        cpu_attn::attention_block(
-                            view,
-                            r0,
-                            rows,
-                            &mut o[h * dh..],
-                            d,
-                            &mut bufs.fast,
-                        );
-                    }
-                    return;
-                }
                 let (sc_buf, sums) = buf(&mut bufs.scores, rows * p + rows).split_at_mut(rows * p);
                 for h in 0..n_heads {
                     let q = qkv.slice(s![r0..r0 + rows, h * dh..(h + 1) * dh]);

@@ -2,8 +2,10 @@
 //!
 //! With AVX-512F, linear layers run on [`super::cpu_gemm`]: the weight is packed once at load into
 //! the kernel's panels, the rows of a call are split into blocks, one rayon task per block (in the
-//! caller's pool), each running the single-threaded kernel. Without AVX-512, and for the
-//! attention's activation x activation products ([`matmul`]), the `gemm` crate runs them.
+//! caller's pool), each running the single-threaded kernel; calls with few rows (the decoder's
+//! token-by-token products) split the output columns instead. Without AVX-512, and for the
+//! generic attention path's activation x activation products ([`matmul`]), the `gemm` crate runs
+//! them.
 //!
 //! How the choice was made (2-core Xeon with AVX-512, the base encoder's shapes 512 x 512 ->
 //! 1536 / 512 / 2048 and 512 x 2048 -> 512; GFLOPS, one thread by thread CPU time, two by wall
@@ -12,10 +14,19 @@
 //! - `gemm` 0.19 with `x86-v4` (AVX-512 kernels): 175-200 on one thread, 280-345 on two
 //!   (`Parallelism::Rayon(2)`); it packs both operands on every call.
 //! - `cpu_gemm` (pre-packed weight, 12 x 32 register tile, rows split between threads):
-//!   170-190 on one thread, 330-355 on two, and no per-call packing of the weight.
+//!   160-190 on one thread, 300-355 on two, and no per-call packing of the weight. Its inner loop
+//!   alone (operands in L1) runs at ~205 of the ~235 a core's two FMA ports give (one thread,
+//!   measured with a bare FMA loop), the whole product at ~70-75% of that peak.
+//!
+//! Whole base encoder, two threads, the two engines alternating in one process: `cpu_gemm` 1-3%
+//! faster than `gemm` (96-99 vs 98-99 ms per window on the shared machine): a small margin, kept
+//! because it is never slower and packs nothing per call. Neither reaches MKL's SGEMM as
+//! CTranslate2 uses it (see `scripts/bench-vs-ct2`).
+//!
 //! OpenBLAS was not tried: a C dependency and its packing per call too, for at best what `gemm`
 //! does here.
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
@@ -98,7 +109,33 @@ enum CpuF32Linear {
 
 thread_local! {
     /// Per thread: the packed rows of cpu_gemm, and staging copies for strided inputs/outputs.
-    static SCRATCH: RefCell<[Vec<f32>; 3]> = RefCell::new([Vec::new(), Vec::new(), Vec::new()]);
+    static SCRATCH: RefCell<[Vec<f32>; 3]> =
+        const { RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
+}
+
+/// The largest size each per-thread buffer has needed so far (any thread, any layer).
+static HIGH_WATER: [AtomicUsize; 3] = [const { AtomicUsize::new(0) }; 3];
+
+/// Grows `v` to `n` values, noting `n` as a high-water mark of buffer `i`.
+fn grow_noted(i: usize, v: &mut Vec<f32>, n: usize) {
+    HIGH_WATER[i].fetch_max(n, Ordering::Relaxed);
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+}
+
+/// Grows the calling thread's buffers to the largest sizes any call has needed so far. Run on
+/// every thread of a pool after a first pass (`ThreadPool::broadcast`), it makes the following
+/// passes with the same shapes allocation-free whichever thread runs which block.
+pub fn reserve_thread_scratch() {
+    SCRATCH.with(|s| {
+        for (i, v) in s.borrow_mut().iter_mut().enumerate() {
+            let n = HIGH_WATER[i].load(Ordering::Relaxed);
+            if v.len() < n {
+                v.resize(n, 0.0);
+            }
+        }
+    });
 }
 
 /// Rows per task of a packed product: two blocks per thread.
@@ -131,45 +168,38 @@ fn packed_block(
     );
     SCRATCH.with(|s| {
         let [pack, xs, ys] = &mut *s.borrow_mut();
-        // Unit column stride and a non-negative row stride: read in place; else stage a copy.
+        // Unit column stride and a non-negative row stride: read in place (rows may overlap, as
+        // the encoder's convolution inputs do); else stage a copy. The output also needs rows
+        // that do not overlap.
+        let x_direct = rows <= 1 && (n_in <= 1 || x.strides()[1] == 1)
+            || x.strides()[1] == 1 && x.strides()[0] >= 0;
         let direct = |strides: &[isize], cols: usize| {
             rows <= 1 && (cols <= 1 || strides[1] == 1)
                 || strides[1] == 1 && strides[0] >= cols as isize
         };
-        let (a, lda) = if direct(x.strides(), n_in) {
+        let (a, lda) = if x_direct {
             (x.as_ptr(), x.strides()[0].max(0) as usize)
         } else {
-            xs.clear();
-            xs.extend(x.iter());
+            grow_noted(1, xs, rows * n_in);
+            for (d, &v) in xs.iter_mut().zip(x.iter()) {
+                *d = v;
+            }
             (xs.as_ptr(), n_in)
         };
         let y_direct = direct(y.strides(), n_cols);
         let (c, ldc) = if y_direct {
             (y.as_mut_ptr(), y.strides()[0].max(0) as usize)
         } else {
-            if ys.len() < rows * n_cols {
-                ys.resize(rows * n_cols, 0.0);
-            }
+            grow_noted(2, ys, rows * n_cols);
             (ys.as_mut_ptr(), n_cols)
         };
+        grow_noted(0, pack, cpu_gemm::pack_len(rows, n_in));
         // SAFETY: AVX-512F is available (the engine packs only then); `a` points to `rows` rows of
         // n_in values with row stride lda (the view's own memory, or the staged copy), `c` to
         // `rows` rows of the panels' n_cols columns with row stride ldc that only this task
         // writes (its own block of y, or the staging buffer); the bias has n values (checked at
         // prepare); `panels` is within the weight's panels (the caller's split).
-        unsafe {
-            cpu_gemm::gemm_raw(
-                a,
-                lda.max(n_in),
-                rows,
-                w,
-                bias,
-                panels,
-                c,
-                ldc.max(n_cols),
-                pack,
-            )
-        };
+        unsafe { cpu_gemm::gemm_raw(a, lda, rows, w, bias, panels, c, ldc.max(n_cols), pack) };
         if !y_direct {
             let src = ArrayView2::from_shape((rows, n_cols), &ys[..rows * n_cols]).expect("sized");
             y.assign(&src);
@@ -308,7 +338,7 @@ pub fn matmul(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ndarray::{s, Array2};
+    use ndarray::{s, Array2, ShapeBuilder};
 
     fn pseudo(rows: usize, cols: usize, seed: u32) -> Array2<f32> {
         let mut st = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
@@ -372,6 +402,15 @@ mod tests {
                 assert!(err < 1e-4, "max error {err} (transposed output)");
             }
         }
+        // Overlapping input rows (row stride 7 < 53 columns), as the encoder's convolutions read.
+        let flat = pseudo(1, 7 * 60 + 53, 9).into_raw_vec_and_offset().0;
+        let x = ArrayView2::from_shape((61, 53).strides((7, 1)), &flat[..]).unwrap();
+        let lin = e.prepare(w.view(), Some(b.view()));
+        let mut y = Array2::from_elem((61, 37), f32::NAN);
+        lin.forward(x, y.view_mut());
+        let r = naive(&x, &w, Some(&b));
+        let err = (&y - &r).iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(err < 1e-4, "max error {err} (overlapping rows)");
         // Many rows (split between threads) and a single row (columns split), 1 to 3 threads.
         let w = pseudo(100, 70, 4);
         let b = pseudo(1, 100, 5).row(0).to_owned();

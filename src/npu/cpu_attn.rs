@@ -43,6 +43,21 @@ pub struct AttnScratch {
     o: Vec<f32>,
 }
 
+impl AttnScratch {
+    /// Grows the buffers for `p` positions now, so that later calls allocate nothing.
+    pub fn reserve(&mut self, p: usize) {
+        for (v, n) in [
+            (&mut self.qt, HEAD * BLOCK),
+            (&mut self.st, p * BLOCK),
+            (&mut self.o, BLOCK * HEAD),
+        ] {
+            if v.len() < n {
+                v.resize(n, 0.0);
+            }
+        }
+    }
+}
+
 /// Keys per tile of the packed K.
 const KT: usize = 12;
 
@@ -102,24 +117,30 @@ pub struct HeadView<'a> {
     pub p: usize,
 }
 
-/// `out[i][0..64] = softmax(q[r0 + i] . k[j] / 8 over j) v` for `rows` (<= [`BLOCK`]) query rows
-/// from `r0`; `out` holds the rows with stride `ldo`.
+/// `out[i][0..64] = softmax(q[r0 + i] . k[j] / 8 over j) v` for the `out.nrows()`
+/// (1 to [`BLOCK`]) query rows from `r0`; `out` is `rows x 64` with unit column stride (e.g. one
+/// head's columns of the attention output).
 ///
 /// # Panics
-/// If the CPU lacks AVX-512F, or the views are too small.
+/// If the CPU lacks AVX-512F, or the views do not have these shapes.
 pub fn attention_block(
     head: HeadView<'_>,
     r0: usize,
-    rows: usize,
-    out: &mut [f32],
-    ldo: usize,
+    mut out: ndarray::ArrayViewMut2<'_, f32>,
     scratch: &mut AttnScratch,
 ) {
     assert!(available(), "attention kernel needs AVX-512F");
+    let rows = out.nrows();
     assert!(
-        rows >= 1 && rows <= BLOCK && r0 + rows <= head.p,
+        (1..=BLOCK).contains(&rows) && r0 + rows <= head.p,
         "query rows"
     );
+    assert_eq!(out.ncols(), HEAD, "out width");
+    assert!(
+        out.strides()[1] == 1 && (rows == 1 || out.strides()[0] >= HEAD as isize),
+        "out needs unit column stride and non-overlapping rows"
+    );
+    let ldo = out.strides()[0].max(0) as usize;
     assert!(
         head.q_ld >= HEAD && (head.p - 1) * head.q_ld + HEAD <= head.q.len(),
         "q too small"
@@ -128,20 +149,11 @@ pub fn attention_block(
         head.k.len() >= head.p * HEAD && head.v.len() >= head.p * HEAD,
         "k or v too small"
     );
-    assert!((rows - 1) * ldo + HEAD <= out.len(), "out too small");
-    if scratch.qt.len() < HEAD * BLOCK {
-        scratch.qt.resize(HEAD * BLOCK, 0.0);
-    }
-    if scratch.st.len() < head.p * BLOCK {
-        scratch.st.resize(head.p * BLOCK, 0.0);
-    }
-    if scratch.o.len() < BLOCK * HEAD {
-        scratch.o.resize(BLOCK * HEAD, 0.0);
-    }
+    scratch.reserve(head.p);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX-512F checked above; every index the kernel touches was bounds-checked above:
-    // rows 0..p of q, k and v (64 values each), out rows 0..rows (64 values each), qt 64 x 32 and
-    // st p x 32.
+    // rows 0..p of q, k and v (64 values each), qt 64 x 32, st p x 32 and o 32 x 64; it writes
+    // only the view's own elements (rows 0..rows at stride ldo, 64 unit-stride columns).
     unsafe {
         kernel(head, r0, rows, out.as_mut_ptr(), ldo, scratch)
     }
@@ -389,7 +401,9 @@ mod tests {
                     let rows = BLOCK.min(p - r0);
                     let ldo = 70;
                     let mut out = vec![f32::NAN; rows * ldo];
-                    attention_block(view, r0, rows, &mut out, ldo, &mut scratch);
+                    let mut o =
+                        ndarray::ArrayViewMut2::from_shape((rows, ldo), &mut out[..]).unwrap();
+                    attention_block(view, r0, o.slice_mut(ndarray::s![.., ..HEAD]), &mut scratch);
                     for i in 0..rows {
                         let q = &view.q[(r0 + i) * ld..][..HEAD];
                         let kcol = d + h * HEAD;

@@ -4,8 +4,9 @@
 //! The weight (n x k) is packed once, at load, into panels of [`NR`] = 32 output columns: for every
 //! input index, the panel's 32 weights side by side (two zmm). The microkernel keeps a tile of
 //! up to 12 rows x 32 columns in 24 zmm accumulators, broadcasting the rows' values from a packed
-//! copy (12 rows interleaved per input, so one pointer with immediate offsets: no address
-//! arithmetic competes with the FMAs) against the panel's two vectors. Blocking: [`KC`] inputs at
+//! copy (by groups of 16 inputs, each row's 16 values contiguous: the packing is plain 64-byte
+//! copies, and with the kernel unrolled by 16 every broadcast is one pointer plus a constant, so
+//! no address arithmetic competes with the FMAs) against the panel's two vectors. Blocking: [`KC`] inputs at
 //! a time, so the panel's slice (KC x 32 floats, 32 KiB) stays in L1 while the kernel walks down
 //! all the rows of the call; the output tile is written once per KC block (initialised with the
 //! bias in the first).
@@ -26,6 +27,8 @@ pub const NR: usize = 32;
 pub const MR: usize = 12;
 /// Inputs per cache block.
 pub const KC: usize = 256;
+/// Inputs per group of the packed rows (and the kernel's unrolling).
+const KU: usize = 16;
 
 /// Whether this CPU runs the kernel.
 pub fn available() -> bool {
@@ -67,6 +70,11 @@ impl PackedWeight {
     pub fn panels(&self) -> usize {
         self.n.div_ceil(NR)
     }
+}
+
+/// The length of the scratch [`gemm`] needs for `m` rows of `k` inputs.
+pub fn pack_len(m: usize, k: usize) -> usize {
+    m * KC.min(k.max(1)).next_multiple_of(KU)
 }
 
 /// `c[r][o] = sum_i a[r][i] w[o][i] + bias[o]` for rows `0..m`, single-threaded. `a` is
@@ -140,8 +148,10 @@ pub unsafe fn gemm_raw(
     if m == 0 || n == 0 || panels.is_empty() {
         return;
     }
-    if scratch.len() < m * KC.min(k.max(1)) {
-        scratch.resize(m * KC.min(k.max(1)), 0.0);
+    // Packed rows: per KC block, tile after tile, each tile as [16-input group][row][16].
+    let need = pack_len(m, k);
+    if scratch.len() < need {
+        scratch.resize(need, 0.0);
     }
     #[cfg(target_arch = "x86_64")]
     {
@@ -149,16 +159,22 @@ pub unsafe fn gemm_raw(
         let mut k0 = 0;
         loop {
             let kc = KC.min(k - k0);
+            let kcp = kc.next_multiple_of(KU);
             let first = k0 == 0;
-            // Pack: tile t (rows t*MR ..) at sp + t*MR*kc, input-major, its rows side by side.
+            // Pack: tile t (rows r = t*MR ..) at sp + r*kcp; in it, group g (inputs 16g ..) holds
+            // the tile's rows one after the other, 16 values each (zero past kc): plain 64-byte
+            // copies, and the kernel finds a[i][16g + u] at a fixed offset (16 i + u).
             let mut r = 0;
             while r < m {
                 let rows = MR.min(m - r);
-                let dst = sp.add(r * kc);
-                for i in 0..rows {
-                    let src = ap.add((r + i) * lda + k0);
-                    for kk in 0..kc {
-                        *dst.add(kk * rows + i) = *src.add(kk);
+                let dst = sp.add(r * kcp);
+                for g in 0..kcp / KU {
+                    let n_in = KU.min(kc - g * KU);
+                    for i in 0..rows {
+                        let src = ap.add((r + i) * lda + k0 + g * KU);
+                        let d = dst.add((g * rows + i) * KU);
+                        std::ptr::copy_nonoverlapping(src, d, n_in);
+                        std::ptr::write_bytes(d.add(n_in), 0, KU - n_in);
                     }
                 }
                 r += rows;
@@ -178,7 +194,7 @@ pub unsafe fn gemm_raw(
                     let rows = MR.min(m - r);
                     tile(
                         rows,
-                        sp.add(r * kc),
+                        sp.add(r * kcp),
                         panel,
                         kc,
                         cp.add(r * ldc + (p - panels.start) * NR),
@@ -242,7 +258,8 @@ unsafe fn tile(
     go!(1 2 3 4 5 6 7 8 9 10 11 12)
 }
 
-/// R rows x 32 columns over `kc` inputs; `a` is the packed tile (per input, the R rows' values).
+/// R rows x 32 columns over `kc` inputs; `a` is the packed tile (groups of 16 inputs, in each the
+/// R rows' 16 values one row after the other).
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[inline]
@@ -276,17 +293,29 @@ unsafe fn kernel<const R: usize>(
             }
         }
     }
+    // a: groups of KU inputs, [row][KU] each; b: one NR-wide row per input.
     let (mut ap, mut bp) = (a, b);
-    for _ in 0..kc {
-        let b0 = _mm512_loadu_ps(bp);
-        let b1 = _mm512_loadu_ps(bp.add(16));
+    for _ in 0..kc / KU {
+        for u in 0..KU {
+            let b0 = _mm512_loadu_ps(bp.add(u * NR));
+            let b1 = _mm512_loadu_ps(bp.add(u * NR + 16));
+            for i in 0..R {
+                let av = _mm512_set1_ps(*ap.add(i * KU + u));
+                acc0[i] = _mm512_fmadd_ps(av, b0, acc0[i]);
+                acc1[i] = _mm512_fmadd_ps(av, b1, acc1[i]);
+            }
+        }
+        ap = ap.add(R * KU);
+        bp = bp.add(KU * NR);
+    }
+    for u in 0..kc % KU {
+        let b0 = _mm512_loadu_ps(bp.add(u * NR));
+        let b1 = _mm512_loadu_ps(bp.add(u * NR + 16));
         for i in 0..R {
-            let av = _mm512_set1_ps(*ap.add(i));
+            let av = _mm512_set1_ps(*ap.add(i * KU + u));
             acc0[i] = _mm512_fmadd_ps(av, b0, acc0[i]);
             acc1[i] = _mm512_fmadd_ps(av, b1, acc1[i]);
         }
-        ap = ap.add(R);
-        bp = bp.add(NR);
     }
     for i in 0..R {
         _mm512_mask_storeu_ps(c.add(i * ldc), m0, acc0[i]);

@@ -17,7 +17,7 @@
 //!   AVX-512), 6 rows x 16 columns.
 //! - [`Int8Kernel::Avx2`]: values sign-extended to int16 and `vpmaddwd` (int16 x int16, pairs
 //!   summed into int32): no saturation, unlike `vpmaddubsw`. 6 rows x 16 columns.
-//! - [`Int8Kernel::Portable`]: [`quant::gemm_i8_reference`].
+//! - [`Int8Kernel::Portable`]: the reference product, [`quant::gemm_i8_reference`].
 //!
 //! The weight tiles are packed so that a kernel reads them strictly sequentially: for VNNI,
 //! panels of 32 output channels, and in a panel, for every group of 4 inputs, the 32 channels'
@@ -26,6 +26,7 @@
 //! rows' 4 bytes (VNNI) or 2 int16 (AVX2) side by side, so that a tile's broadcasts all come from
 //! one pointer.
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -278,10 +279,10 @@ impl CpuInt8Linear {
     ) {
         let rows = x.nrows();
         let (k, n_out) = (self.n_in, self.n_out);
-        grow(&mut s.xs, rows);
+        grow(5, &mut s.xs, rows);
         if self.kernel == Int8Kernel::Portable {
-            grow(&mut s.tmp, rows * k);
-            grow(&mut s.acc, rows * n_out);
+            grow(1, &mut s.tmp, rows * k);
+            grow(4, &mut s.acc, rows * n_out);
             quant::quantize_rows(x, &mut s.tmp[..rows * k], &mut s.xs[..rows]);
             quant::gemm_i8_reference(
                 &s.tmp[..rows * k],
@@ -301,10 +302,10 @@ impl CpuInt8Linear {
         let (c0, c1) = (panels.start * nr, n_out.min(panels.end * nr));
         let ld = panels.len() * nr;
         debug_assert_eq!(y.ncols(), c1 - c0);
-        grow(&mut s.a, rows * kg);
-        grow(&mut s.tmp, self.k_pad);
-        grow(&mut s.row, k);
-        grow(&mut s.acc, rows * ld);
+        grow(0, &mut s.a, rows * kg);
+        grow(1, &mut s.tmp, self.k_pad);
+        grow(2, &mut s.row, k);
+        grow(4, &mut s.acc, rows * ld);
 
         // Quantize and pack the rows: tile t (rows t*mr ..) holds, for every input group, its
         // rows' groups side by side.
@@ -361,7 +362,7 @@ impl CpuInt8Linear {
             match yr.as_slice_mut() {
                 Some(ys) => quant::dequantize_row_cols(accr, s.xs[r], &self.q, c0..c1, ys),
                 None => {
-                    grow(&mut s.out, n);
+                    grow(3, &mut s.out, n);
                     quant::dequantize_row_cols(accr, s.xs[r], &self.q, c0..c1, &mut s.out[..n]);
                     for (d, &v) in yr.iter_mut().zip(&s.out[..n]) {
                         *d = v;
@@ -387,10 +388,32 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
-fn grow<T: Default + Clone>(v: &mut Vec<T>, n: usize) {
+/// The largest size each per-thread buffer has needed so far (any thread, any layer), by the
+/// buffer's address in [`Scratch`] order: a, tmp, row, out, acc, xs.
+static HIGH_WATER: [AtomicUsize; 6] = [const { AtomicUsize::new(0) }; 6];
+
+/// Grows `v` to `n` values, noting `n` as the high-water mark `i`.
+fn grow<T: Default + Clone>(i: usize, v: &mut Vec<T>, n: usize) {
+    HIGH_WATER[i].fetch_max(n, Ordering::Relaxed);
     if v.len() < n {
         v.resize(n, T::default());
     }
+}
+
+/// Grows the calling thread's buffers to the largest sizes any call has needed so far. Run on
+/// every thread of a pool after a first pass (`ThreadPool::broadcast`), it makes the following
+/// passes with the same shapes allocation-free whichever thread runs which block.
+pub fn reserve_thread_scratch() {
+    SCRATCH.with(|s| {
+        let s = &mut *s.borrow_mut();
+        let hw = |i: usize| HIGH_WATER[i].load(Ordering::Relaxed);
+        grow(0, &mut s.a, hw(0));
+        grow(1, &mut s.tmp, hw(1));
+        grow(2, &mut s.row, hw(2));
+        grow(3, &mut s.out, hw(3));
+        grow(4, &mut s.acc, hw(4));
+        grow(5, &mut s.xs, hw(5));
+    });
 }
 
 impl Linear for CpuInt8Linear {
@@ -590,7 +613,7 @@ unsafe fn avx2<const MR: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ndarray::{s, Array2};
+    use ndarray::{s, Array2, ShapeBuilder};
 
     fn pseudo(rows: usize, cols: usize, seed: u32) -> Array2<f32> {
         let mut st = seed.wrapping_mul(2_654_435_761).wrapping_add(7);
@@ -712,6 +735,23 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn overlapping_input_rows() {
+        // Row stride 5 < 40 columns, as the encoder's convolutions read their input.
+        let flat = pseudo(1, 5 * 70 + 40, 77).into_raw_vec_and_offset().0;
+        let x = ArrayView2::from_shape((71, 40).strides((5, 1)), &flat[..]).unwrap();
+        let w = pseudo(50, 40, 78);
+        let want = reference(x, w.view(), None);
+        for kern in Int8Kernel::available() {
+            let lin = CpuInt8Engine::with_kernel(kern)
+                .unwrap()
+                .prepare(w.view(), None);
+            let mut y = Array2::from_elem((71, 50), f32::NAN);
+            lin.forward(x, y.view_mut());
+            assert_bits_eq(&y, &want, &format!("{kern:?} overlapping rows"));
         }
     }
 

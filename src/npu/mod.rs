@@ -134,8 +134,6 @@ pub enum EngineError {
     },
     #[error("backend=xdna: the NPU could not be used: {0}")]
     XdnaDevice(String),
-    #[error("precision={0} is not available yet on the {1} backend; use precision=f32")]
-    PrecisionUnavailable(Precision, BackendKind),
 }
 
 /// Opens the engine for a backend choice and precision; `Auto` falls back to the CPU.

@@ -5,7 +5,8 @@
 //! [`gemm_i8_reference`] is the definition they are tested against.
 //!
 //! Symmetric quantization, as CTranslate2's int8: `scale = 127 / max|row|`, `q = round(v * scale)`
-//! (half away from zero), and a row of zeros gets scale 1.
+//! (half away from zero), and a row of zeros gets scale 1. Dequantization multiplies by the two
+//! inverse scales: `y = acc * ((1 / x_scale) * (1 / w_scale)) + bias` ([`dequantize_value`]).
 //!
 //! The per-row functions [`quantize_row_into`] and [`dequantize_row`] have AVX-512 and AVX2
 //! paths chosen at run time; they give bit-identical results to the scalar definitions
@@ -26,6 +27,8 @@ pub struct QuantizedWeight {
     pub data: Vec<i8>,
     /// One per output channel: `w ≈ data / scale`.
     pub scales: Vec<f32>,
+    /// `1 / scale` per output channel (what the dequantization multiplies by).
+    pub inv_scales: Vec<f32>,
     pub bias: Option<Vec<f32>>,
 }
 
@@ -45,10 +48,12 @@ pub fn quantize_value(v: f32, scale: f32) -> i8 {
     (v * scale).round().clamp(-127.0, 127.0) as i8
 }
 
-/// One output of the dequantization: `acc / (x_scale * w_scale) + bias`.
+/// One output of the dequantization: `acc * ((1 / x_scale) * (1 / w_scale)) + bias`: the
+/// integer product times the inverse of both scales (two multiplications per output instead of a
+/// division; the inverses are computed once per row and once per channel).
 #[inline]
 pub fn dequantize_value(acc: i32, x_scale: f32, w_scale: f32, bias: Option<f32>) -> f32 {
-    let v = acc as f32 / (x_scale * w_scale);
+    let v = acc as f32 * ((1.0 / x_scale) * (1.0 / w_scale));
     match bias {
         Some(b) => v + b,
         None => v,
@@ -146,18 +151,21 @@ fn dequantize_row_with(
         "dequantize_row: lengths"
     );
     assert_eq!(weight.scales.len(), n, "dequantize_row: scales");
+    assert_eq!(weight.inv_scales.len(), n, "dequantize_row: inverse scales");
     if let Some(b) = &weight.bias {
         assert_eq!(b.len(), n, "dequantize_row: bias");
     }
     let scales = &weight.scales[cols.clone()];
+    let inv_scales = &weight.inv_scales[cols.clone()];
     let bias = weight.bias.as_deref().map(|b| &b[cols]);
+    let inv_x = 1.0 / x_scale;
     match path {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: chosen only when the CPU has AVX-512F; lengths checked above.
-        Simd::Avx512 => unsafe { x86::dequantize_row_avx512(acc, x_scale, scales, bias, y) },
+        Simd::Avx512 => unsafe { x86::dequantize_row_avx512(acc, inv_x, inv_scales, bias, y) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: chosen only when the CPU has AVX2; lengths checked above.
-        Simd::Avx2 => unsafe { x86::dequantize_row_avx2(acc, x_scale, scales, bias, y) },
+        Simd::Avx2 => unsafe { x86::dequantize_row_avx2(acc, inv_x, inv_scales, bias, y) },
         _ => {
             for o in 0..len {
                 y[o] = dequantize_value(acc[o], x_scale, scales[o], bias.map(|b| b[o]));
@@ -183,6 +191,7 @@ pub fn quantize_weight(weight: ArrayView2<f32>, bias: Option<ArrayView1<f32>>) -
         n_out,
         n_in,
         data,
+        inv_scales: scales.iter().map(|&s| 1.0 / s).collect(),
         scales,
         bias: bias.map(|b| b.to_vec()),
     }
@@ -231,7 +240,8 @@ pub fn gemm_i8_reference(a: &[i8], w: &[i8], rows: usize, k: usize, n_out: usize
     }
 }
 
-/// `y = acc / (x_scale * w_scale) + bias`, written into y (rows x n_out).
+/// `y = acc * ((1 / x_scale) * (1 / w_scale)) + bias` ([`dequantize_value`]), written into y
+/// (rows x n_out).
 pub fn dequantize(
     acc: &[i32],
     x_scales: &[f32],
@@ -373,25 +383,27 @@ mod x86 {
         scale
     }
 
+    /// `y = acc * (inv_x * inv_w) + bias`: the same operations, in the same order, as
+    /// [`dequantize_value`] (no fused multiply-add).
     #[target_feature(enable = "avx512f")]
     pub unsafe fn dequantize_row_avx512(
         acc: &[i32],
-        xs: f32,
-        ws: &[f32],
+        inv_x: f32,
+        inv_w: &[f32],
         bias: Option<&[f32]>,
         y: &mut [f32],
     ) {
         let n = y.len();
-        let xsv = _mm512_set1_ps(xs);
-        let (ap, wp, yp) = (acc.as_ptr(), ws.as_ptr(), y.as_mut_ptr());
+        let ixv = _mm512_set1_ps(inv_x);
+        let (ap, wp, yp) = (acc.as_ptr(), inv_w.as_ptr(), y.as_mut_ptr());
         let mut i = 0;
-        // SAFETY: acc, ws, bias and y have n elements (checked by the caller); the tail is
+        // SAFETY: acc, inv_w, bias and y have n elements (checked by the caller); the tail is
         // masked to the n - i valid ones.
         while i < n {
             let m = ((1u32 << (n - i).min(16)) - 1) as __mmask16;
             let a = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, ap.add(i)));
-            let d = _mm512_mul_ps(xsv, _mm512_mask_loadu_ps(_mm512_set1_ps(1.0), m, wp.add(i)));
-            let mut v = _mm512_div_ps(a, d);
+            let s = _mm512_mul_ps(ixv, _mm512_maskz_loadu_ps(m, wp.add(i)));
+            let mut v = _mm512_mul_ps(a, s);
             if let Some(b) = bias {
                 v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, b.as_ptr().add(i)));
             }
@@ -400,22 +412,23 @@ mod x86 {
         }
     }
 
+    /// The AVX2 version of [`dequantize_row_avx512`].
     #[target_feature(enable = "avx2")]
     pub unsafe fn dequantize_row_avx2(
         acc: &[i32],
-        xs: f32,
-        ws: &[f32],
+        inv_x: f32,
+        inv_w: &[f32],
         bias: Option<&[f32]>,
         y: &mut [f32],
     ) {
         let n = y.len();
-        let xsv = _mm256_set1_ps(xs);
+        let ixv = _mm256_set1_ps(inv_x);
         let mut i = 0;
-        // SAFETY: acc, ws, bias and y have n elements (checked by the caller); i + 8 <= n.
+        // SAFETY: acc, inv_w, bias and y have n elements (checked by the caller); i + 8 <= n.
         while i + 8 <= n {
             let a = _mm256_cvtepi32_ps(_mm256_loadu_si256(acc.as_ptr().add(i) as *const __m256i));
-            let d = _mm256_mul_ps(xsv, _mm256_loadu_ps(ws.as_ptr().add(i)));
-            let mut v = _mm256_div_ps(a, d);
+            let s = _mm256_mul_ps(ixv, _mm256_loadu_ps(inv_w.as_ptr().add(i)));
+            let mut v = _mm256_mul_ps(a, s);
             if let Some(b) = bias {
                 v = _mm256_add_ps(v, _mm256_loadu_ps(b.as_ptr().add(i)));
             }
@@ -423,7 +436,11 @@ mod x86 {
             i += 8;
         }
         for o in i..n {
-            y[o] = dequantize_value(acc[o], xs, ws[o], bias.map(|b| b[o]));
+            let v = acc[o] as f32 * (inv_x * inv_w[o]);
+            y[o] = match bias {
+                Some(b) => v + b[o],
+                None => v,
+            };
         }
     }
 }

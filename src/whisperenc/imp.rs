@@ -172,7 +172,7 @@ impl Loaded {
 
 /// What the src task runs chunks through.
 enum Processor {
-    Embeddings(WindowEncoder),
+    Embeddings(Box<WindowEncoder>),
     Transcription(Box<TextOutput>),
 }
 
@@ -539,7 +539,7 @@ impl WhisperEncNpu {
         );
 
         let processor = match settings.mode {
-            Mode::Embeddings => Processor::Embeddings(encoder),
+            Mode::Embeddings => Processor::Embeddings(Box::new(encoder)),
             Mode::Transcription => {
                 let transcribe_options = TranscribeOptions {
                     language: settings.language.clone(),
