@@ -208,16 +208,9 @@ impl Decoder {
         let dims = *model.dims();
         let w = model.weights();
         let d = dims.d_model;
-        let linear =
-            |name: &str, n_out: usize, n_in: usize| -> Result<Box<dyn Linear>, ModelError> {
-                let weight = w.f32_2d(&format!("{name}/weight"), n_out, n_in)?;
-                let bias = if w.contains(&format!("{name}/bias")) {
-                    Some(w.f32_1d(&format!("{name}/bias"), n_out)?)
-                } else {
-                    None
-                };
-                Ok(engine.prepare(weight.view(), bias.as_ref().map(|b| b.view())))
-            };
+        let linear = |name: &str, n_out: usize, n_in: usize| {
+            super::prepare_linear(w, engine.as_ref(), name, n_out, n_in)
+        };
         if !d.is_multiple_of(dims.n_decoder_heads) {
             return Err(ModelError::Malformed {
                 path: w.path().to_path_buf(),
@@ -247,11 +240,7 @@ impl Decoder {
         }
         let ln = LayerNorm::load(model, "decoder/layer_norm")?;
         let proj = engine.prepare(embeddings.view(), None);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("whisperdec-{i}"))
-            .build()
-            .map_err(|e| ModelError::ThreadPool(e.to_string()))?;
+        let pool = super::thread_pool(threads, "whisperdec")?;
         Ok(Decoder {
             dims,
             embeddings,

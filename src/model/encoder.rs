@@ -203,12 +203,9 @@ impl Encoder {
             let bias = w.f32_1d(&format!("{name}/bias"), d)?;
             Ok(engine.prepare(weight.view(), Some(bias.view())))
         };
-        let linear =
-            |name: &str, n_out: usize, n_in: usize| -> Result<Box<dyn Linear>, ModelError> {
-                let weight = w.f32_2d(&format!("{name}/weight"), n_out, n_in)?;
-                let bias = w.f32_1d(&format!("{name}/bias"), n_out)?;
-                Ok(engine.prepare(weight.view(), Some(bias.view())))
-            };
+        let linear = |name: &str, n_out: usize, n_in: usize| {
+            super::prepare_linear(w, engine.as_ref(), name, n_out, n_in)
+        };
 
         let conv1 = conv("encoder/conv1", n_mels)?;
         let conv2 = conv("encoder/conv2", d)?;
@@ -227,11 +224,7 @@ impl Encoder {
         }
         let ln_post = LayerNorm::load(model, "encoder/layer_norm")?;
 
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("whisperenc-{i}"))
-            .build()
-            .map_err(|e| ModelError::ThreadPool(e.to_string()))?;
+        let pool = super::thread_pool(threads, "whisperenc")?;
         let scratch = Scratch {
             scores: (0..pool.current_num_threads())
                 .map(|_| Mutex::new(AttnBuf::default()))

@@ -354,6 +354,37 @@ fn check_encoder_variables(w: &Ct2File, d: &Dims) -> Result<(), ModelError> {
     Ok(())
 }
 
+/// Prepares the linear layer `name` (`name/weight` n_out x n_in, `name/bias` if the model has one)
+/// on `engine`: the encoder and the decoder load theirs the same way.
+pub(crate) fn prepare_linear(
+    weights: &ct2::Ct2File,
+    engine: &dyn crate::npu::Engine,
+    name: &str,
+    n_out: usize,
+    n_in: usize,
+) -> Result<Box<dyn crate::npu::Linear>, ModelError> {
+    let weight = weights.f32_2d(&format!("{name}/weight"), n_out, n_in)?;
+    let bias_name = format!("{name}/bias");
+    let bias = if weights.contains(&bias_name) {
+        Some(weights.f32_1d(&bias_name, n_out)?)
+    } else {
+        None
+    };
+    Ok(engine.prepare(weight.view(), bias.as_ref().map(|b| b.view())))
+}
+
+/// A rayon pool of `threads` threads (0: one per core) named `name-N`.
+pub(crate) fn thread_pool(
+    threads: usize,
+    name: &'static str,
+) -> Result<rayon::ThreadPool, ModelError> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(move |i| format!("{name}-{i}"))
+        .build()
+        .map_err(|e| ModelError::ThreadPool(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
