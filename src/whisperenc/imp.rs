@@ -333,7 +333,7 @@ impl WhisperEncNpu {
                 gst::FlowError::Error
             })?;
             map.chunks_exact(4)
-                .map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect::<Vec<f32>>()
         };
         let mut guard = self.processor.lock().unwrap();
@@ -655,22 +655,29 @@ impl WhisperEncNpu {
             stream.base_pts = Some(gst::ClockTime::ZERO);
         }
 
-        let samples = {
-            let map = buffer.map_readable().map_err(|_| {
-                gst::element_imp_error!(self, gst::StreamError::Failed, ("Can't map buffer"));
-                gst::FlowError::Error
-            })?;
-            to_f32(&map, info.format())
+        // The adapter holds F32LE: float input goes in as it is, without a copy.
+        let audio = match info.format() {
+            gst_audio::AudioFormat::S16le => {
+                let map = buffer.map_readable().map_err(|_| {
+                    gst::element_imp_error!(self, gst::StreamError::Failed, ("Can't map buffer"));
+                    gst::FlowError::Error
+                })?;
+                s16_to_f32le(&map)
+            }
+            _ => buffer,
         };
-        stream.samples_in += samples.len() as u64;
-        stream.adapter.push(f32_buffer(samples));
+        stream.samples_in += (audio.size() / std::mem::size_of::<f32>()) as u64;
+        stream.adapter.push(audio);
         self.queue_full_windows(stream)
     }
 
     fn push_silence(&self, stream: &mut Stream, samples: u64) {
         if samples > 0 {
             stream.samples_in += samples;
-            stream.adapter.push(f32_buffer(vec![0.0; samples as usize]));
+            let bytes = samples as usize * std::mem::size_of::<f32>();
+            stream
+                .adapter
+                .push(gst::Buffer::from_mut_slice(vec![0u8; bytes]));
         }
     }
 
@@ -845,23 +852,13 @@ impl WhisperEncNpu {
     }
 }
 
-fn f32_buffer(samples: Vec<f32>) -> gst::Buffer {
-    let bytes: Vec<u8> = samples.iter().flat_map(|v| v.to_ne_bytes()).collect();
+/// S16LE mono samples as an F32LE buffer, in [-1, 1).
+fn s16_to_f32le(data: &[u8]) -> gst::Buffer {
+    let bytes: Vec<u8> = data
+        .chunks_exact(2)
+        .flat_map(|b| (i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0).to_le_bytes())
+        .collect();
     gst::Buffer::from_mut_slice(bytes)
-}
-
-/// Interleaved mono samples of the negotiated format as float32 in [-1, 1).
-fn to_f32(data: &[u8], format: gst_audio::AudioFormat) -> Vec<f32> {
-    match format {
-        gst_audio::AudioFormat::S16le => data
-            .chunks_exact(2)
-            .map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0)
-            .collect(),
-        _ => data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-    }
 }
 
 #[glib::object_subclass]
