@@ -161,18 +161,7 @@ impl std::fmt::Debug for Ct2File {
 impl Ct2File {
     /// Memory-maps and parses `path`.
     pub fn open(path: &Path) -> Result<Ct2File, ModelError> {
-        let file = File::open(path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                ModelError::FileNotFound {
-                    path: path.to_path_buf(),
-                }
-            } else {
-                ModelError::Io {
-                    path: path.to_path_buf(),
-                    source: e,
-                }
-            }
-        })?;
+        let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
         let meta = file.metadata().map_err(|e| ModelError::Io {
             path: path.to_path_buf(),
             source: e,

@@ -102,3 +102,19 @@ pub enum ModelError {
     #[error("invalid encoder input: {0}")]
     InvalidInput(String),
 }
+
+impl ModelError {
+    /// An I/O error on `path`: a missing file says so, anything else is passed on.
+    pub(crate) fn io(path: &std::path::Path, e: std::io::Error) -> ModelError {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            ModelError::FileNotFound {
+                path: path.to_path_buf(),
+            }
+        } else {
+            ModelError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            }
+        }
+    }
+}

@@ -84,18 +84,7 @@ impl Tokenizer {
     /// Reads `tokenizer.json`; `n_vocab` is the model's vocabulary size (the rows of
     /// `decoder/embeddings/weight`), which fixes how many timestamp tokens there are.
     pub fn load(path: &Path, n_vocab: usize) -> Result<Tokenizer, ModelError> {
-        let bytes = std::fs::read(path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                ModelError::FileNotFound {
-                    path: path.to_path_buf(),
-                }
-            } else {
-                ModelError::Io {
-                    path: path.to_path_buf(),
-                    source: e,
-                }
-            }
-        })?;
+        let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
         let json: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|e| ModelError::Config {
                 path: path.to_path_buf(),
