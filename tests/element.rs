@@ -7,7 +7,9 @@ use std::str::FromStr;
 use gst::prelude::*;
 use gst_check::Harness;
 
-use common::{f32_buffer, init_gst as init, jfk_samples, model_dir, read_npy_2d, relative_l2};
+use common::{
+    f32_buffer, init_gst as init, jfk_samples, model_dir, pause_error, read_npy_2d, relative_l2,
+};
 
 const WINDOW_SAMPLES: usize = 163_840;
 const WINDOW: gst::ClockTime = gst::ClockTime::from_mseconds(10_240);
@@ -291,19 +293,7 @@ fn state_change_error(configure: impl FnOnce(&gst::Element)) -> String {
     init();
     let el = gst::ElementFactory::make("whisperencnpu").build().unwrap();
     configure(&el);
-    let pipeline = gst::Pipeline::new();
-    pipeline.add(&el).unwrap();
-    assert!(pipeline.set_state(gst::State::Paused).is_err());
-    let msg = pipeline
-        .bus()
-        .unwrap()
-        .timed_pop_filtered(gst::ClockTime::from_seconds(5), &[gst::MessageType::Error])
-        .expect("an error message on the bus");
-    pipeline.set_state(gst::State::Null).unwrap();
-    match msg.view() {
-        gst::MessageView::Error(e) => e.error().to_string(),
-        _ => unreachable!(),
-    }
+    pause_error(&el)
 }
 
 fn temp_dir(name: &str) -> std::path::PathBuf {

@@ -5,7 +5,7 @@ mod common;
 use gst::prelude::*;
 use gst_check::Harness;
 
-use common::{f32_buffer, init_gst as init, jfk_samples, model_dir, words, JFK_WORDS};
+use common::{f32_buffer, init_gst as init, jfk_samples, model_dir, pause_error, words, JFK_WORDS};
 
 const F32_CAPS: &str = "audio/x-raw,format=F32LE,rate=16000,channels=1,layout=interleaved";
 
@@ -170,4 +170,18 @@ fn latency_query_as_transcriberbin_asks_it() {
     assert!(live);
     // A window, a chunk, and the processing time the property allows.
     assert_eq!(min, gst::ClockTime::from_mseconds(10_240 + 1_000 + 4_000));
+}
+
+/// Settings the model cannot honour fail the state change with a message saying which.
+#[test]
+fn unknown_language_and_impossible_task_are_error_messages() {
+    let el = transcriber("base");
+    el.set_property("language", "xx");
+    let text = pause_error(&el);
+    assert!(text.contains("\"xx\""), "{text}");
+
+    let el = transcriber("tiny.en");
+    el.set_property_from_str("task", "translate");
+    let text = pause_error(&el);
+    assert!(text.contains("cannot translate"), "{text}");
 }

@@ -661,20 +661,7 @@ fn child_element_xdna_missing() {
         println!("an NPU is present: nothing to check");
         return;
     }
-    let el = element("tiny.en", "xdna");
-    let pipeline = gst::Pipeline::new();
-    pipeline.add(&el).unwrap();
-    assert!(pipeline.set_state(gst::State::Paused).is_err());
-    let msg = pipeline
-        .bus()
-        .unwrap()
-        .timed_pop_filtered(gst::ClockTime::from_seconds(5), &[gst::MessageType::Error])
-        .expect("an error message on the bus");
-    pipeline.set_state(gst::State::Null).unwrap();
-    let gst::MessageView::Error(e) = msg.view() else {
-        unreachable!()
-    };
-    let text = e.error().to_string();
+    let text = common::pause_error(&element("tiny.en", "xdna"));
     println!("error on the bus: {text}");
     assert!(text.contains("backend=xdna"), "{text}");
     assert!(text.contains(xdna::DEFAULT_DEVICE), "{text}");

@@ -133,3 +133,22 @@ pub fn word_errors(reference: &[&str], hypothesis: &[&str]) -> usize {
     }
     prev[hypothesis.len()]
 }
+
+/// Puts `element` alone in a pipeline, checks that PAUSED fails, and returns the error text the
+/// element posted on the bus.
+pub fn pause_error(element: &gst::Element) -> String {
+    use gst::prelude::*;
+    let pipeline = gst::Pipeline::new();
+    pipeline.add(element).unwrap();
+    assert!(pipeline.set_state(gst::State::Paused).is_err());
+    let msg = pipeline
+        .bus()
+        .unwrap()
+        .timed_pop_filtered(gst::ClockTime::from_seconds(5), &[gst::MessageType::Error])
+        .expect("an error message on the bus");
+    pipeline.set_state(gst::State::Null).unwrap();
+    match msg.view() {
+        gst::MessageView::Error(e) => e.error().to_string(),
+        _ => unreachable!(),
+    }
+}
