@@ -87,6 +87,35 @@ impl CrossKv {
     }
 }
 
+/// Cross-attention scores of chosen heads, filled in as the layers run.
+struct CrossCapture<'a> {
+    heads: &'a [(usize, usize)],
+    scores: Vec<Array2<f32>>,
+}
+
+impl CrossCapture<'_> {
+    /// Records layer `layer`'s heads of interest from its queries and the window's keys.
+    fn record(&mut self, layer: usize, q: ArrayView2<f32>, k: ArrayView2<f32>, dh: usize) {
+        let scale = 1.0 / (dh as f32).sqrt();
+        for (&(l, h), out) in self.heads.iter().zip(self.scores.iter_mut()) {
+            if l != layer || (h + 1) * dh > q.ncols() {
+                continue;
+            }
+            let cols = h * dh..(h + 1) * dh;
+            let mut sc = Array2::<f32>::zeros((q.nrows(), k.nrows()));
+            matmul(
+                q.slice(s![.., cols.clone()]),
+                k.slice(s![.., cols]).t(),
+                sc.view_mut(),
+                false,
+                Parallel::None,
+            );
+            sc *= scale;
+            *out = sc;
+        }
+    }
+}
+
 /// Self-attention keys and values of a batch of token sequences of equal length.
 #[derive(Clone)]
 pub struct KvCache {
@@ -312,6 +341,36 @@ impl Decoder {
         tokens: &[u32],
         t: usize,
     ) -> Array2<f32> {
+        self.forward_impl(cache, cross, tokens, t, None)
+    }
+
+    /// Runs one token sequence from the start (a fresh cache) and returns, for each `(layer, head)`
+    /// of `heads`, its cross-attention scores before the softmax: `q k^T / sqrt(d_head)`,
+    /// `tokens.len() x positions`. Heads the model does not have are left empty (0 x 0).
+    /// This is what word alignment reads (OpenAI's `find_alignment`).
+    pub fn cross_attention_scores(
+        &self,
+        cross: &CrossKv,
+        tokens: &[u32],
+        heads: &[(usize, usize)],
+    ) -> Vec<Array2<f32>> {
+        let mut cache = self.new_cache();
+        let mut capture = CrossCapture {
+            heads,
+            scores: vec![Array2::zeros((0, 0)); heads.len()],
+        };
+        self.forward_impl(&mut cache, cross, tokens, tokens.len(), Some(&mut capture));
+        capture.scores
+    }
+
+    fn forward_impl(
+        &self,
+        cache: &mut KvCache,
+        cross: &CrossKv,
+        tokens: &[u32],
+        t: usize,
+        mut capture: Option<&mut CrossCapture<'_>>,
+    ) -> Array2<f32> {
         let b = cache.batch;
         assert_eq!(tokens.len(), b * t, "tokens must be batch x t");
         assert!(cache.len + t <= cache.capacity, "text context exceeded");
@@ -377,6 +436,10 @@ impl Decoder {
                     None,
                     att.view_mut(),
                 );
+                if let Some(cap) = capture.as_deref_mut() {
+                    let dh = d / self.dims.n_decoder_heads;
+                    cap.record(li, qkv.slice(s![.., ..d]), kv.slice(s![.., ..d]), dh);
+                }
                 layer.out_cross.forward(att.view(), proj.view_mut());
                 x += &proj;
 

@@ -24,7 +24,13 @@
 //!   align, the short window is decoded;
 //! - a window whose loudest 20 ms is below -60 dBFS is silent without running the model, and
 //!   emitted segments are narrowed to the loud part of their span (better start times after
-//!   pauses).
+//!   pauses);
+//! - a window that yields no text but ends in speech begun after a pause (Whisper says nothing of
+//!   words cut by the window's end, or calls the window silent) is followed by one starting half
+//!   a second before that speech, not at its end;
+//! - segment times shown are where their words are by the decoder's cross-attention
+//!   ([`alignment`], OpenAI's word timestamps); the seek positions, prompt and look-back keep
+//!   following the timestamp tokens, so the text does not depend on the alignment.
 
 use std::time::{Duration, Instant};
 
@@ -35,6 +41,7 @@ use crate::model::{ModelError, WhisperModel};
 use crate::npu;
 use crate::window::{EncoderOptions, SetupError, WindowEncoder};
 
+pub mod alignment;
 mod decoding;
 pub mod text;
 
@@ -105,6 +112,9 @@ pub struct TranscribeOptions {
     pub seed: u64,
     /// Decoder threads; 0 means one per core.
     pub decoder_threads: usize,
+    /// Segment times from where their words are (cross-attention alignment) rather than from the
+    /// timestamp tokens alone.
+    pub word_timestamps: bool,
 }
 
 impl Default for TranscribeOptions {
@@ -129,6 +139,7 @@ impl Default for TranscribeOptions {
             silence_threshold_db: Some(-60.0),
             seed: 0,
             decoder_threads: 0,
+            word_timestamps: true,
         }
     }
 }
@@ -222,6 +233,8 @@ struct Emit {
     start: u64,
     end: u64,
     tokens: Vec<u32>,
+    /// Where its words are by the cross-attention alignment (stream samples), when known.
+    words: Option<(u64, u64)>,
 }
 
 /// Narrows `[start, end]` (stream samples) to the loud frames in it, with 0.1 s to spare on each
@@ -326,6 +339,10 @@ pub struct Transcriber {
     rng: Rng,
     /// The seek position of the last window decoded again without the prompt (see `process`).
     retried_at: Option<u64>,
+    /// End of the last segment emitted (as shown).
+    shown_until: u64,
+    /// The decoder's (layer, head) pairs that follow the speech; none: no word alignment.
+    alignment_heads: Vec<(usize, usize)>,
     debug: bool,
 }
 
@@ -431,7 +448,20 @@ impl Transcriber {
             .map(|p| tokenizer.encode(&format!(" {}", p.trim())))
             .unwrap_or_default();
         let seed = options.seed;
+        let dims = model.dims();
+        let alignment_heads = if options.word_timestamps {
+            model
+                .config()
+                .alignment_heads
+                .iter()
+                .copied()
+                .filter(|&(l, h)| l < dims.n_decoder_layers && h < dims.n_decoder_heads)
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(Transcriber {
+            alignment_heads,
             tokenizer,
             decoder,
             encoder,
@@ -451,6 +481,7 @@ impl Transcriber {
             window_index: 0,
             rng: Rng::new(seed),
             retried_at: None,
+            shown_until: 0,
             debug: std::env::var_os("WHISPERENCNPU_DEBUG_DECODE").is_some(),
         })
     }
@@ -550,6 +581,7 @@ impl Transcriber {
         self.history.clear();
         self.recent.clear();
         self.last_words.clear();
+        self.shown_until = start_sample;
         if !self.language_fixed {
             self.language = None;
         }
@@ -691,7 +723,7 @@ impl Transcriber {
         last: bool,
         prompt_before: u64,
         timing: &mut TranscribeTiming,
-    ) -> (DecodeResult, bool, Option<u32>) {
+    ) -> (DecodeResult, bool, Option<u32>, CrossKv) {
         let off = (window_start - self.buffer_start) as usize;
         let (encoded, enc_timing) = self.encoder.encode(&self.buffer[off..off + n]);
         timing.mel += enc_timing.mel;
@@ -719,7 +751,7 @@ impl Transcriber {
         }
         let (result, failed) = self.decode_with_fallback(&cross, params, last, timing);
         timing.decoder += t0.elapsed();
-        (result, failed, language)
+        (result, failed, language, cross)
     }
 
     fn process(&mut self, at_end: bool) -> WindowResult {
@@ -740,9 +772,13 @@ impl Transcriber {
         if lookback >= SAMPLE_RATE as usize && !self.is_quiet(self.seek, available) {
             let start = self.seek - lookback as u64;
             let n = lookback + available;
-            let (result, failed, language) = self.run_window(start, n, true, start, &mut timing);
+            let (result, failed, language, cross) =
+                self.run_window(start, n, true, start, &mut timing);
             if !failed && !self.is_silence(&result) {
-                if let Some(emit) = self.align_lookback(start, n, &result.tokens) {
+                if let Some((mut emit, k)) = self.align_lookback(start, n, &result.tokens) {
+                    let t0 = Instant::now();
+                    self.align_words(&cross, language, start, n, &result.tokens, k, &mut emit);
+                    timing.decoder += t0.elapsed();
                     let mut out =
                         self.window_result(index, start, n, true, &result, failed, language);
                     self.lock_language(language);
@@ -804,28 +840,40 @@ impl Transcriber {
             self.advance(out.next_seek);
             return out;
         }
-        let (result, failed, language) = self.run_window(start, n, last, start, &mut timing);
+        let (result, failed, language, cross) = self.run_window(start, n, last, start, &mut timing);
         let mut out = self.window_result(index, start, n, last, &result, failed, language);
         out.timing = timing;
         if out.no_speech {
+            if !last {
+                out.next_seek = self.stop_before_trailing_speech(start, n, out.next_seek);
+            }
             self.advance(out.next_seek);
             return out;
         }
         self.lock_language(language);
         let (raw, seek_ts) = self.select_segments(&result.tokens, n, last);
-        let emit = raw
+        let mut emit: Vec<Emit> = raw
             .into_iter()
             .map(|s| Emit {
                 start: start + u64::from(s.start) * SAMPLES_PER_TIMESTAMP,
                 end: start + u64::from(s.end.unwrap_or(seek_ts)) * SAMPLES_PER_TIMESTAMP,
                 tokens: s.tokens,
+                words: None,
             })
             .collect();
+        let t0 = Instant::now();
+        self.align_words(&cross, language, start, n, &result.tokens, 0, &mut emit);
+        out.timing.decoder += t0.elapsed();
         let untranscribed = self.emit(&mut out, emit, &result);
         out.next_seek = if last {
             start + n as u64
         } else {
-            start + (u64::from(seek_ts) * SAMPLES_PER_TIMESTAMP).min(n as u64)
+            let seek = start + (u64::from(seek_ts) * SAMPLES_PER_TIMESTAMP).min(n as u64);
+            if out.segments.is_empty() {
+                self.stop_before_trailing_speech(start, n, seek)
+            } else {
+                seek // the next window starts after the text said, with what follows it
+            }
         };
         // Speech the model answered with the previous text: decode it again from there without the
         // prompt that led it astray (once per position, so this always moves on).
@@ -853,7 +901,8 @@ impl Transcriber {
     /// The segments of a look-back decode (window from `start`, `n` samples) that come after
     /// the words already emitted: the decoded words are aligned with the emitted ones that overlap
     /// the window (the first of which may begin before it). `None` when they do not match well.
-    fn align_lookback(&self, start: u64, n: usize, tokens: &[u32]) -> Option<Vec<Emit>> {
+    /// Also returns the index in `tokens` where the new part begins.
+    fn align_lookback(&self, start: u64, n: usize, tokens: &[u32]) -> Option<(Vec<Emit>, usize)> {
         let overlap: Vec<&(u64, u64, Vec<String>)> =
             self.recent.iter().filter(|r| r.1 > start).collect();
         let mut target: Vec<String> = Vec::new();
@@ -908,21 +957,103 @@ impl Transcriber {
         }
         let max_ts = (n as u64 / SAMPLES_PER_TIMESTAMP) as u32;
         let seek = self.seek;
-        Some(
-            self.plausible(split_segments(&self.tokenizer, rest))
-                .into_iter()
-                .filter(|s| self.has_text(s) && s.start + END_SLACK < max_ts)
-                .map(|s| {
-                    let at = |ts: u32| start + u64::from(ts) * SAMPLES_PER_TIMESTAMP;
-                    let begin = at(s.start).max(seek);
-                    Emit {
-                        start: begin,
-                        end: at(s.end.unwrap_or(max_ts)).max(begin),
-                        tokens: s.tokens,
-                    }
-                })
-                .collect(),
-        )
+        let emit = self
+            .plausible(split_segments(&self.tokenizer, rest))
+            .into_iter()
+            .filter(|s| self.has_text(s) && s.start + END_SLACK < max_ts)
+            .map(|s| {
+                let at = |ts: u32| start + u64::from(ts) * SAMPLES_PER_TIMESTAMP;
+                let begin = at(s.start).max(seek);
+                Emit {
+                    start: begin,
+                    end: at(s.end.unwrap_or(max_ts)).max(begin),
+                    tokens: s.tokens,
+                    words: None,
+                }
+            })
+            .collect();
+        Some((emit, k))
+    }
+
+    /// Sets where the words of each segment of `emit` are, by aligning all the text of the
+    /// window's decoded `tokens` with its audio (`n` samples from `window_start`) through the
+    /// decoder's alignment heads. The segments are, in order, pieces of `tokens[from..]`.
+    #[allow(clippy::too_many_arguments)]
+    fn align_words(
+        &self,
+        cross: &CrossKv,
+        language: Option<u32>,
+        window_start: u64,
+        n: usize,
+        tokens: &[u32],
+        from: usize,
+        emit: &mut [Emit],
+    ) {
+        let heads = &self.alignment_heads;
+        if heads.is_empty() || emit.is_empty() {
+            return;
+        }
+        let is_text = |t: &&u32| self.tokenizer.is_text(**t);
+        let text: Vec<u32> = tokens.iter().filter(is_text).copied().collect();
+        if text.is_empty() || text.len() + 8 > self.decoder.n_text_ctx() {
+            return;
+        }
+        let sp = self.tokenizer.special();
+        let mut seq = vec![sp.sot];
+        if self.tokenizer.is_multilingual() {
+            seq.extend(language);
+            let task = match self.options.task {
+                Task::Transcribe => sp.transcribe,
+                Task::Translate => sp.translate,
+            };
+            seq.extend(task);
+        }
+        let prefix = seq.len();
+        seq.push(sp.no_timestamps);
+        seq.extend_from_slice(&text);
+        seq.push(sp.eot);
+        let scores = self.decoder.cross_attention_scores(cross, &seq, heads);
+        let positions = n / SAMPLES_PER_TIMESTAMP as usize;
+        let Some(starts) = alignment::token_positions(&scores, prefix, text.len(), positions)
+        else {
+            return;
+        };
+        let at = |p: usize| window_start + p as u64 * SAMPLES_PER_TIMESTAMP;
+        let mut cursor = tokens[..from.min(tokens.len())]
+            .iter()
+            .filter(is_text)
+            .count();
+        for e in emit.iter_mut() {
+            let seg: Vec<u32> = e.tokens.iter().filter(is_text).copied().collect();
+            if seg.is_empty() {
+                continue;
+            }
+            let Some(i) = text[cursor.min(text.len())..]
+                .windows(seg.len())
+                .position(|w| w == seg.as_slice())
+            else {
+                continue;
+            };
+            let first = cursor + i;
+            cursor = first + seg.len();
+            // The end of the text is where <|endoftext|> takes over, which the attention places
+            // late (it spreads over what follows); the timestamp is better there.
+            let end = if cursor == text.len() {
+                e.end
+            } else {
+                at(starts[cursor])
+            };
+            e.words = Some((at(starts[first]), end));
+            if self.debug {
+                eprintln!(
+                    "  words at {:.2}-{:.2} s (timestamps {:.2}-{:.2} s)",
+                    at(starts[first]) as f64 / 16000.0,
+                    at(starts[cursor]) as f64 / 16000.0,
+                    e.start as f64 / 16000.0,
+                    e.end as f64 / 16000.0
+                );
+            }
+        }
     }
 
     /// Turns the chosen segments into [`Segment`]s of `out`, dropping one the previous window
@@ -955,9 +1086,20 @@ impl Transcriber {
                 }
                 continue;
             }
-            let start = s.start.clamp(self.seek.min(window_end), window_end);
-            let end = s.end.clamp(start, window_end);
-            let (start, end) = trim_to_speech(&loud, out.start_sample, start, end);
+            // The span by the timestamp tokens: what the decoding state (prompt, look-back)
+            // follows, as the seek positions do.
+            let span = |start: u64, end: u64, floor: u64| {
+                let start = start.clamp(floor.min(window_end), window_end);
+                let end = end.clamp(start, window_end);
+                trim_to_speech(&loud, out.start_sample, start, end)
+            };
+            let (ts_start, ts_end) = span(s.start, s.end, self.seek);
+            // The span shown: where the words are, when the alignment found them, not before the
+            // text shown last ends.
+            let (start, end) = match s.words.filter(|w| w.1 > w.0) {
+                Some((a, b)) => span(a, b, self.seek.max(self.shown_until)),
+                None => (ts_start, ts_end),
+            };
             // Text over silence is the model talking to itself (often the prompt again): a
             // segment must have loud audio under it, enough for its words.
             // (Over the span the model gave: clamping to the seek may collapse it.)
@@ -970,8 +1112,9 @@ impl Transcriber {
                 continue;
             }
             emitted_words.extend(words.iter().cloned());
-            self.recent.push((start, end, words));
-            self.history.push((end, s.tokens.clone()));
+            self.recent.push((ts_start, ts_end, words));
+            self.history.push((ts_end, s.tokens.clone()));
+            self.shown_until = end;
             out.segments.push(Segment {
                 start_sample: start,
                 end_sample: end,
@@ -996,6 +1139,55 @@ impl Transcriber {
         let horizon = window_end.saturating_sub(2 * WINDOW_SAMPLES as u64);
         self.recent.retain(|r| r.1 > horizon);
         untranscribed
+    }
+
+    /// Where the next window should start instead of `seek` when speech begins shortly before
+    /// the end of this window (`n` samples from `start`) after a pause: half a second before that
+    /// speech. Whisper often says nothing of words cut at a window's end (or judges the window
+    /// silent), and moving on to the window's end would lose their beginning.
+    fn stop_before_trailing_speech(&self, start: u64, n: usize, seek: u64) -> u64 {
+        let loud = self.loud_frames(start, n);
+        let Some(last_loud) = loud.iter().rposition(|&l| l) else {
+            return seek;
+        };
+        // Speech must run up to the window's end (within 0.5 s) ...
+        let frames_per_second = (u64::from(SAMPLE_RATE) / SAMPLES_PER_TIMESTAMP) as usize;
+        if last_loud + frames_per_second / 2 < loud.len() {
+            return seek;
+        }
+        // ... and start after a pause of at least 0.5 s.
+        let pause = frames_per_second / 2;
+        let mut onset = last_loud;
+        let mut quiet = 0;
+        for i in (0..last_loud).rev() {
+            if loud[i] {
+                onset = i;
+                quiet = 0;
+            } else {
+                quiet += 1;
+                if quiet >= pause {
+                    break;
+                }
+            }
+        }
+        if quiet < pause {
+            return seek; // speech all along
+        }
+        let at = (start + onset as u64 * SAMPLES_PER_TIMESTAMP)
+            .saturating_sub(u64::from(SAMPLE_RATE) / 2);
+        // Always move on by a second at least.
+        if at < seek && at >= start + u64::from(SAMPLE_RATE) {
+            if self.debug {
+                eprintln!(
+                    "  speech from {:.2} s runs into the window's end: next window from {:.2} s",
+                    (start + onset as u64 * SAMPLES_PER_TIMESTAMP) as f64 / 16000.0,
+                    at as f64 / 16000.0
+                );
+            }
+            at
+        } else {
+            seek
+        }
     }
 
     /// Whether the loudest 20 ms of the `n` samples from `start` are below the silence threshold.
