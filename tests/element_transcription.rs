@@ -185,3 +185,86 @@ fn unknown_language_and_impossible_task_are_error_messages() {
     let text = pause_error(&el);
     assert!(text.contains("cannot translate"), "{text}");
 }
+
+/// Every segment message carries its words, each inside the segment, in order, spelling the
+/// segment's text; and a word is where the speech is: none lies inside one of jfk's pauses.
+#[test]
+fn segment_messages_carry_word_times_on_the_speech() {
+    let jfk: Vec<f32> = jfk_samples().iter().map(|&s| s as f32 / 32768.0).collect();
+    let out = run("base", &jfk);
+    // jfk's pauses: 20 ms frames 30 dB below the loudest, in runs of 0.3 s or more.
+    let frame_db: Vec<f32> = jfk
+        .chunks(320)
+        .map(|c| {
+            10.0 * (c.iter().map(|v| v * v).sum::<f32>() / c.len() as f32)
+                .max(1e-12)
+                .log10()
+        })
+        .collect();
+    let loudest = frame_db.iter().cloned().fold(f32::MIN, f32::max);
+    let mut pauses = Vec::new(); // seconds
+    let mut run_start = None;
+    for (i, &db) in frame_db.iter().chain([f32::MAX].iter()).enumerate() {
+        match (db < loudest - 30.0, run_start) {
+            (true, None) => run_start = Some(i),
+            (false, Some(a)) => {
+                if i - a >= 15 {
+                    pauses.push((a as f64 * 0.02, i as f64 * 0.02));
+                }
+                run_start = None;
+            }
+            _ => {}
+        }
+    }
+    println!("pauses {pauses:?}");
+    let inner: Vec<_> = pauses
+        .iter()
+        .filter(|&&(a, b)| a > 0.5 && b < jfk.len() as f64 / 16000.0 - 0.5)
+        .collect();
+    assert!(!inner.is_empty(), "jfk has pauses between its phrases");
+
+    let mut all_words = Vec::new();
+    for s in &out.segments {
+        let start = s.get::<gst::ClockTime>("start").unwrap();
+        let end = s.get::<gst::ClockTime>("end").unwrap();
+        let list = s.get::<gst::Array>("words").expect("words");
+        assert!(!list.is_empty(), "no words in {s}");
+        let mut texts = Vec::new();
+        let mut last = start;
+        for w in list.iter() {
+            let w = w.get::<gst::Structure>().unwrap();
+            let (ws, we) = (
+                w.get::<gst::ClockTime>("start").unwrap(),
+                w.get::<gst::ClockTime>("end").unwrap(),
+            );
+            let text = w.get::<String>("text").unwrap();
+            println!("{:6.2} {:6.2} {text}", ws.seconds_f64(), we.seconds_f64());
+            assert!(
+                ws >= last && we >= ws && we <= end,
+                "{text} at {ws}-{we} in {start}-{end}"
+            );
+            last = ws;
+            texts.push(text.clone());
+            all_words.push((ws.seconds_f64(), we.seconds_f64(), text));
+        }
+        assert_eq!(
+            words(&texts.join(" ")),
+            words(s.get::<&str>("text").unwrap())
+        );
+    }
+    assert_eq!(all_words.len(), 22, "{all_words:?}");
+    // No word is inside a pause (with 0.1 s of slack for the 20 ms alignment steps).
+    for (ws, we, text) in &all_words {
+        for &&(a, b) in &inner {
+            let overlap = we.min(b) - ws.max(a);
+            assert!(
+                overlap < (b - a) - 0.1 || (b - a) < 0.2,
+                "{text:?} at {ws:.2}-{we:.2} s spans the pause {a:.2}-{b:.2} s"
+            );
+            assert!(
+                !(*ws >= a + 0.1 && *we <= b - 0.1),
+                "{text:?} at {ws:.2}-{we:.2} s lies in the pause {a:.2}-{b:.2} s"
+            );
+        }
+    }
+}

@@ -164,6 +164,18 @@ pub struct Segment {
     pub temperature: f32,
     /// Language code (`"en"`), `None` for English-only models.
     pub language: Option<String>,
+    /// Its words and where each is, when the model has alignment heads (empty otherwise).
+    pub words: Vec<Word>,
+}
+
+/// A word of a [`Segment`] and where it is (from the decoder's cross-attention).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Word {
+    /// As written, punctuation attached, without the leading space.
+    pub text: String,
+    /// Start and end as stream samples, inside the segment's span.
+    pub start_sample: u64,
+    pub end_sample: u64,
 }
 
 /// Time spent on one window.
@@ -235,6 +247,8 @@ struct Emit {
     tokens: Vec<u32>,
     /// Where its words are by the cross-attention alignment (stream samples), when known.
     words: Option<(u64, u64)>,
+    /// Each word and where it is (stream samples), when known.
+    word_list: Vec<Word>,
 }
 
 /// Narrows `[start, end]` (stream samples) to the loud frames in it, with 0.1 s to spare on each
@@ -260,6 +274,42 @@ fn trim_to_speech(loud: &[bool], window_start: u64, start: u64, end: u64) -> (u6
         .max(start);
     let new_end = (window_start + (first + b + 1) as u64 * sps + pad).min(end);
     (new_start, new_end.max(new_start))
+}
+
+/// A word's span narrowed to its loudest island: the alignment runs words edge to edge, so a
+/// word after a pause starts where the one before it ended. Islands are runs of loud frames
+/// with gaps under 0.2 s (a stop consonant's closure is shorter); the one with the most loud
+/// frames is kept. Unchanged when nothing in it is loud.
+fn loudest_island(loud: &[bool], window_start: u64, start: u64, end: u64) -> (u64, u64) {
+    const MAX_GAP: usize = 10;
+    let sps = SAMPLES_PER_TIMESTAMP;
+    let first = ((start.saturating_sub(window_start)) / sps) as usize;
+    let last = (end.saturating_sub(window_start).div_ceil(sps) as usize).min(loud.len());
+    if first >= last {
+        return (start, end);
+    }
+    // (first loud frame, last loud frame, loud frames) of each island.
+    let mut best: Option<(usize, usize, usize)> = None;
+    let mut cur: Option<(usize, usize, usize)> = None;
+    for (i, _) in loud[first..last].iter().enumerate().filter(|(_, &l)| l) {
+        cur = match cur {
+            Some((a, b, n)) if i - b <= MAX_GAP => Some((a, i, n + 1)),
+            done => {
+                if done.is_some_and(|d| best.is_none_or(|b| d.2 > b.2)) {
+                    best = done;
+                }
+                Some((i, i, 1))
+            }
+        };
+    }
+    if cur.is_some_and(|d| best.is_none_or(|b| d.2 > b.2)) {
+        best = cur;
+    }
+    let Some((a, b, _)) = best else {
+        return (start, end);
+    };
+    let at = |f: usize| window_start + (first + f) as u64 * sps;
+    (at(a).max(start), at(b + 1).min(end).max(at(a).max(start)))
 }
 
 /// Seconds of loud frames in `[start, end]` (stream samples).
@@ -859,6 +909,7 @@ impl Transcriber {
                 end: start + u64::from(s.end.unwrap_or(seek_ts)) * SAMPLES_PER_TIMESTAMP,
                 tokens: s.tokens,
                 words: None,
+                word_list: Vec::new(),
             })
             .collect();
         let t0 = Instant::now();
@@ -969,6 +1020,7 @@ impl Transcriber {
                     end: at(s.end.unwrap_or(max_ts)).max(begin),
                     tokens: s.tokens,
                     words: None,
+                    word_list: Vec::new(),
                 }
             })
             .collect();
@@ -1044,6 +1096,7 @@ impl Transcriber {
                 at(starts[cursor])
             };
             e.words = Some((at(starts[first]), end));
+            e.word_list = self.words_of(&text[first..cursor], &starts[first..=cursor], &at, end);
             if self.debug {
                 eprintln!(
                     "  words at {:.2}-{:.2} s (timestamps {:.2}-{:.2} s)",
@@ -1127,6 +1180,21 @@ impl Transcriber {
                 compression_ratio: result.compression_ratio,
                 temperature: result.temperature,
                 language: out.language.clone(),
+                words: s
+                    .word_list
+                    .into_iter()
+                    .map(|w| {
+                        let a = w.start_sample.clamp(start, end);
+                        let b = w.end_sample.clamp(a, end);
+                        let (start_sample, end_sample) =
+                            loudest_island(&loud, out.start_sample, a, b);
+                        Word {
+                            start_sample,
+                            end_sample,
+                            text: w.text,
+                        }
+                    })
+                    .collect(),
             });
         }
         if !emitted_words.is_empty() {
@@ -1188,6 +1256,43 @@ impl Transcriber {
         } else {
             seek
         }
+    }
+
+    /// Splits aligned text tokens into words: a word starts at a token that begins with a space
+    /// (or the first), and tokens without letters or digits stay with the word before them.
+    /// `starts` has one more entry than `tokens` (where the last ends); the last word ends at `end`.
+    fn words_of(
+        &self,
+        tokens: &[u32],
+        starts: &[usize],
+        at: &dyn Fn(usize) -> u64,
+        end: u64,
+    ) -> Vec<Word> {
+        let mut words: Vec<(Vec<u8>, usize, usize)> = Vec::new(); // bytes, first token, end token
+        for (i, &t) in tokens.iter().enumerate() {
+            let bytes = self.tokenizer.token_bytes(t);
+            let text = String::from_utf8_lossy(bytes);
+            let new_word = text.starts_with(' ') && text.chars().any(char::is_alphanumeric);
+            match words.last_mut() {
+                Some(w) if !new_word => {
+                    w.0.extend_from_slice(bytes);
+                    w.2 = i + 1;
+                }
+                _ => words.push((bytes.to_vec(), i, i + 1)),
+            }
+        }
+        words
+            .into_iter()
+            .map(|(bytes, a, b)| Word {
+                text: String::from_utf8_lossy(&bytes).trim().to_string(),
+                start_sample: at(starts[a]),
+                end_sample: if b == tokens.len() {
+                    end
+                } else {
+                    at(starts[b])
+                },
+            })
+            .collect()
     }
 
     /// Whether the loudest 20 ms of the `n` samples from `start` are below the silence threshold.

@@ -440,7 +440,7 @@ impl WhisperEncNpu {
                 );
             }
             let words = segment.text.trim();
-            self.post(segment_message(segment, words, start, end));
+            self.post(segment_message(segment, words, start, end, at));
             let mut buffer = gst::Buffer::from_mut_slice(words.as_bytes().to_vec());
             {
                 let buffer = buffer.get_mut().unwrap();

@@ -49,12 +49,22 @@ impl TimingReport {
     }
 }
 
+/// `words` is an array of `word` structures (`text`, `start`, `end`), in stream time like the
+/// segment's own `start` and `end`, when the model can align words.
 pub(super) fn segment_message(
     segment: &Segment,
     text: &str,
     start: gst::ClockTime,
     end: gst::ClockTime,
+    at: impl Fn(u64) -> gst::ClockTime,
 ) -> gst::Structure {
+    let words = gst::Array::new(segment.words.iter().map(|w| {
+        gst::Structure::builder("word")
+            .field("text", w.text.as_str())
+            .field("start", at(w.start_sample).clamp(start, end))
+            .field("end", at(w.end_sample).clamp(start, end))
+            .build()
+    }));
     gst::Structure::builder("whisperencnpu-segment")
         .field("text", text)
         .field("start", start)
@@ -62,5 +72,6 @@ pub(super) fn segment_message(
         .field("avg-logprob", segment.avg_logprob)
         .field("no-speech-prob", segment.no_speech_prob)
         .field("language", segment.language.as_deref().unwrap_or("en"))
+        .field("words", words)
         .build()
 }
