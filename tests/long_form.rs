@@ -27,8 +27,17 @@ fn offset(clip: &[f32]) -> usize {
 /// Two minutes: jfk and the five espeak clips with 9 s pauses, through the element (base).
 /// Returns the clips' (speech onset, end) in seconds, where their speech ends, the reference text
 /// and the segments.
+/// Run once for both tests (half a minute of decoding).
 #[allow(clippy::type_complexity)]
-fn transcribe_two_minutes() -> (Vec<(f64, f64)>, Vec<f64>, String, Vec<(f64, f64, String)>) {
+fn transcribe_two_minutes() -> &'static (Vec<(f64, f64)>, Vec<f64>, String, Vec<(f64, f64, String)>)
+{
+    static RUN: std::sync::OnceLock<(Vec<(f64, f64)>, Vec<f64>, String, Vec<(f64, f64, String)>)> =
+        std::sync::OnceLock::new();
+    RUN.get_or_init(run_two_minutes)
+}
+
+#[allow(clippy::type_complexity)]
+fn run_two_minutes() -> (Vec<(f64, f64)>, Vec<f64>, String, Vec<(f64, f64, String)>) {
     init_gst();
     let manifest = std::fs::read_to_string(shared_file("audio/eval/manifest.tsv")).unwrap();
     let clips: Vec<(String, String)> = manifest
@@ -117,7 +126,7 @@ fn two_minutes_of_speech_every_sentence_once_in_order() {
     );
 
     // No text in the pauses.
-    for (start, end, text) in &segments {
+    for (start, end, text) in segments {
         let inside = spans
             .iter()
             .any(|&(s, e)| *start >= s - 0.5 && *end <= e + 0.5);
@@ -136,7 +145,7 @@ fn two_minutes_of_speech_every_sentence_once_in_order() {
 #[test]
 fn two_minutes_of_speech_segments_start_and_end_with_the_speech() {
     let (spans, speech_ends, _, segments) = transcribe_two_minutes();
-    for (&(speech, clip_end), &speech_end) in spans.iter().zip(&speech_ends) {
+    for (&(speech, clip_end), &speech_end) in spans.iter().zip(speech_ends) {
         let clip: Vec<&(f64, f64, String)> = segments
             .iter()
             .filter(|(s, _, _)| *s >= speech - 0.5 && *s < clip_end)
