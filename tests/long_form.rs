@@ -108,7 +108,7 @@ fn two_minutes_of_speech_every_sentence_once_in_order() {
             .collect::<Vec<_>>()
             .join(" "),
     );
-    let ref_text = words(&reference);
+    let ref_text = words(reference);
     let hyp: Vec<&str> = hyp_text.split(' ').collect();
     let refw: Vec<&str> = ref_text.split(' ').collect();
     let wer = word_errors(&refw, &hyp) as f64 / refw.len() as f64;
