@@ -35,6 +35,13 @@ fmt:
 eval: setup
 	scripts/eval
 
+# The same, with faster-whisper run on the same clips in the same run (installed into
+# target/fw-venv from the package registry; same model directory, float32, same threads and
+# decoding options) and scored with our normalisation: both WERs side by side, plus the published one.
+.PHONY: eval-vs-faster-whisper
+eval-vs-faster-whisper: setup
+	scripts/eval --faster-whisper
+
 # Our encoder against CTranslate2 (installed into target/ct2-venv from the package registry): same
 # mel, weights and threads, medians and ratios in float32 and int8, accuracy against the golden
 # output; then the element's realtime factor and peak memory on 10 minutes of audio. Run it on an

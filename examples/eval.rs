@@ -1,15 +1,24 @@
 //! Word error rate of the transcriber on the evaluation clips (`../shared/audio/eval/manifest.tsv`),
-//! next to faster-whisper's published figures (`../shared/audio/README.md`).
+//! next to faster-whisper's published figures (`../shared/audio/README.md`), or next to
+//! faster-whisper's figures measured in the same run (`--faster-whisper`).
 //!
 //! ```text
 //! cargo run --release --example eval -- [--model base|tiny.en|DIR] [--manifest PATH]
 //!     [--language en|auto] [--beam N] [--no-prompt] [--threads N] [--verbose]
+//!     [--faster-whisper]          also run faster-whisper on the clips (see below)
 //!     [--file WAV ...]            transcribe these files instead, printing the segments
 //!     [--decoder-speed]           time one decoder step (batch 1 and 5) instead
 //! ```
 //!
 //! The audio is pushed in 0.5 s chunks as a live stream would bring it; windows are decoded as soon
 //! as they are full, and the rest at the end of the clip.
+//!
+//! `--faster-whisper` runs `scripts/faster_whisper_eval.py` first, with the Python of
+//! `$WHISPERENCNPU_FW_PYTHON` (set by `scripts/eval --faster-whisper`, which creates the virtual
+//! environment), else of `${CARGO_TARGET_DIR:-target}/fw-venv`: the same model directory in
+//! float32, the same thread count, language, beam size and prompt setting, everything else at
+//! faster-whisper's defaults (best_of 5, temperature fallback, no VAD). Its text is scored with our
+//! normalisation and word error count, like ours.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -28,6 +37,7 @@ struct Args {
     verbose: bool,
     files: Vec<PathBuf>,
     decoder_speed: bool,
+    faster_whisper: bool,
 }
 
 fn shared_dir() -> PathBuf {
@@ -39,7 +49,8 @@ fn shared_dir() -> PathBuf {
 fn usage() -> ! {
     eprintln!(
         "usage: eval [--model base|tiny.en|DIR] [--manifest PATH] [--language CODE|auto] \
-         [--beam N] [--no-prompt] [--threads N] [--verbose] [--file WAV ...] [--decoder-speed]"
+         [--beam N] [--no-prompt] [--threads N] [--verbose] [--faster-whisper] [--file WAV ...] \
+         [--decoder-speed]"
     );
     std::process::exit(2)
 }
@@ -56,6 +67,7 @@ fn parse_args() -> Args {
         verbose: false,
         files: Vec::new(),
         decoder_speed: false,
+        faster_whisper: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -81,6 +93,7 @@ fn parse_args() -> Args {
             "--verbose" | "-v" => a.verbose = true,
             "--file" => a.files.push(PathBuf::from(value())),
             "--decoder-speed" => a.decoder_speed = true,
+            "--faster-whisper" => a.faster_whisper = true,
             "--help" | "-h" => usage(),
             _ => usage(),
         }
@@ -154,6 +167,109 @@ fn reference_figures(readme: &Path) -> (Option<f64>, HashMap<String, f64>) {
     (overall, per_clip)
 }
 
+/// faster-whisper's transcription of one file.
+struct FwResult {
+    text: String,
+    seconds: f64,
+    audio_seconds: f64,
+}
+
+/// faster-whisper's run: versions, results by file.
+struct FwRun {
+    versions: String,
+    results: HashMap<String, FwResult>,
+}
+
+/// The Python of faster-whisper's virtual environment.
+fn fw_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("WHISPERENCNPU_FW_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest_dir.join("target"));
+    target.join("fw-venv/bin/python")
+}
+
+/// Runs `scripts/faster_whisper_eval.py` on the files with our settings; exits on failure.
+fn run_faster_whisper(args: &Args, threads: usize, files: &[PathBuf]) -> FwRun {
+    let python = fw_python();
+    if !python.exists() {
+        eprintln!(
+            "eval: faster-whisper's Python {} is missing: run `scripts/eval --faster-whisper` \
+             (or `make eval-vs-faster-whisper`), which creates its virtual environment, or set \
+             WHISPERENCNPU_FW_PYTHON",
+            python.display()
+        );
+        std::process::exit(1)
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/faster_whisper_eval.py");
+    let mut cmd = std::process::Command::new(&python);
+    cmd.arg(&script)
+        .arg("--model-dir")
+        .arg(&args.model)
+        .arg("--threads")
+        .arg(threads.to_string())
+        .arg("--language")
+        .arg(args.options.language.as_deref().unwrap_or("auto"))
+        .arg("--beam")
+        .arg(args.options.beam_size.max(1).to_string());
+    if !args.options.use_prompt {
+        cmd.arg("--no-prompt");
+    }
+    cmd.args(files)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit());
+    eprintln!(
+        "running faster-whisper on {} clips ({threads} threads)...",
+        files.len()
+    );
+    let out = cmd.output().unwrap_or_else(|e| {
+        eprintln!("eval: {} {}: {e}", python.display(), script.display());
+        std::process::exit(1)
+    });
+    if !out.status.success() {
+        eprintln!("eval: faster-whisper failed ({})", out.status);
+        std::process::exit(1)
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut run = FwRun {
+        versions: String::new(),
+        results: HashMap::new(),
+    };
+    for line in stdout.lines() {
+        let cols: Vec<&str> = line.split('\t').collect();
+        if cols.first() == Some(&"#") {
+            // #, faster-whisper, VERSION, ctranslate2, VERSION
+            run.versions = cols[1..]
+                .chunks(2)
+                .map(|c| c.join(" "))
+                .collect::<Vec<_>>()
+                .join(" on ");
+            continue;
+        }
+        if cols.len() < 4 {
+            continue;
+        }
+        run.results.insert(
+            cols[0].to_string(),
+            FwResult {
+                text: cols[1].to_string(),
+                seconds: cols[2].parse().unwrap_or(f64::NAN),
+                audio_seconds: cols[3].parse().unwrap_or(f64::NAN),
+            },
+        );
+    }
+    for f in files {
+        if !run.results.contains_key(&f.to_string_lossy().into_owned()) {
+            eprintln!("eval: faster-whisper gave no result for {}", f.display());
+            std::process::exit(1)
+        }
+    }
+    run
+}
+
 /// The README's name of a clip: `jfk`, `espeak-1`, `espeak-1 noisy`, `long-form`.
 fn clip_name(file: &str) -> String {
     let stem = Path::new(file)
@@ -214,6 +330,20 @@ fn main() {
     });
     let base = args.manifest.parent().unwrap_or(Path::new("."));
     let (fw_overall, fw_clips) = reference_figures(&base.join("../README.md"));
+    let clips: Vec<(&str, &str)> = manifest
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_once('\t'))
+        .collect();
+    let fw = args.faster_whisper.then(|| {
+        let threads = if args.threads > 0 {
+            args.threads
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        };
+        let files: Vec<PathBuf> = clips.iter().map(|(f, _)| base.join(f)).collect();
+        (run_faster_whisper(&args, threads, &files), threads)
+    });
     println!(
         "model {} ({}), {}, language {}, prompt {}",
         args.model.display(),
@@ -230,17 +360,31 @@ fn main() {
         args.options.language.as_deref().unwrap_or("auto"),
         if args.options.use_prompt { "on" } else { "off" },
     );
-    println!(
-        "{:<28} {:>6} {:>6} {:>7} {:>14} {:>9}",
-        "clip", "words", "errors", "WER", "faster-whisper", "RTF"
-    );
+    if let Some((run, threads)) = &fw {
+        println!(
+            "{}, measured in this run: same model directory, float32, {threads} threads, same \
+             decoding options, its text scored as ours (published: ../shared/audio/README.md)",
+            run.versions
+        );
+        println!(
+            "{:<28} {:>6} | {:<22} | {:<29} | {:>9}",
+            "", "", "ours", "faster-whisper, this run", "faster-w."
+        );
+        println!(
+            "{:<28} {:>6} | {:>6} {:>7} {:>7} | {:>9} {:>9} {:>9} | {:>9}",
+            "clip", "words", "errors", "WER", "RTF", "errors", "WER", "RTF", "published"
+        );
+    } else {
+        println!(
+            "{:<28} {:>6} {:>6} {:>7} {:>14} {:>9}",
+            "clip", "words", "errors", "WER", "faster-whisper", "RTF"
+        );
+    }
     let (mut total_words, mut total_errors) = (0usize, 0usize);
     let mut total_audio = 0.0f64;
     let mut total_time = Duration::ZERO;
-    for line in manifest.lines().skip(1) {
-        let Some((file, reference)) = line.split_once('\t') else {
-            continue;
-        };
+    let (mut fw_errors_total, mut fw_time, mut fw_audio) = (0usize, 0.0f64, 0.0f64);
+    for &(file, reference) in &clips {
         let path = base.join(file);
         let started = Instant::now();
         let windows = match transcribe(&mut t, &path, args.verbose) {
@@ -268,32 +412,73 @@ fn main() {
         total_audio += audio;
         total_time += elapsed;
         let name = clip_name(file);
-        let fw = fw_clips
+        let published = fw_clips
             .get(&name)
             .map_or("-".to_string(), |v| format!("{v:.3}"));
-        println!(
-            "{:<28} {:>6} {:>6} {:>7.3} {:>14} {:>9.3}",
-            file,
-            r.len(),
-            errors,
-            errors as f64 / r.len().max(1) as f64,
-            fw,
-            elapsed.as_secs_f64() / audio.max(1e-9)
-        );
+        let wer = errors as f64 / r.len().max(1) as f64;
+        let rtf = elapsed.as_secs_f64() / audio.max(1e-9);
+        let mut fw_hyp = None;
+        if let Some((run, _)) = &fw {
+            let res = &run.results[&path.to_string_lossy().into_owned()];
+            let fh = normalize_english(&res.text);
+            let fe = word_errors(&r, &fh);
+            fw_errors_total += fe;
+            fw_time += res.seconds;
+            fw_audio += res.audio_seconds;
+            println!(
+                "{:<28} {:>6} | {:>6} {:>7.3} {:>7.3} | {:>9} {:>9.3} {:>9.3} | {:>9}",
+                file,
+                r.len(),
+                errors,
+                wer,
+                rtf,
+                fe,
+                fe as f64 / r.len().max(1) as f64,
+                res.seconds / res.audio_seconds.max(1e-9),
+                published
+            );
+            fw_hyp = Some(fh);
+        } else {
+            println!(
+                "{:<28} {:>6} {:>6} {:>7.3} {:>14} {:>9.3}",
+                file,
+                r.len(),
+                errors,
+                wer,
+                published,
+                rtf
+            );
+        }
         if args.verbose {
             println!("  hyp: {}", h.join(" "));
+            if let Some(fh) = fw_hyp {
+                println!("  fw:  {}", fh.join(" "));
+            }
             println!("  ref: {}", r.join(" "));
         }
     }
-    println!(
-        "{:<28} {:>6} {:>6} {:>7.3} {:>14} {:>9.3}",
-        "overall",
-        total_words,
-        total_errors,
-        total_errors as f64 / total_words.max(1) as f64,
-        fw_overall.map_or("-".to_string(), |v| format!("{v:.3}")),
-        total_time.as_secs_f64() / total_audio.max(1e-9)
-    );
+    let published = fw_overall.map_or("-".to_string(), |v| format!("{v:.3}"));
+    let wer = total_errors as f64 / total_words.max(1) as f64;
+    let rtf = total_time.as_secs_f64() / total_audio.max(1e-9);
+    if fw.is_some() {
+        println!(
+            "{:<28} {:>6} | {:>6} {:>7.3} {:>7.3} | {:>9} {:>9.3} {:>9.3} | {:>9}",
+            "overall",
+            total_words,
+            total_errors,
+            wer,
+            rtf,
+            fw_errors_total,
+            fw_errors_total as f64 / total_words.max(1) as f64,
+            fw_time / fw_audio.max(1e-9),
+            published
+        );
+    } else {
+        println!(
+            "{:<28} {:>6} {:>6} {:>7.3} {:>14} {:>9.3}",
+            "overall", total_words, total_errors, wer, published, rtf
+        );
+    }
 }
 
 fn print_timing(ws: &[WindowResult]) {
