@@ -29,10 +29,13 @@ struct Output {
 }
 
 fn run(model: &str, audio: &[f32]) -> Output {
-    let el = transcriber(model);
+    run_element(&transcriber(model), audio)
+}
+
+fn run_element(el: &gst::Element, audio: &[f32]) -> Output {
     let bus = gst::Bus::new();
     el.set_bus(Some(&bus));
-    let mut h = Harness::with_element(&el, Some("sink"), Some("src"));
+    let mut h = Harness::with_element(el, Some("sink"), Some("src"));
     h.set_src_caps_str(F32_CAPS);
     h.play();
     for (i, chunk) in audio.chunks(16_000).enumerate() {
@@ -267,4 +270,43 @@ fn segment_messages_carry_word_times_on_the_speech() {
             );
         }
     }
+}
+
+/// transcriberbin (and applications) cycle the transcriber's state: PAUSED for a latency query,
+/// NULL, then PAUSED again when data comes. The model prepared in the first run is used again
+/// (preparing takes about a second a live source would lose), reset: a second stream through the
+/// same element gives exactly the text and times of the first. A changed setting is honoured.
+#[test]
+fn the_same_element_runs_again_after_null() {
+    let jfk: Vec<f32> = jfk_samples().iter().map(|&s| s as f32 / 32768.0).collect();
+    let el = transcriber("tiny.en");
+    let first = run_element(&el, &jfk);
+    assert_eq!(el.current_state(), gst::State::Null);
+
+    // The latency-query cycle (the query itself is tested above).
+    let pipeline = gst::Pipeline::new();
+    pipeline.add(&el).unwrap();
+    pipeline.set_state(gst::State::Paused).unwrap();
+    pipeline.set_state(gst::State::Null).unwrap();
+    pipeline.remove(&el).unwrap();
+
+    let second = run_element(&el, &jfk);
+    assert!(!first.texts.is_empty());
+    assert_eq!(first.texts, second.texts);
+    assert_eq!(first.gaps, second.gaps);
+
+    // Another mode: another processor and other caps.
+    el.set_property_from_str("mode", "embeddings");
+    let bus = gst::Bus::new();
+    el.set_bus(Some(&bus));
+    let mut h = Harness::with_element(&el, Some("sink"), Some("src"));
+    h.set_src_caps_str(F32_CAPS);
+    h.play();
+    h.push(f32_buffer(&jfk, gst::ClockTime::ZERO)).unwrap();
+    h.push_event(gst::event::Eos::new());
+    let b = h.pull().expect("an embeddings buffer");
+    assert_eq!(b.size(), 384 * 512 * 4, "tiny.en: 512 positions x 384");
+    let caps = h.sinkpad().unwrap().current_caps().unwrap();
+    assert_eq!(caps.structure(0).unwrap().name(), "other/tensors");
+    el.set_bus(None);
 }

@@ -372,6 +372,8 @@ pub struct Transcriber {
     /// Language token fixed by the options or detected on the first window with speech.
     language: Option<u32>,
     language_fixed: bool,
+    /// The language token the options ask for.
+    language_option: Option<u32>,
     suppress: Vec<u32>,
     suppress_blank: Vec<u32>,
     initial_prompt: Vec<u32>,
@@ -516,6 +518,7 @@ impl Transcriber {
             decoder,
             encoder,
             language_fixed: language.is_some(),
+            language_option: language,
             language,
             options,
             model_name,
@@ -632,9 +635,12 @@ impl Transcriber {
         self.recent.clear();
         self.last_words.clear();
         self.shown_until = start_sample;
-        if !self.language_fixed {
-            self.language = None;
-        }
+        self.retried_at = None;
+        self.window_index = 0;
+        self.rng = Rng::new(self.options.seed);
+        // A language detected in the last stream is detected again.
+        self.language = self.language_option;
+        self.language_fixed = self.language_option.is_some();
     }
 
     fn decode_params(

@@ -185,6 +185,27 @@ struct TextOutput {
     position: Option<gst::ClockTime>,
 }
 
+/// A prepared model kept between runs (see [`WhisperEncNpu::load`]).
+struct Prepared {
+    /// What it was prepared from: [`prepare_key`].
+    key: String,
+    processor: Processor,
+    loaded: Loaded,
+}
+
+/// The settings a prepared model depends on, and the model file's size and time (a model replaced
+/// on disk is loaded again).
+fn prepare_key(settings: &Settings) -> String {
+    let settings = Settings {
+        latency_ms: 0,
+        ..settings.clone()
+    };
+    let file = std::fs::metadata(settings.model.join("model.bin"))
+        .map(|m| format!("{} {:?}", m.len(), m.modified().ok()))
+        .unwrap_or_default();
+    format!("{settings:?} {file}")
+}
+
 pub struct WhisperEncNpu {
     sinkpad: gst::Pad,
     srcpad: gst::Pad,
@@ -194,6 +215,10 @@ pub struct WhisperEncNpu {
     queue_cond: Condvar,
     processor: Mutex<Option<Processor>>,
     loaded: Mutex<Option<Loaded>>,
+    /// Key of the running processor.
+    loaded_key: Mutex<Option<String>>,
+    /// The processor of the last run, ready for the next one.
+    prepared: Mutex<Option<Prepared>>,
 }
 
 impl Default for Queue {
@@ -479,11 +504,26 @@ impl WhisperEncNpu {
             .post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
     }
 
-    /// Loads the model (once per READY->PAUSED) and warms the encoder up on one window: the first
+    /// Loads the model (on READY->PAUSED) and warms the encoder up on one window: the first
     /// window's allocations happen here, and its time is the processing bound the latency query
     /// reports.
+    ///
+    /// The model prepared for the last run is used again while the settings it depends on are the
+    /// same, even after NULL: preparing takes about a second (weights repacked or quantized, the
+    /// warm-up window), and bins such as transcriberbin cycle their transcriber's state (PAUSED
+    /// for a latency query, NULL, PAUSED again once data comes), so a live source would lose
+    /// that much audio each time. It is released with the element or when the settings change.
     fn load(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
+        let key = prepare_key(&settings);
+        let prepared = self.prepared.lock().unwrap().take();
+        if let Some(p) = prepared.filter(|p| p.key == key) {
+            gst::info!(CAT, imp = self, "using the model prepared before");
+            *self.loaded.lock().unwrap() = Some(p.loaded);
+            *self.processor.lock().unwrap() = Some(p.processor);
+            *self.loaded_key.lock().unwrap() = Some(key);
+            return Ok(());
+        }
         let options = EncoderOptions {
             backend: match settings.backend {
                 Backend::Auto => BackendChoice::Auto,
@@ -567,6 +607,7 @@ impl WhisperEncNpu {
         };
         *self.loaded.lock().unwrap() = Some(loaded);
         *self.processor.lock().unwrap() = Some(processor);
+        *self.loaded_key.lock().unwrap() = Some(key);
         Ok(())
     }
 
@@ -905,6 +946,8 @@ impl ObjectSubclass for WhisperEncNpu {
             queue_cond: Condvar::new(),
             processor: Mutex::new(None),
             loaded: Mutex::new(None),
+            loaded_key: Mutex::new(None),
+            prepared: Mutex::new(None),
         }
     }
 }
@@ -1141,8 +1184,22 @@ impl ElementImpl for WhisperEncNpu {
                 stream.reset();
                 stream.info = None;
                 drop(stream);
-                *self.processor.lock().unwrap() = None;
-                *self.loaded.lock().unwrap() = None;
+                // Kept, reset, for the next run (see `load`).
+                let processor = self.processor.lock().unwrap().take();
+                let loaded = self.loaded.lock().unwrap().take();
+                let key = self.loaded_key.lock().unwrap().take();
+                if let (Some(mut processor), Some(loaded), Some(key)) = (processor, loaded, key) {
+                    if let Processor::Transcription(text) = &mut processor {
+                        text.transcriber.reset(0);
+                        text.base_pts = None;
+                        text.position = None;
+                    }
+                    *self.prepared.lock().unwrap() = Some(Prepared {
+                        key,
+                        processor,
+                        loaded,
+                    });
+                }
             }
             _ => {}
         }
