@@ -16,7 +16,9 @@
 //!
 //! Fusion: each residual add is fused with the layer norm that follows it (one pass over the
 //! rows), the softmax's normalisation with the attention output, the bias with the products (the
-//! engines add it), GELU + position encodings after conv2 in one pass. Every buffer is kept from
+//! engines add it), GELU with conv1 and fc1 where the engine fuses it into the product
+//! ([`Linear::forward_gelu`]: the float32 CPU engine does), GELU + position encodings after conv2
+//! in one pass. Buffers start on 64-byte boundaries. Every buffer is kept from
 //! window to window, and after the first window of a given length each pool thread's buffers are
 //! grown to what any task needed, so later windows allocate nothing.
 use std::sync::{Arc, Mutex};
@@ -136,21 +138,31 @@ struct AttnBuf {
     fast: AttnScratch,
 }
 
-/// The front `n` elements of `buf`, growing it if needed.
-fn buf(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
-    if buf.len() < n {
-        buf.resize(n, 0.0);
-    }
-    &mut buf[..n]
+/// Where the usable part of `buf` starts: its first 64-byte boundary, so that rows of 16-float
+/// vectors do not straddle cache lines (a large `Vec` starts 16 bytes past one). The allocation
+/// never moves once grown, so neither does the offset.
+fn start(buf: &[f32]) -> usize {
+    buf.as_ptr().align_offset(64).min(16)
 }
 
-/// `rows x cols` view of the front of `buf`, growing it if needed.
-fn mat(buf: &mut Vec<f32>, rows: usize, cols: usize) -> ArrayViewMut2<'_, f32> {
-    let n = rows * cols;
-    if buf.len() < n {
-        buf.resize(n, 0.0);
+/// `n` elements of `buf` from a 64-byte boundary, growing it if needed.
+fn buf(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if buf.len() < n + 16 {
+        buf.resize(n + 16, 0.0);
     }
-    ArrayViewMut2::from_shape((rows, cols), &mut buf[..n]).expect("buffer sized above")
+    let o = start(buf);
+    &mut buf[o..o + n]
+}
+
+/// The `n` elements [`buf`] gave out (already grown).
+fn part(buf: &[f32], n: usize) -> &[f32] {
+    let o = start(buf);
+    &buf[o..o + n]
+}
+
+/// `rows x cols` view of [`buf`]'s elements.
+fn mat(b: &mut Vec<f32>, rows: usize, cols: usize) -> ArrayViewMut2<'_, f32> {
+    ArrayViewMut2::from_shape((rows, cols), buf(b, rows * cols)).expect("buffer sized above")
 }
 
 /// The Whisper encoder, ready to run windows of log-mel frames.
@@ -398,8 +410,10 @@ impl Weights {
         h1_pad[..d].fill(0.0);
         h1_pad[(t + 1) * d..].fill(0.0);
         let mut h1 = ArrayViewMut2::from_shape((t, d), &mut h1_pad[d..(t + 1) * d]).expect("sized");
-        self.conv1.forward(cols1, h1.view_mut());
-        par_gelu(math, h1.into_slice().expect("scratch is contiguous"));
+        if !self.conv1.forward_gelu(cols1, h1.view_mut()) {
+            self.conv1.forward(cols1, h1.view_mut());
+            par_gelu(math, h1.into_slice().expect("scratch is contiguous"));
+        }
         let cols2 = ArrayView2::from_shape((p, 3 * d).strides((2 * d, 1)), &*h1_pad)
             .expect("(t + 2) x d holds the overlapping rows");
         let mut x = mat(&mut s.x, p, d);
@@ -421,7 +435,7 @@ impl Weights {
         // Whether s.proj holds the last layer's residual, still to be added.
         let mut pending = false;
         for (l, layer) in self.layers.iter().enumerate() {
-            let ln = ArrayView2::from_shape((p, d), &s.ln[..p * d]).expect("sized");
+            let ln = ArrayView2::from_shape((p, d), part(&s.ln, p * d)).expect("sized");
             let mut qkv = mat(&mut s.qkv, p, 3 * d);
             layer.qkv.forward(ln, qkv.view_mut());
             let mut attn = mat(&mut s.attn, p, d);
@@ -430,19 +444,22 @@ impl Weights {
             layer.out.forward(attn.view(), proj.view_mut());
             layer
                 .ln_ffn
-                .add_apply(math, d, x, &s.proj[..p * d], &mut s.ln[..p * d]);
+                .add_apply(math, d, x, part(&s.proj, p * d), buf(&mut s.ln, p * d));
 
-            let ln = ArrayView2::from_shape((p, d), &s.ln[..p * d]).expect("sized");
+            let ln = ArrayView2::from_shape((p, d), part(&s.ln, p * d)).expect("sized");
             let mut ffn = mat(&mut s.ffn, p, 4 * d);
-            layer.fc1.forward(ln, ffn.view_mut());
-            par_gelu(math, &mut s.ffn[..p * 4 * d]);
-            let ffn = ArrayView2::from_shape((p, 4 * d), &s.ffn[..p * 4 * d]).expect("sized");
+            // GELU in the product's epilogue where the engine fuses it, else a second pass.
+            if !layer.fc1.forward_gelu(ln, ffn.view_mut()) {
+                layer.fc1.forward(ln, ffn.view_mut());
+                par_gelu(math, buf(&mut s.ffn, p * 4 * d));
+            }
+            let ffn = ArrayView2::from_shape((p, 4 * d), part(&s.ffn, p * 4 * d)).expect("sized");
             let mut proj = mat(&mut s.proj, p, d);
             layer.fc2.forward(ffn, proj.view_mut());
             match self.layers.get(l + 1) {
                 Some(next) => {
                     next.ln_attn
-                        .add_apply(math, d, x, &s.proj[..p * d], &mut s.ln[..p * d])
+                        .add_apply(math, d, x, part(&s.proj, p * d), buf(&mut s.ln, p * d))
                 }
                 None => pending = true,
             }
@@ -451,7 +468,7 @@ impl Weights {
         // The final layer norm, fused with the last residual add, straight into `out` when it is
         // contiguous.
         let ln_post = &self.ln_post;
-        let delta = &s.proj[..p * d];
+        let delta = part(&s.proj, p * d);
         let mut finish = |o: &mut [f32]| match pending {
             true => ln_post.add_apply(math, d, x, delta, o),
             false => ln_post.apply(math, d, x, o),

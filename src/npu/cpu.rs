@@ -1,11 +1,11 @@
 //! Float32 CPU engine.
 //!
 //! With AVX-512F, linear layers run on [`super::cpu_gemm`]: the weight is packed once at load into
-//! the kernel's panels, the rows of a call are split into blocks, one rayon task per block (in the
-//! caller's pool), each running the single-threaded kernel; calls with few rows (the decoder's
-//! token-by-token products) split the output columns instead. Without AVX-512, and for the
-//! generic attention path's activation x activation products ([`matmul`]), the `gemm` crate runs
-//! them.
+//! the kernel's panels, the rows of a call are split into one block per thread, one rayon task
+//! per block (in the caller's pool), each running the single-threaded kernel; calls with few rows
+//! (the decoder's token-by-token products) split the output columns instead. GELU can run in the
+//! kernel's epilogue ([`Linear::forward_gelu`]). Without AVX-512, and for the generic attention
+//! path's activation x activation products ([`matmul`]), the `gemm` crate runs them.
 //!
 //! How the choice was made (2-core Xeon with AVX-512, the base encoder's shapes 512 x 512 ->
 //! 1536 / 512 / 2048 and 512 x 2048 -> 512; GFLOPS, one thread by thread CPU time, two by wall
@@ -20,8 +20,14 @@
 //!
 //! Whole base encoder, two threads, the two engines alternating in one process: `cpu_gemm` 1-3%
 //! faster than `gemm` (96-99 vs 98-99 ms per window on the shared machine): a small margin, kept
-//! because it is never slower and packs nothing per call. Neither reaches MKL's SGEMM as
-//! CTranslate2 uses it (see `scripts/bench-vs-ct2`).
+//! because it is never slower and packs nothing per call.
+//!
+//! Then, in `cpu_gemm`: the next weight panel prefetched into L2 (the weights come from L3 or
+//! memory: cold, the products ran ~25% slower than warm), the panels and the packed rows on
+//! 64-byte boundaries, the packing as 64-byte vector moves, no 4-row tail tiles; here, one block
+//! of rows per thread (was two); GELU fused into fc1 and conv1. Whole base encoder: 77-82 ms per
+//! window where it took 92-96 (same runs, alternating), about 0.77 x CTranslate2's float32 (MKL)
+//! on this machine (`scripts/bench-vs-ct2`).
 //!
 //! OpenBLAS was not tried: a C dependency and its packing per call too, for at best what `gemm`
 //! does here.
@@ -138,12 +144,6 @@ pub fn reserve_thread_scratch() {
     });
 }
 
-/// Rows per task of a packed product: two blocks per thread.
-fn block_rows(rows: usize) -> usize {
-    rows.div_ceil(2 * rayon::current_num_threads().max(1))
-        .max(1)
-}
-
 /// Whether a product of `rows` rows splits its rows between the threads (else its output
 /// columns: few rows, as in the decoder's token-by-token products, would leave threads idle).
 fn split_rows(rows: usize) -> bool {
@@ -158,6 +158,7 @@ fn packed_block(
     panels: std::ops::Range<usize>,
     x: ArrayView2<f32>,
     mut y: ArrayViewMut2<f32>,
+    gelu: bool,
 ) {
     let rows = x.nrows();
     let n_in = w.k;
@@ -199,7 +200,20 @@ fn packed_block(
         // `rows` rows of the panels' n_cols columns with row stride ldc that only this task
         // writes (its own block of y, or the staging buffer); the bias has n values (checked at
         // prepare); `panels` is within the weight's panels (the caller's split).
-        unsafe { cpu_gemm::gemm_raw(a, lda, rows, w, bias, panels, c, ldc.max(n_cols), pack) };
+        unsafe {
+            cpu_gemm::gemm_raw(
+                a,
+                lda,
+                rows,
+                w,
+                bias,
+                panels,
+                c,
+                ldc.max(n_cols),
+                pack,
+                gelu,
+            )
+        };
         if !y_direct {
             let src = ArrayView2::from_shape((rows, n_cols), &ys[..rows * n_cols]).expect("sized");
             y.assign(&src);
@@ -222,7 +236,24 @@ impl Linear for CpuF32Linear {
         }
     }
 
-    fn forward(&self, x: ArrayView2<f32>, mut y: ArrayViewMut2<f32>) {
+    fn forward(&self, x: ArrayView2<f32>, y: ArrayViewMut2<f32>) {
+        self.run(x, y, false);
+    }
+
+    fn forward_gelu(&self, x: ArrayView2<f32>, y: ArrayViewMut2<f32>) -> bool {
+        match self {
+            CpuF32Linear::Packed { .. } => {
+                self.run(x, y, true);
+                true
+            }
+            CpuF32Linear::Gemm { .. } => false,
+        }
+    }
+}
+
+impl CpuF32Linear {
+    /// `y = x w^T + bias`, then GELU if `gelu` (the packed kernel only).
+    fn run(&self, x: ArrayView2<f32>, mut y: ArrayViewMut2<f32>, gelu: bool) {
         let (rows, n_in) = x.dim();
         assert_eq!(n_in, self.n_in(), "input width");
         assert_eq!(y.dim(), (rows, self.n_out()), "output shape");
@@ -235,11 +266,17 @@ impl Linear for CpuF32Linear {
                 let all = 0..w.panels();
                 let threads = rayon::current_num_threads().max(1);
                 if split_rows(rows) {
-                    let block = block_rows(rows);
+                    // One block of rows per thread, each task running all the output columns:
+                    // every panel of the weight (streamed from L3 or memory) then serves as many
+                    // row tiles as it can, and every row is packed once. Measured per window
+                    // against a quarter of the rows per task: 6-8% faster; against each block
+                    // split again into two column halves (two tasks per thread, for stealing,
+                    // but every row packed twice): 2-3% faster.
+                    let block = rows.div_ceil(threads);
                     x.axis_chunks_iter(Axis(0), block)
                         .into_par_iter()
                         .zip(y.axis_chunks_iter_mut(Axis(0), block).into_par_iter())
-                        .for_each(|(xb, yb)| packed_block(w, bias, all.clone(), xb, yb));
+                        .for_each(|(xb, yb)| packed_block(w, bias, all.clone(), xb, yb, gelu));
                 } else if threads > 1 && w.panels() > 1 {
                     // Few rows: split the output columns, a few panels per task.
                     let per = w.panels().div_ceil(4 * threads);
@@ -248,13 +285,14 @@ impl Linear for CpuF32Linear {
                         .enumerate()
                         .for_each(|(i, yb)| {
                             let panels = i * per..((i + 1) * per).min(w.panels());
-                            packed_block(w, bias, panels, x, yb)
+                            packed_block(w, bias, panels, x, yb, gelu)
                         });
                 } else {
-                    packed_block(w, bias, all, x, y);
+                    packed_block(w, bias, all, x, y, gelu);
                 }
             }
             CpuF32Linear::Gemm { weight, bias } => match bias {
+                _ if gelu => unreachable!("the gemm path fuses no GELU"),
                 Some(b) => {
                     y.rows_mut().into_iter().for_each(|mut r| r.assign(b));
                     matmul(x, weight.t(), y, true, Parallel::Pool);
@@ -430,6 +468,38 @@ mod tests {
                     err < 1e-4,
                     "{rows} rows, {threads} threads: max error {err}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn gelu_epilogue_matches_separate_pass() {
+        let w = pseudo(70, 45, 11);
+        let b = pseudo(1, 70, 12).row(0).to_owned();
+        let math = crate::npu::cpu_math::Math::new();
+        for e in [CpuF32Engine::new(), CpuF32Engine::portable()] {
+            let lin = e.prepare(w.view(), Some(b.view()));
+            for rows in [1usize, 5, 16, 100] {
+                let x = pseudo(rows, 45, 13 + rows as u32);
+                let mut want = Array2::from_elem((rows, 70), f32::NAN);
+                lin.forward(x.view(), want.view_mut());
+                math.gelu_inplace(want.as_slice_mut().unwrap());
+                for threads in [1, 2] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    let mut got = Array2::from_elem((rows, 70), f32::NAN);
+                    let fused = pool.install(|| lin.forward_gelu(x.view(), got.view_mut()));
+                    // The packed kernel fuses it; the gemm path leaves it to the caller.
+                    assert_eq!(fused, e.packed, "{rows} rows");
+                    if fused {
+                        // Same products, same GELU: the same bits as the two passes.
+                        assert_eq!(got, want, "{rows} rows, {threads} threads");
+                    } else {
+                        assert!(got.iter().all(|v| v.is_nan()), "y touched though not fused");
+                    }
+                }
             }
         }
     }

@@ -385,6 +385,10 @@ mod avx512 {
 /// `e^x` on 16 lanes (the AVX-512 path of [`exp_scalar`]).
 #[cfg(target_arch = "x86_64")]
 pub(crate) use avx512::exp as exp512;
+/// GELU on 16 lanes (the AVX-512 path of [`gelu_scalar`]; what [`Math::gelu_inplace`] computes
+/// with AVX-512, bit for bit), for epilogues of products.
+#[cfg(target_arch = "x86_64")]
+pub(crate) use avx512::gelu as gelu512;
 
 // ---------------------------------------------------------------------------------------------
 // AVX2 + FMA.

@@ -88,6 +88,15 @@ pub trait Linear: Send + Sync {
     /// # Panics
     /// If the shapes do not match.
     fn forward(&self, x: ArrayView2<f32>, y: ArrayViewMut2<f32>);
+
+    /// `y = GELU(x W^T + b)` (the erf form of [`cpu_math::Math::gelu_inplace`]) in one pass, if
+    /// this implementation fuses the activation into its product: it then returns true. The
+    /// default fuses nothing: it returns false without touching `y`, and the caller runs
+    /// [`forward`](Self::forward) and the activation itself.
+    fn forward_gelu(&self, x: ArrayView2<f32>, y: ArrayViewMut2<f32>) -> bool {
+        let _ = (x, y);
+        false
+    }
 }
 
 /// Which backend the user asked for; `Auto` resolves to the best one that can run here.
