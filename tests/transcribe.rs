@@ -12,10 +12,14 @@ const JFK: &str = "And so my fellow Americans, ask not what your country can do 
                    you can do for your country.";
 
 fn transcriber(model: &str, options: TranscribeOptions) -> Transcriber {
+    transcriber_at(model, options, Precision::F32)
+}
+
+fn transcriber_at(model: &str, options: TranscribeOptions, precision: Precision) -> Transcriber {
     let model = WhisperModel::load(&common::model_dir(model)).unwrap();
     let enc = EncoderOptions {
         backend: BackendChoice::Cpu,
-        precision: Precision::F32,
+        precision,
         threads: 0,
     };
     Transcriber::new(&model, &enc, options).unwrap()
@@ -74,7 +78,11 @@ fn check_timestamps(segments: &[Segment], duration: f64) {
 }
 
 fn check_jfk(model: &str, options: TranscribeOptions) {
-    let mut t = transcriber(model, options);
+    check_jfk_at(model, options, Precision::F32)
+}
+
+fn check_jfk_at(model: &str, options: TranscribeOptions, precision: Precision) {
+    let mut t = transcriber_at(model, options, precision);
     let audio = wav("audio/jfk.wav");
     let segments = run(&mut t, &audio);
     let got = text(&segments);
@@ -98,6 +106,13 @@ fn jfk_base() {
 #[test]
 fn jfk_tiny_en() {
     check_jfk("tiny.en", TranscribeOptions::default());
+}
+
+/// Issue 3: the int8 encoder leaves jfk's transcript unchanged.
+#[test]
+fn jfk_int8_encoder() {
+    check_jfk_at("base", english(), Precision::Int8);
+    check_jfk_at("tiny.en", TranscribeOptions::default(), Precision::Int8);
 }
 
 #[test]
