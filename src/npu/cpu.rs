@@ -376,17 +376,8 @@ pub fn matmul(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::npu::test_data::pseudo;
     use ndarray::{s, Array2, ShapeBuilder};
-
-    fn pseudo(rows: usize, cols: usize, seed: u32) -> Array2<f32> {
-        let mut st = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        Array2::from_shape_fn((rows, cols), |_| {
-            st ^= st << 13;
-            st ^= st >> 17;
-            st ^= st << 5;
-            (st % 2001) as f32 / 1000.0 - 1.0
-        })
-    }
 
     fn naive(x: &ArrayView2<f32>, w: &Array2<f32>, b: Option<&Array1<f32>>) -> Array2<f32> {
         let mut y = Array2::zeros((x.nrows(), w.nrows()));

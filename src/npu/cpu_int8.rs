@@ -613,17 +613,8 @@ unsafe fn avx2<const MR: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::npu::test_data::pseudo;
     use ndarray::{s, Array2, ShapeBuilder};
-
-    fn pseudo(rows: usize, cols: usize, seed: u32) -> Array2<f32> {
-        let mut st = seed.wrapping_mul(2_654_435_761).wrapping_add(7);
-        Array2::from_shape_fn((rows, cols), |_| {
-            st ^= st << 13;
-            st ^= st >> 17;
-            st ^= st << 5;
-            (st % 20001) as f32 / 10000.0 - 1.0
-        })
-    }
 
     /// The quant.rs definition: quantize, reference GEMM, dequantize.
     fn reference(

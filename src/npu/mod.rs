@@ -171,3 +171,20 @@ pub fn open_engine(
         }
     }
 }
+
+/// Test data shared by the engines' unit tests.
+#[cfg(test)]
+pub(crate) mod test_data {
+    use ndarray::Array2;
+
+    /// Deterministic pseudo-random values in [-1, 1] (xorshift32, 20001 levels).
+    pub fn pseudo(rows: usize, cols: usize, seed: u32) -> Array2<f32> {
+        let mut st = seed.wrapping_mul(2_654_435_761).wrapping_add(7);
+        Array2::from_shape_fn((rows, cols), |_| {
+            st ^= st << 13;
+            st ^= st >> 17;
+            st ^= st << 5;
+            (st % 20_001) as f32 / 10_000.0 - 1.0
+        })
+    }
+}
