@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release --example eval -- [--model base|tiny.en|DIR] [--manifest PATH]
-//!     [--language en|auto] [--beam N] [--no-prompt] [--threads N] [--verbose]
+//!     [--language en|auto] [--beam N] [--no-prompt] [--precision f32|int8] [--decoder-precision f32|int8] [--threads N] [--verbose]
 //!     [--faster-whisper]          also run faster-whisper on the clips (see below)
 //!     [--file WAV ...]            transcribe these files instead, printing the segments
 //!     [--decoder-speed]           time one decoder step (batch 1 and 5) instead
@@ -38,6 +38,8 @@ struct Args {
     files: Vec<PathBuf>,
     decoder_speed: bool,
     faster_whisper: bool,
+    /// Encoder and decoder precision (the element's `precision`).
+    precision: Precision,
 }
 
 fn shared_dir() -> PathBuf {
@@ -49,7 +51,7 @@ fn shared_dir() -> PathBuf {
 fn usage() -> ! {
     eprintln!(
         "usage: eval [--model base|tiny.en|DIR] [--manifest PATH] [--language CODE|auto] \
-         [--beam N] [--no-prompt] [--threads N] [--verbose] [--faster-whisper] [--file WAV ...] \
+         [--beam N] [--no-prompt] [--precision f32|int8] [--decoder-precision f32|int8] [--threads N] [--verbose] [--faster-whisper] [--file WAV ...] \
          [--decoder-speed]"
     );
     std::process::exit(2)
@@ -68,6 +70,7 @@ fn parse_args() -> Args {
         files: Vec::new(),
         decoder_speed: false,
         faster_whisper: false,
+        precision: Precision::F32,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -89,6 +92,21 @@ fn parse_args() -> Args {
             }
             "--beam" => a.options.beam_size = value().parse().unwrap_or_else(|_| usage()),
             "--no-prompt" => a.options.use_prompt = false,
+            "--precision" => {
+                a.precision = match value().as_str() {
+                    "f32" => Precision::F32,
+                    "int8" => Precision::Int8,
+                    _ => usage(),
+                };
+                a.options.decoder_precision = a.precision;
+            }
+            "--decoder-precision" => {
+                a.options.decoder_precision = match value().as_str() {
+                    "f32" => Precision::F32,
+                    "int8" => Precision::Int8,
+                    _ => usage(),
+                }
+            }
             "--threads" => a.threads = value().parse().unwrap_or_else(|_| usage()),
             "--verbose" | "-v" => a.verbose = true,
             "--file" => a.files.push(PathBuf::from(value())),
@@ -299,7 +317,7 @@ fn main() {
     });
     let enc = EncoderOptions {
         backend: BackendChoice::Cpu,
-        precision: Precision::F32,
+        precision: args.precision,
         threads: args.threads,
     };
     let mut options = args.options.clone();

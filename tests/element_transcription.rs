@@ -310,3 +310,16 @@ fn the_same_element_runs_again_after_null() {
     assert_eq!(caps.structure(0).unwrap().name(), "other/tensors");
     el.set_bus(None);
 }
+
+/// precision=int8 runs the decoder in int8 too; jfk still comes out word for word.
+#[test]
+fn int8_precision_transcribes_jfk() {
+    let jfk: Vec<f32> = jfk_samples().iter().map(|&s| s as f32 / 32768.0).collect();
+    for model in ["tiny.en", "base"] {
+        let el = transcriber(model);
+        el.set_property_from_str("precision", "int8");
+        let out = run_element(&el, &jfk);
+        let all: Vec<_> = out.texts.iter().map(|(_, _, t)| t.as_str()).collect();
+        assert_eq!(words(&all.join(" ")), JFK_WORDS, "{model}: {all:?}");
+    }
+}

@@ -112,6 +112,9 @@ pub struct TranscribeOptions {
     pub seed: u64,
     /// Decoder threads; 0 means one per core.
     pub decoder_threads: usize,
+    /// The decoder's linear layers: float32, or int8 (weights per output channel, activations per
+    /// row, as the encoder's int8): about three times less memory traffic per token.
+    pub decoder_precision: npu::Precision,
     /// Segment times from where their words are (cross-attention alignment) rather than from the
     /// timestamp tokens alone.
     pub word_timestamps: bool,
@@ -139,6 +142,7 @@ impl Default for TranscribeOptions {
             silence_threshold_db: Some(-60.0),
             seed: 0,
             decoder_threads: 0,
+            decoder_precision: npu::Precision::F32,
             word_timestamps: true,
         }
     }
@@ -411,18 +415,15 @@ impl std::fmt::Debug for Transcriber {
 
 impl Transcriber {
     /// Loads the decoder and tokenizer of `model` (and `tokenizer.json` from its directory),
-    /// prepares the encoder as `encoder` says and the decoder on a float32 CPU engine.
+    /// prepares the encoder as `encoder` says and the decoder on a CPU engine of
+    /// `options.decoder_precision`.
     pub fn new(
         model: &WhisperModel,
         encoder: &EncoderOptions,
         options: TranscribeOptions,
     ) -> Result<Transcriber, TranscribeError> {
-        let dims = model.dims();
-        let tokenizer = Tokenizer::load(&model.dir().join("tokenizer.json"), dims.n_vocab)?;
         let window_encoder = WindowEncoder::new(model, encoder)?;
-        let engine: std::sync::Arc<dyn npu::Engine> = std::sync::Arc::new(npu::CpuF32Engine::new());
-        let decoder = Decoder::new(model, engine, options.decoder_threads)?;
-        Self::with_parts(model, tokenizer, window_encoder, decoder, options)
+        Self::with_encoder(model, window_encoder, options)
     }
 
     /// Builds a transcriber from parts made elsewhere (another engine for the decoder, say).
@@ -559,7 +560,10 @@ impl Transcriber {
         options: TranscribeOptions,
     ) -> Result<Transcriber, TranscribeError> {
         let tokenizer = Tokenizer::load(&model.dir().join("tokenizer.json"), model.dims().n_vocab)?;
-        let engine: std::sync::Arc<dyn npu::Engine> = std::sync::Arc::new(npu::CpuF32Engine::new());
+        let engine: std::sync::Arc<dyn npu::Engine> = match options.decoder_precision {
+            npu::Precision::F32 => std::sync::Arc::new(npu::CpuF32Engine::new()),
+            npu::Precision::Int8 => std::sync::Arc::new(npu::cpu_int8::CpuInt8Engine::new()),
+        };
         let decoder = Decoder::new(model, engine, options.decoder_threads)?;
         Self::with_parts(model, tokenizer, encoder, decoder, options)
     }
