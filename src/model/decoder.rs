@@ -17,47 +17,11 @@ use std::sync::Arc;
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, Zip};
 use rayon::prelude::*;
 
+use super::ops::{par_gelu, LayerNorm};
 use super::{Dims, ModelError, WhisperModel};
 use crate::npu::cpu::{matmul, Parallel};
+use crate::npu::cpu_math::Math;
 use crate::npu::{Engine, Linear};
-
-const LN_EPS: f32 = 1e-5;
-
-struct LayerNorm {
-    gamma: Array1<f32>,
-    beta: Array1<f32>,
-}
-
-impl LayerNorm {
-    fn load(model: &WhisperModel, prefix: &str) -> Result<LayerNorm, ModelError> {
-        let w = model.weights();
-        let d = model.dims().d_model;
-        Ok(LayerNorm {
-            gamma: w.f32_1d(&format!("{prefix}/gamma"), d)?,
-            beta: w.f32_1d(&format!("{prefix}/beta"), d)?,
-        })
-    }
-
-    fn apply(&self, x: ArrayView2<f32>, mut out: ArrayViewMut2<f32>) {
-        for (x, mut o) in x.rows().into_iter().zip(out.rows_mut()) {
-            let n = x.len() as f32;
-            let mean = x.sum() / n;
-            let var = x.fold(0.0f32, |acc, &v| acc + (v - mean) * (v - mean)) / n;
-            let inv = 1.0 / (var + LN_EPS).sqrt();
-            Zip::from(&mut o)
-                .and(&x)
-                .and(&self.gamma)
-                .and(&self.beta)
-                .for_each(|o, &x, &g, &b| *o = (x - mean) * inv * g + b);
-        }
-    }
-}
-
-/// Exact GELU: 0.5 x (1 + erf(x / sqrt 2)).
-#[inline]
-fn gelu(x: f32) -> f32 {
-    0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
-}
 
 struct Layer {
     ln_self: LayerNorm,
@@ -85,6 +49,14 @@ impl CrossKv {
     pub fn positions(&self) -> usize {
         self.kv.first().map_or(0, |a| a.nrows())
     }
+}
+
+fn slice(a: &Array2<f32>) -> &[f32] {
+    a.as_slice().expect("owned row-major array")
+}
+
+fn slice_mut(a: &mut Array2<f32>) -> &mut [f32] {
+    a.as_slice_mut().expect("owned row-major array")
 }
 
 /// Cross-attention scores of chosen heads, filled in as the layers run.
@@ -215,6 +187,7 @@ pub struct Decoder {
     /// Logits: the embedding matrix as an n_vocab x d linear layer.
     proj: Box<dyn Linear>,
     pool: rayon::ThreadPool,
+    math: Math,
 }
 
 impl std::fmt::Debug for Decoder {
@@ -278,6 +251,7 @@ impl Decoder {
             ln,
             proj,
             pool,
+            math: Math::new(),
         })
     }
 
@@ -395,7 +369,9 @@ impl Decoder {
             let mut ffn = Array2::<f32>::zeros((rows, 4 * d));
             for (li, layer) in self.layers.iter().enumerate() {
                 // Causal self-attention over the cache and the new tokens.
-                layer.ln_self.apply(x.view(), h.view_mut());
+                layer
+                    .ln_self
+                    .apply(self.math, d, slice(&x), slice_mut(&mut h));
                 layer.qkv.forward(h.view(), qkv.view_mut());
                 let (kc, vc) = (&mut cache.k[li], &mut cache.v[li]);
                 let stride = cache.capacity * d;
@@ -425,7 +401,9 @@ impl Decoder {
                 x += &proj;
 
                 // Cross-attention on the window.
-                layer.ln_cross.apply(x.view(), h.view_mut());
+                layer
+                    .ln_cross
+                    .apply(self.math, d, slice(&x), slice_mut(&mut h));
                 let mut q = qkv.slice_mut(s![.., ..d]);
                 layer.q_cross.forward(h.view(), q.view_mut());
                 let kv = &cross.kv[li];
@@ -444,13 +422,15 @@ impl Decoder {
                 x += &proj;
 
                 // Feed-forward.
-                layer.ln_ffn.apply(x.view(), h.view_mut());
+                layer
+                    .ln_ffn
+                    .apply(self.math, d, slice(&x), slice_mut(&mut h));
                 layer.fc1.forward(h.view(), ffn.view_mut());
-                ffn.par_mapv_inplace(gelu);
+                par_gelu(self.math, slice_mut(&mut ffn));
                 layer.fc2.forward(ffn.view(), proj.view_mut());
                 x += &proj;
             }
-            self.ln.apply(x.view(), h.view_mut());
+            self.ln.apply(self.math, d, slice(&x), slice_mut(&mut h));
             cache.len += t;
             h
         })

@@ -23,9 +23,10 @@
 //! grown to what any task needed, so later windows allocate nothing.
 use std::sync::{Arc, Mutex};
 
-use ndarray::{s, Array1, Array2, ArrayView2, ArrayViewMut2, Axis, ShapeBuilder};
+use ndarray::{s, Array2, ArrayView2, ArrayViewMut2, Axis, ShapeBuilder};
 use rayon::prelude::*;
 
+use super::ops::{par_gelu, LayerNorm};
 use super::{Dims, ModelError, WhisperModel};
 use crate::npu::cpu::{matmul, Parallel};
 use crate::npu::cpu_attn::{self, AttnScratch, HeadView};
@@ -35,59 +36,6 @@ use crate::npu::{Engine, Linear};
 /// Query rows per attention block (the fused kernel's block; the generic path's task): a block's
 /// scores (32 x 512 floats, 64 KiB) stay in L2 with the head's K and V.
 const ATTN_BLOCK: usize = cpu_attn::BLOCK;
-/// Elements per task of the element-wise passes (GELU): large enough to amortise a rayon task.
-const EW_CHUNK: usize = 16 * 1024;
-
-struct LayerNorm {
-    gamma: Array1<f32>,
-    beta: Array1<f32>,
-}
-
-impl LayerNorm {
-    fn load(model: &WhisperModel, prefix: &str) -> Result<LayerNorm, ModelError> {
-        let w = model.weights();
-        let d = model.dims().d_model;
-        Ok(LayerNorm {
-            gamma: w.f32_1d(&format!("{prefix}/gamma"), d)?,
-            beta: w.f32_1d(&format!("{prefix}/beta"), d)?,
-        })
-    }
-
-    fn g(&self) -> &[f32] {
-        self.gamma
-            .as_slice()
-            .expect("owned 1-d array is contiguous")
-    }
-
-    fn b(&self) -> &[f32] {
-        self.beta.as_slice().expect("owned 1-d array is contiguous")
-    }
-
-    /// `out = LN(x)`, rows in parallel (row-major, contiguous, `d` per row).
-    fn apply(&self, math: Math, d: usize, x: &[f32], out: &mut [f32]) {
-        let (g, b) = (self.g(), self.b());
-        x.par_chunks(d)
-            .zip(out.par_chunks_mut(d))
-            .for_each(|(x, o)| math.layer_norm(x, g, b, o));
-    }
-
-    /// The residual add fused with the layer norm that follows it: `x += delta`, then
-    /// `out = LN(x)`, one pass, rows in parallel.
-    fn add_apply(&self, math: Math, d: usize, x: &mut [f32], delta: &[f32], out: &mut [f32]) {
-        let (g, b) = (self.g(), self.b());
-        x.par_chunks_mut(d)
-            .zip(delta.par_chunks(d))
-            .zip(out.par_chunks_mut(d))
-            .for_each(|((x, dl), o)| math.add_layer_norm(x, dl, g, b, o));
-    }
-}
-
-/// `x = gelu(x)` in parallel chunks.
-fn par_gelu(math: Math, x: &mut [f32]) {
-    x.par_chunks_mut(EW_CHUNK)
-        .for_each(|c| math.gelu_inplace(c));
-}
-
 struct Layer {
     ln_attn: LayerNorm,
     /// Fused q, k, v: d -> 3d.

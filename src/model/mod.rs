@@ -8,6 +8,7 @@ pub mod ct2;
 pub mod decoder;
 pub mod encoder;
 mod error;
+mod ops;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
