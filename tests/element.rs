@@ -303,6 +303,31 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
+/// The element keeps its prepared model across NULL (transcriberbin cycles its state), but not
+/// past a change on disk: a model.bin cut short after a good run is reported on the next PAUSED,
+/// not hidden by the kept copy.
+#[test]
+fn a_model_broken_after_a_run_is_an_error_message_on_the_next() {
+    init();
+    let dir = temp_dir("broken-later");
+    let real = std::fs::read(model_dir("tiny.en").join("model.bin")).unwrap();
+    std::fs::write(dir.join("model.bin"), &real).unwrap();
+    let el = gst::ElementFactory::make("whisperencnpu")
+        .property("model", dir.to_str().unwrap())
+        .build()
+        .unwrap();
+    let pipeline = gst::Pipeline::new();
+    pipeline.add(&el).unwrap();
+    pipeline.set_state(gst::State::Paused).unwrap();
+    pipeline.set_state(gst::State::Null).unwrap();
+    pipeline.remove(&el).unwrap();
+
+    std::fs::write(dir.join("model.bin"), &real[..real.len() / 2]).unwrap();
+    let text = pause_error(&el);
+    assert!(text.to_lowercase().contains("truncated"), "{text}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn missing_model_is_an_error_message() {
     let text = state_change_error(|el| el.set_property("model", "/nonexistent/whisper"));
