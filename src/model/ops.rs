@@ -37,6 +37,13 @@ impl LayerNorm {
     /// `out = LN(x)`, rows in parallel (row-major, contiguous, `d` per row).
     pub(crate) fn apply(&self, math: Math, d: usize, x: &[f32], out: &mut [f32]) {
         let (g, b) = (self.g(), self.b());
+        if x.len() <= EW_CHUNK {
+            // A decoder step's few rows: not worth a rayon task.
+            for (x, o) in x.chunks(d).zip(out.chunks_mut(d)) {
+                math.layer_norm(x, g, b, o);
+            }
+            return;
+        }
         x.par_chunks(d)
             .zip(out.par_chunks_mut(d))
             .for_each(|(x, o)| math.layer_norm(x, g, b, o));
