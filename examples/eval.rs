@@ -10,6 +10,9 @@
 //!     [--decoder-speed]           time one decoder step (batch 1 and 5) instead
 //! ```
 //!
+//! `--verbose` (or `WHISPERENCNPU_DEBUG_DECODE=1`) also prints the transcriber's decisions for
+//! every window on stderr (its `log` records; in the element: `GST_DEBUG=whisperencnpu:6`).
+//!
 //! The audio is pushed in 0.5 s chunks as a live stream would bring it; windows are decoded as soon
 //! as they are full, and the rest at the end of the clip.
 //!
@@ -28,6 +31,26 @@ use gstwhisperencnpu::npu::{BackendChoice, Precision};
 use gstwhisperencnpu::transcribe::text::{normalize_english, read_wav, word_errors};
 use gstwhisperencnpu::transcribe::{Segment, TranscribeOptions, Transcriber, WindowResult};
 use gstwhisperencnpu::window::EncoderOptions;
+
+/// The transcriber's decoding diagnostics (the `log` crate, target `whisperencnpu`) on stderr:
+/// every window's decisions. The element routes them to its GStreamer debug category instead.
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.target().starts_with("whisperencnpu")
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            eprintln!("{}", record.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static STDERR_LOGGER: StderrLogger = StderrLogger;
 
 struct Args {
     model: PathBuf,
@@ -311,6 +334,12 @@ fn clip_name(file: &str) -> String {
 
 fn main() {
     let args = parse_args();
+    // --verbose, or WHISPERENCNPU_DEBUG_DECODE set as before the diagnostics went through `log`.
+    if (args.verbose || std::env::var_os("WHISPERENCNPU_DEBUG_DECODE").is_some())
+        && log::set_logger(&STDERR_LOGGER).is_ok()
+    {
+        log::set_max_level(log::LevelFilter::Debug);
+    }
     let model = WhisperModel::load(&args.model).unwrap_or_else(|e| {
         eprintln!("{e}");
         std::process::exit(1)

@@ -33,6 +33,21 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     )
 });
 
+/// The transcriber's decoding diagnostics (`log` records, target `whisperencnpu`) into `CAT`.
+static LOGGER: LazyLock<gst::log::DebugCategoryLogger> =
+    LazyLock::new(|| gst::log::DebugCategoryLogger::new(*CAT));
+
+/// Routes the `log` crate's records to the element's debug category, so that
+/// `GST_DEBUG=whisperencnpu:6` shows every window's decisions. Only once per process, and not over
+/// a logger the application installed itself (then the records go there).
+pub(super) fn install_logger() {
+    if log::set_logger(&*LOGGER).is_ok() {
+        // The category decides what is shown (its threshold may be changed at any time); a
+        // record below it costs one call and no formatting.
+        log::set_max_level(log::LevelFilter::Trace);
+    }
+}
+
 /// Audio handed to the transcriber at a time.
 const TRANSCRIPTION_CHUNK_SAMPLES: usize = 16_000;
 /// Audio waiting for the src task before the streaming thread waits: two windows, enough to ride

@@ -70,6 +70,7 @@ pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     Backend::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     Precision::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     Task::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    imp::install_logger();
     gst::Element::register(
         Some(plugin),
         "whisperencnpu",
