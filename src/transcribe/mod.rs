@@ -43,6 +43,7 @@ use crate::window::{EncoderOptions, SetupError, WindowEncoder};
 
 pub mod alignment;
 mod decoding;
+pub mod streaming;
 pub mod text;
 
 use decoding::{DecodeParams, DecodeResult, Rng};
