@@ -47,6 +47,7 @@ mod lookback;
 mod loudness;
 mod options;
 mod segments;
+pub mod streaming;
 pub mod text;
 mod words;
 
