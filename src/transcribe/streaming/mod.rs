@@ -69,6 +69,15 @@ impl Default for StreamOptions {
     }
 }
 
+impl StreamOptions {
+    /// The longest delay from a word's start to its commit that the policy allows when one step
+    /// takes `processing`: a word is forced once it is `force_after` old; the step that sees that
+    /// starts at most a step (or, behind, one processing time) later and takes `processing`.
+    pub fn delay_bound(&self, processing: Duration) -> Duration {
+        self.force_after + self.step.max(processing) + processing
+    }
+}
+
 /// The uncommitted hypothesis after a step (interim text).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Partial {
@@ -235,7 +244,7 @@ impl StreamingTranscriber {
     /// takes `processing`: a word is forced once it is `force_after` old; the step that sees that
     /// starts at most a step (or, behind, one processing time) later and takes `processing`.
     pub fn delay_bound(&self, processing: Duration) -> Duration {
-        self.options.force_after + self.options.step.max(processing) + processing
+        self.options.delay_bound(processing)
     }
 
     /// One pass at the live edge: decodes what is not committed yet and commits what the policy
