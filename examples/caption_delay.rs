@@ -307,7 +307,8 @@ fn run_live(audio: Vec<i16>, args: &Args) -> Result<Run, String> {
 }
 
 fn bus_error(bus: &gst::Bus) -> Option<String> {
-    let msg = bus.timed_pop_filtered(gst::ClockTime::from_seconds(1), &[gst::MessageType::Error])?;
+    let msg =
+        bus.timed_pop_filtered(gst::ClockTime::from_seconds(1), &[gst::MessageType::Error])?;
     match msg.view() {
         gst::MessageView::Error(e) => Some(e.error().to_string()),
         _ => None,

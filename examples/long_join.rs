@@ -119,7 +119,9 @@ fn build_round() -> Result<Round, String> {
 fn write_join(round: &Round, rounds: usize) -> Result<PathBuf, String> {
     let dir = support::target_dir().join("long-join");
     let wav = dir.join(format!("join-{rounds}x.wav"));
-    let audio: Vec<i16> = (0..rounds).flat_map(|_| round.audio.iter().copied()).collect();
+    let audio: Vec<i16> = (0..rounds)
+        .flat_map(|_| round.audio.iter().copied())
+        .collect();
     support::write_wav(&wav, &audio).map_err(|e| format!("{}: {e}", wav.display()))?;
     let text: String = (0..rounds)
         .flat_map(|_| round.references.iter().map(|r| format!("{r}\n")))
@@ -143,10 +145,10 @@ fn secs(t: gst::ClockTime) -> f64 {
 
 /// The file through the element as fast as it goes; its segments and the wall time.
 fn transcribe(wav: &Path, props: &ElementProps) -> Result<(Vec<Segment>, f64), String> {
-    let pipeline = gst::parse::launch(&format!(
+    let pipeline = gst::parse::launch(
         "filesrc name=src ! wavparse ! audioconvert ! audioresample ! whisperencnpu name=enc ! \
-         fakesink sync=false"
-    ))
+         fakesink sync=false",
+    )
     .map_err(|e| e.to_string())?
     .downcast::<gst::Pipeline>()
     .expect("a pipeline");
@@ -175,7 +177,10 @@ fn transcribe(wav: &Path, props: &ElementProps) -> Result<(Vec<Segment>, f64), S
                 break;
             }
             gst::MessageView::Element(e) => {
-                let Some(s) = e.structure().filter(|s| s.name() == "whisperencnpu-segment") else {
+                let Some(s) = e
+                    .structure()
+                    .filter(|s| s.name() == "whisperencnpu-segment")
+                else {
                     continue;
                 };
                 let time = |f: &str| s.get::<gst::ClockTime>(f).map(secs).unwrap_or(f64::NAN);
@@ -318,7 +323,11 @@ fn check(
             .iter()
             .filter(|s| (s.start >= from && s.start < to) || (r + 1 == rounds && s.start >= to))
             .collect();
-        let hyp_text = here.iter().map(|s| s.text.as_str()).collect::<Vec<_>>().join(" ");
+        let hyp_text = here
+            .iter()
+            .map(|s| s.text.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
         round_wers.push(wer(&reference, &hyp_text));
         found.extend(repeats(
             r + 1,
@@ -327,7 +336,11 @@ fn check(
         ));
     }
     let all_reference = vec![reference.as_str(); rounds].join(" ");
-    let all_hyp = segments.iter().map(|s| s.text.as_str()).collect::<Vec<_>>().join(" ");
+    let all_hyp = segments
+        .iter()
+        .map(|s| s.text.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
     let total_wer = wer(&all_reference, &all_hyp);
     let extra: usize = found.iter().map(|r| r.said - r.in_reference.max(1)).sum();
 
@@ -409,7 +422,8 @@ fn main() {
             .map(|s| format!("{:.3}\t{:.3}\t{}\n", s.start, s.end, s.text.trim()))
             .collect();
         let tsv_path = wav.with_extension("segments.tsv");
-        std::fs::write(&tsv_path, tsv).unwrap_or_else(|e| fail(format!("{}: {e}", tsv_path.display())));
+        std::fs::write(&tsv_path, tsv)
+            .unwrap_or_else(|e| fail(format!("{}: {e}", tsv_path.display())));
         if args.verbose {
             for s in &segments {
                 println!("    [{:8.2} - {:8.2}] {}", s.start, s.end, s.text.trim());

@@ -77,7 +77,10 @@ fn rows() -> Vec<Row> {
             if_present: &[],
             // Step, processing and stabilisation; issue 9 bounds the whole at 3 s. Make this
             // exact once the README documents low mode's formula.
-            own: Own::Between(gst::ClockTime::from_nseconds(1), LOW_MODE_MAX - UPSTREAM_MIN),
+            own: Own::Between(
+                gst::ClockTime::from_nseconds(1),
+                LOW_MODE_MAX - UPSTREAM_MIN,
+            ),
         },
         Row {
             name: "transcription, auto behind a live source",
@@ -137,7 +140,11 @@ fn query_paused(row: &Row) -> Result<(bool, gst::ClockTime, Option<gst::ClockTim
     let mut q = gst::query::Latency::new();
     let answered = element.static_pad("src").unwrap().query(&mut q);
     pipeline.set_state(gst::State::Null).unwrap();
-    assert!(answered, "{}: the src pad did not answer the latency query", row.name);
+    assert!(
+        answered,
+        "{}: the src pad did not answer the latency query",
+        row.name
+    );
     Ok(q.result())
 }
 
@@ -150,7 +157,10 @@ fn latency_behind_a_live_source_is_upstream_plus_the_documented_own_part() {
         let (live, min, max) = match query_paused(&row) {
             Ok(answer) => answer,
             Err(why) => {
-                eprintln!("SKIPPED (not checked): {}: {why} (issue 9, not merged yet)", row.name);
+                eprintln!(
+                    "SKIPPED (not checked): {}: {why} (issue 9, not merged yet)",
+                    row.name
+                );
                 skipped.push(row.name);
                 continue;
             }
@@ -162,7 +172,10 @@ fn latency_behind_a_live_source_is_upstream_plus_the_documented_own_part() {
             row.name
         );
         let own = min - UPSTREAM_MIN;
-        println!("{}: own latency {own} (reported {min}, max {max:?})", row.name);
+        println!(
+            "{}: own latency {own} (reported {min}, max {max:?})",
+            row.name
+        );
         match row.own {
             Own::Exactly(expected) => assert_eq!(own, expected, "{}: own latency", row.name),
             Own::Between(lo, hi) => assert!(
@@ -172,7 +185,11 @@ fn latency_behind_a_live_source_is_upstream_plus_the_documented_own_part() {
             ),
             Own::SameAs(other) => match measured.iter().find(|(n, _)| *n == other) {
                 Some(&(_, theirs)) => {
-                    assert_eq!(own, theirs, "{}: own latency differs from {other}'s", row.name)
+                    assert_eq!(
+                        own, theirs,
+                        "{}: own latency differs from {other}'s",
+                        row.name
+                    )
                 }
                 None => panic!("{}: row {other} was not measured before it", row.name),
             },

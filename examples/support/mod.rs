@@ -130,7 +130,9 @@ pub fn decode_audio(path: &Path) -> Result<Vec<i16>, String> {
         .map_err(|e| e.to_string())?;
     src.link(&decode).map_err(|e| e.to_string())?;
     gst::Element::link_many([&convert, &resample, sink.upcast_ref()]).map_err(|e| e.to_string())?;
-    let convert_sink = convert.static_pad("sink").expect("audioconvert has a sink pad");
+    let convert_sink = convert
+        .static_pad("sink")
+        .expect("audioconvert has a sink pad");
     decode.connect_pad_added(move |_, pad| {
         if !convert_sink.is_linked() {
             let _ = pad.link(&convert_sink);
@@ -235,7 +237,9 @@ impl ElementProps {
             let Some(spec) = element.find_property(name) else {
                 return Err(format!(
                     "{} has no property {name:?} (not merged into this build?)",
-                    element.factory().map_or("the element".into(), |f| f.name().to_string())
+                    element
+                        .factory()
+                        .map_or("the element".into(), |f| f.name().to_string())
                 ));
             };
             let value = if name == "model" && !Path::new(value).is_dir() {
