@@ -49,3 +49,14 @@ eval-vs-faster-whisper: setup
 .PHONY: bench-vs-ct2
 bench-vs-ct2: setup
 	scripts/bench-vs-ct2
+
+# Caption delay under a live source at real time (appsrc is-live=true, 20 ms buffers, appsink
+# sync=false): delay of every text buffer from its first word (mean, p95, max), the latency the
+# element reports, buffers later than it, per-minute means; a JSON line last. Takes as long as the
+# audio. FILE is any audio file or a folder of clips; ARGS passes options and element properties,
+# e.g. make bench-delay ARGS="language=en latency-mode=low" or ARGS="--loop-to 600 $(SHARED)/audio/real".
+FILE ?= $(SHARED)/audio/eval/long-form-mixed.wav
+ARGS ?= language=en
+.PHONY: bench-delay
+bench-delay: setup
+	scripts/caption-delay $(FILE) $(ARGS)

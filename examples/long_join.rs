@@ -1,0 +1,448 @@
+//! Long runs through the element (issue 9, "Long runs repeat"): the joins of jfk.wav and the
+//! evaluation clips, and a check of what came out for repeated sentences and zero-length segments.
+//!
+//! ```text
+//! cargo run --release --locked --example long_join -- [--rounds N,N,...] [--build-only]
+//!     [--json PATH] [--verbose] [prop=value ...]
+//!     --rounds 1,2,7   the joins to build and check (default 2: 343 s; 7 is the 20-minute run)
+//!     --build-only     write the joins and their reference text, run nothing
+//!     prop=value       set on whisperencnpu after mode=transcription language=en, e.g.
+//!                      previous-text-prompt=false latency-mode=low model=tiny.en
+//! ```
+//!
+//! A round is the clips of `../shared/audio/eval/manifest.tsv` in manifest order (jfk.wav first),
+//! each followed by 1 s of silence: 171.6 s. The joins are written to `target/long-join/` as
+//! `join-Nx.wav` with `join-Nx.txt` (the reference, one clip a line); the element's segments go to
+//! `join-Nx.segments.tsv` (start, end, text).
+//!
+//! The file goes through `filesrc ! wavparse ! audioconvert ! audioresample ! whisperencnpu !
+//! fakesink` as fast as it decodes, and the `whisperencnpu-segment` messages are checked, round by
+//! round (a segment belongs to the round its start falls in):
+//! - zero-length segments: end not after start;
+//! - repeated sentences: the text is cut into sentences at `.`, `?` and `!`; each sentence of at
+//!   least 4 normalised words stands for the round's reference sentence it is closest to (at most
+//!   half its words wrong), else for itself; a sentence said more often than the round's reference
+//!   says it (and more than once) is repeated, each extra time counted once;
+//! - word error rate, overall and per round, with the project's normaliser (`transcribe::text`).
+//!
+//! The last line of the output is the result as one JSON object per join.
+mod support;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use gst::prelude::*;
+use gstwhisperencnpu::transcribe::text::{normalize_english, word_errors};
+
+use support::{json_number, ElementProps, RATE};
+
+/// Silence after each clip in a round (the issue's joins).
+const GAP_SECONDS: f64 = 1.0;
+/// A hypothesis sentence shorter than this (in normalised words) is not checked for repetition:
+/// short phrases ("thank you") recur legitimately.
+const MIN_SENTENCE_WORDS: usize = 4;
+/// A hypothesis sentence stands for a reference sentence when at most this share of the
+/// reference's words differ (a misheard sentence is still that sentence).
+const SAME_SENTENCE_MAX_ERROR: f64 = 0.5;
+
+struct Args {
+    rounds: Vec<usize>,
+    build_only: bool,
+    props: ElementProps,
+    json: Option<PathBuf>,
+    verbose: bool,
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: long_join [--rounds N,N,...] [--build-only] [--json PATH] [--verbose] [prop=value ...]"
+    );
+    std::process::exit(2)
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        rounds: vec![2],
+        build_only: false,
+        props: ElementProps::default(),
+        json: None,
+        verbose: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| usage());
+        match arg.as_str() {
+            "--rounds" => {
+                a.rounds = value()
+                    .split(',')
+                    .map(|n| n.trim().parse().unwrap_or_else(|_| usage()))
+                    .collect();
+                if a.rounds.contains(&0) {
+                    usage();
+                }
+            }
+            "--build-only" => a.build_only = true,
+            "--json" => a.json = Some(PathBuf::from(value())),
+            "--verbose" | "-v" => a.verbose = true,
+            s if a.props.take(s) => {}
+            _ => usage(),
+        }
+    }
+    a.props.set_default("language", "en");
+    a.props.set_default("mode", "transcription");
+    a
+}
+
+/// One round: the samples (clips with their gaps) and each clip's reference.
+struct Round {
+    audio: Vec<i16>,
+    references: Vec<String>,
+}
+
+fn build_round() -> Result<Round, String> {
+    let clips = support::manifest(&support::shared_dir().join("audio/eval"))?;
+    let gap = (GAP_SECONDS * RATE as f64) as usize;
+    let mut round = Round {
+        audio: Vec::new(),
+        references: Vec::new(),
+    };
+    for clip in clips {
+        round.audio.extend(support::decode_audio(&clip.path)?);
+        round.audio.resize(round.audio.len() + gap, 0);
+        round.references.push(clip.reference.unwrap_or_default());
+    }
+    Ok(round)
+}
+
+/// Writes `join-Nx.wav` and `join-Nx.txt`; returns the WAV's path.
+fn write_join(round: &Round, rounds: usize) -> Result<PathBuf, String> {
+    let dir = support::target_dir().join("long-join");
+    let wav = dir.join(format!("join-{rounds}x.wav"));
+    let audio: Vec<i16> = (0..rounds)
+        .flat_map(|_| round.audio.iter().copied())
+        .collect();
+    support::write_wav(&wav, &audio).map_err(|e| format!("{}: {e}", wav.display()))?;
+    let text: String = (0..rounds)
+        .flat_map(|_| round.references.iter().map(|r| format!("{r}\n")))
+        .collect();
+    let txt = wav.with_extension("txt");
+    std::fs::write(&txt, text).map_err(|e| format!("{}: {e}", txt.display()))?;
+    Ok(wav)
+}
+
+/// A `whisperencnpu-segment` message.
+#[derive(Clone, Debug)]
+struct Segment {
+    start: f64,
+    end: f64,
+    text: String,
+}
+
+fn secs(t: gst::ClockTime) -> f64 {
+    t.nseconds() as f64 / 1e9
+}
+
+/// The file through the element as fast as it goes; its segments and the wall time.
+fn transcribe(wav: &Path, props: &ElementProps) -> Result<(Vec<Segment>, f64), String> {
+    let pipeline = gst::parse::launch(
+        "filesrc name=src ! wavparse ! audioconvert ! audioresample ! whisperencnpu name=enc ! \
+         fakesink sync=false",
+    )
+    .map_err(|e| e.to_string())?
+    .downcast::<gst::Pipeline>()
+    .expect("a pipeline");
+    let by_name = |n: &str| pipeline.by_name(n).expect("named in the launch line");
+    by_name("src").set_property("location", wav.to_str().ok_or("path is not UTF-8")?);
+    props.apply(&by_name("enc"))?;
+
+    let started = Instant::now();
+    let bus = pipeline.bus().expect("a pipeline has a bus");
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|_| "the pipeline did not start".to_string())?;
+    let mut segments = Vec::new();
+    let mut failure = None;
+    // A window's timing message comes every window; a silent bus for this long is a stall.
+    let stall = gst::ClockTime::from_seconds(300);
+    loop {
+        let Some(msg) = bus.timed_pop(stall) else {
+            failure = Some(format!("no message for {stall}: the pipeline stalled"));
+            break;
+        };
+        match msg.view() {
+            gst::MessageView::Eos(_) => break,
+            gst::MessageView::Error(e) => {
+                failure = Some(format!("pipeline error: {} ({:?})", e.error(), e.debug()));
+                break;
+            }
+            gst::MessageView::Element(e) => {
+                let Some(s) = e
+                    .structure()
+                    .filter(|s| s.name() == "whisperencnpu-segment")
+                else {
+                    continue;
+                };
+                let time = |f: &str| s.get::<gst::ClockTime>(f).map(secs).unwrap_or(f64::NAN);
+                segments.push(Segment {
+                    start: time("start"),
+                    end: time("end"),
+                    text: s.get::<String>("text").unwrap_or_default(),
+                });
+            }
+            _ => {}
+        }
+    }
+    let _ = pipeline.set_state(gst::State::Null);
+    match failure {
+        Some(f) => Err(f),
+        None => Ok((segments, started.elapsed().as_secs_f64())),
+    }
+}
+
+/// A sentence of the hypothesis and where the segment it starts in lies.
+#[derive(Clone, Debug)]
+struct Sentence {
+    words: Vec<String>,
+    text: String,
+    start: f64,
+    end: f64,
+}
+
+/// The segments' text cut into sentences at `.`, `?`, `!` (a sentence may span segments; it takes
+/// the start of the first and the end of the last).
+fn sentences(segments: &[&Segment]) -> Vec<Sentence> {
+    let mut out = Vec::new();
+    let mut current: Option<Sentence> = None;
+    for segment in segments {
+        for piece in segment.text.split_inclusive(['.', '?', '!']) {
+            let s = current.get_or_insert_with(|| Sentence {
+                words: Vec::new(),
+                text: String::new(),
+                start: segment.start,
+                end: segment.end,
+            });
+            s.text.push_str(piece);
+            s.end = segment.end;
+            if piece.trim_end().ends_with(['.', '?', '!']) {
+                let mut done = current.take().expect("just filled");
+                done.text = done.text.trim().to_string();
+                done.words = normalize_english(&done.text);
+                out.push(done);
+            }
+        }
+    }
+    if let Some(mut s) = current {
+        s.text = s.text.trim().to_string();
+        s.words = normalize_english(&s.text);
+        out.push(s);
+    }
+    out.retain(|s| !s.words.is_empty());
+    out
+}
+
+/// The reference's sentences, normalised.
+fn reference_sentences(text: &str) -> Vec<Vec<String>> {
+    text.split_inclusive(['.', '?', '!'])
+        .map(normalize_english)
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+/// A sentence said more often than the reference says it.
+#[derive(Debug)]
+struct Repeat {
+    round: usize,
+    /// What it stands for: the reference sentence, or its own words.
+    sentence: String,
+    said: usize,
+    in_reference: usize,
+    at: Vec<(f64, f64, String)>,
+}
+
+fn repeats(round: usize, hyp: &[Sentence], reference: &[Vec<String>]) -> Vec<Repeat> {
+    let mut in_reference: HashMap<String, usize> = HashMap::new();
+    for r in reference {
+        *in_reference.entry(r.join(" ")).or_default() += 1;
+    }
+    let mut said: HashMap<String, Vec<&Sentence>> = HashMap::new();
+    let mut order = Vec::new();
+    for s in hyp.iter().filter(|s| s.words.len() >= MIN_SENTENCE_WORDS) {
+        let closest = reference
+            .iter()
+            .map(|r| (word_errors(r, &s.words) as f64 / r.len() as f64, r))
+            .min_by(|a, b| a.0.total_cmp(&b.0));
+        let key = match closest {
+            Some((share, r)) if share <= SAME_SENTENCE_MAX_ERROR => r.join(" "),
+            _ => s.words.join(" "),
+        };
+        if !said.contains_key(&key) {
+            order.push(key.clone());
+        }
+        said.entry(key).or_default().push(s);
+    }
+    order
+        .into_iter()
+        .filter_map(|key| {
+            let times = &said[&key];
+            let expected = in_reference.get(&key).copied().unwrap_or(0);
+            (times.len() > expected.max(1)).then(|| Repeat {
+                round,
+                sentence: key.clone(),
+                said: times.len(),
+                in_reference: expected,
+                at: times
+                    .iter()
+                    .map(|s| (s.start, s.end, s.text.clone()))
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+fn wer(reference: &str, hyp: &str) -> f64 {
+    let r = normalize_english(reference);
+    word_errors(&r, &normalize_english(hyp)) as f64 / r.len().max(1) as f64
+}
+
+fn check(
+    rounds: usize,
+    round: &Round,
+    segments: &[Segment],
+    wall: f64,
+    args: &Args,
+) -> serde_json::Value {
+    let round_seconds = support::seconds(round.audio.len());
+    let reference = round.references.join(" ");
+    let zero: Vec<&Segment> = segments.iter().filter(|s| s.end <= s.start).collect();
+    let mut found = Vec::new();
+    let mut round_wers = Vec::new();
+    for r in 0..rounds {
+        let (from, to) = (r as f64 * round_seconds, (r + 1) as f64 * round_seconds);
+        let here: Vec<&Segment> = segments
+            .iter()
+            .filter(|s| (s.start >= from && s.start < to) || (r + 1 == rounds && s.start >= to))
+            .collect();
+        let hyp_text = here
+            .iter()
+            .map(|s| s.text.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+        round_wers.push(wer(&reference, &hyp_text));
+        found.extend(repeats(
+            r + 1,
+            &sentences(&here),
+            &reference_sentences(&reference),
+        ));
+    }
+    let all_reference = vec![reference.as_str(); rounds].join(" ");
+    let all_hyp = segments
+        .iter()
+        .map(|s| s.text.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let total_wer = wer(&all_reference, &all_hyp);
+    let extra: usize = found.iter().map(|r| r.said - r.in_reference.max(1)).sum();
+
+    let props = args
+        .props
+        .0
+        .iter()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    println!(
+        "  {} segments in {wall:.0} s ({:.1}x realtime); whisperencnpu {props}",
+        segments.len(),
+        round_seconds * rounds as f64 / wall
+    );
+    println!("  zero-length segments    {}", zero.len());
+    for s in &zero {
+        println!("    [{:8.2} - {:8.2}] {}", s.start, s.end, s.text.trim());
+    }
+    println!("  repeated sentences      {extra}");
+    for r in &found {
+        println!(
+            "    round {}: said {}x, the reference {}x: {:?}",
+            r.round, r.said, r.in_reference, r.sentence
+        );
+        for (start, end, text) in &r.at {
+            println!("      [{start:8.2} - {end:8.2}] {text}");
+        }
+    }
+    println!(
+        "  word error rate         {total_wer:.3} (rounds: {})",
+        round_wers
+            .iter()
+            .map(|w| format!("{w:.3}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    serde_json::json!({
+        "join": format!("join-{rounds}x"),
+        "rounds": rounds,
+        "audio_s": json_number(round_seconds * rounds as f64),
+        "props": args.props.to_json(),
+        "segments": segments.len(),
+        "zero_length": zero.len(),
+        "repeated_sentences": extra,
+        "repeats": found.iter().map(|r| serde_json::json!({
+            "round": r.round, "sentence": r.sentence, "said": r.said,
+            "in_reference": r.in_reference,
+            "at": r.at.iter().map(|(s, e, _)| [json_number(*s), json_number(*e)]).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "wer": json_number(total_wer),
+        "round_wer": round_wers.iter().map(|&w| json_number(w)).collect::<Vec<_>>(),
+        "wall_s": json_number(wall),
+    })
+}
+
+fn main() {
+    let args = parse_args();
+    support::init_gst();
+    let fail = |e: String| -> ! {
+        eprintln!("long_join: {e}");
+        std::process::exit(1)
+    };
+    let round = build_round().unwrap_or_else(|e| fail(e));
+    let mut results = Vec::new();
+    for &rounds in &args.rounds {
+        let wav = write_join(&round, rounds).unwrap_or_else(|e| fail(e));
+        println!(
+            "long join x{rounds}: {} ({:.1} s)",
+            wav.display(),
+            support::seconds(round.audio.len()) * rounds as f64
+        );
+        if args.build_only {
+            continue;
+        }
+        let (segments, wall) = transcribe(&wav, &args.props).unwrap_or_else(|e| fail(e));
+        let tsv: String = segments
+            .iter()
+            .map(|s| format!("{:.3}\t{:.3}\t{}\n", s.start, s.end, s.text.trim()))
+            .collect();
+        let tsv_path = wav.with_extension("segments.tsv");
+        std::fs::write(&tsv_path, tsv)
+            .unwrap_or_else(|e| fail(format!("{}: {e}", tsv_path.display())));
+        if args.verbose {
+            for s in &segments {
+                println!("    [{:8.2} - {:8.2}] {}", s.start, s.end, s.text.trim());
+            }
+        }
+        results.push(check(rounds, &round, &segments, wall, &args));
+    }
+    for json in &results {
+        println!("{json}");
+        if let Some(path) = &args.json {
+            use std::io::Write;
+            let written = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .and_then(|mut f| writeln!(f, "{json}"));
+            if let Err(e) = written {
+                fail(format!("{}: {e}", path.display()));
+            }
+        }
+    }
+}
