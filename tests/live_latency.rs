@@ -14,8 +14,8 @@ use common::{init_gst, model_dir};
 const WINDOW: gst::ClockTime =
     gst::ClockTime::from_nseconds(WINDOW_SAMPLES as u64 * 1_000_000_000 / SAMPLE_RATE as u64);
 /// The audio handed to the transcriber at a time, which the README counts in transcription mode's
-/// latency ("one window plus one 1 s chunk plus the processing bound").
-const TRANSCRIPTION_CHUNK: gst::ClockTime = gst::ClockTime::from_seconds(1);
+/// latency ("one window plus one 0.1 s chunk plus the processing bound").
+const TRANSCRIPTION_CHUNK: gst::ClockTime = gst::ClockTime::from_mseconds(100);
 /// The upstream latency the live source reports (a capture source's buffer time, made large so
 /// that a forgotten upstream part cannot pass for rounding).
 const UPSTREAM_MIN: gst::ClockTime = gst::ClockTime::from_mseconds(250);
