@@ -51,6 +51,19 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
+/// `--debug`: the transcriber's `log` records on stderr.
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record) {
+        eprintln!("{}", record.args());
+    }
+    fn flush(&self) {}
+}
+
 fn main() {
     let mut model = default_models_root().join("base");
     let mut options = StreamOptions::default();
@@ -88,6 +101,10 @@ fn main() {
             "--prompt" => options.prompt_tokens = value().parse().expect("tokens"),
             "--threads" => threads = value().parse().expect("threads"),
             "--verbose" => verbose = true,
+            "--debug" => {
+                log::set_logger(&StderrLog).expect("one logger");
+                log::set_max_level(log::LevelFilter::Debug);
+            }
             "--all-real" => files.extend(real.iter().cloned()),
             "--all-eval" => files.extend(eval.iter().cloned()),
             "--manifest" => {
@@ -136,10 +153,11 @@ fn main() {
                 let words: Vec<&str> = r.committed.iter().map(|w| w.text.as_str()).collect();
                 if verbose {
                     println!(
-                        "  {:7.2} s +{delay:.2} s [{:.2}-{:.2}] {}",
+                        "  {:7.2} s +{delay:.2} s [{:.2}-{:.2}] {:?} {}",
                         arrival,
                         first.start_sample as f64 / 16000.0,
                         r.committed.last().unwrap().end_sample as f64 / 16000.0,
+                        r.reason,
                         words.join(" ")
                     );
                 }

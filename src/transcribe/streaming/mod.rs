@@ -100,6 +100,8 @@ pub struct StepResult {
     pub settled: u64,
     /// The live edge this step saw (the end of the audio decoded).
     pub live_edge: u64,
+    /// Why the words were committed (`None`: nothing committed).
+    pub reason: Option<CommitReason>,
     pub timing: TranscribeTiming,
 }
 
@@ -283,7 +285,7 @@ impl StreamingTranscriber {
         let lead = seconds_to_samples(WINDOW_LEAD);
         for (i, c) in self.committed.iter().enumerate() {
             let before = match i {
-                0 => earliest,
+                0 => self.stream_start,
                 _ => self.committed[i - 1].word.end_sample,
             };
             let at = c.word.start_sample.saturating_sub(lead).max(before);
@@ -357,6 +359,7 @@ impl StreamingTranscriber {
         } else {
             self.policy.decide(&timed, edge, speech_end)
         };
+        out.reason = decision.reason;
         if pass.as_ref().is_some_and(|p| p.closes_before) && !self.open.words.is_empty() {
             out.closed.extend(self.close_segment());
         }
@@ -699,18 +702,14 @@ fn continue_text(
         if next == tok.eot() {
             break;
         }
+        seq.push(next);
         if p.check_repetition && tok.is_text(next) {
-            seq.push(next);
-            let words = text::Words::from_tokens(tok, &seq);
-            if let Some(w) = text::repetition_start(&words.words) {
-                let at = words.token_index[w].max(prefix.len());
+            if let Some(at) = loop_start(tok, &seq, prefix.len()) {
                 seq.truncate(at);
                 repetition = true;
                 break;
             }
-            seq.pop();
         }
-        seq.push(next);
         let h = dec.forward(&mut cache, cross, &[next], 1);
         logits = dec.logits(h.view()).row(0).to_vec();
     }
@@ -720,6 +719,34 @@ fn continue_text(
         no_speech_prob,
         repetition,
     }
+}
+
+/// Words of a phrase said again after the committed text that make a loop (as
+/// `text::repetition_start` counts a phrase said again inside a window).
+const PHRASE_AGAIN: usize = 6;
+
+/// Where the decoded tail `seq[prefix..]` starts looping, as a token index of `seq`: a loop inside
+/// the tail ([`text::repetition_start`]), or the tail's last six words said already in the committed
+/// text. Loops are looked for in the tail only: committed speech that repeats itself ("words words
+/// words") is what was said, and judging it again would stop every later pass at the same place.
+fn loop_start(
+    tok: &crate::model::tokenizer::Tokenizer,
+    seq: &[u32],
+    prefix: usize,
+) -> Option<usize> {
+    let tail = text::Words::from_tokens(tok, &seq[prefix..]);
+    if let Some(w) = text::repetition_start(&tail.words) {
+        return Some(prefix + tail.token_index[w]);
+    }
+    let n = tail.words.len();
+    if n >= PHRASE_AGAIN {
+        let last = &tail.words[n - PHRASE_AGAIN..];
+        let before = text::Words::from_tokens(tok, &seq[..prefix]);
+        if before.words.windows(PHRASE_AGAIN).any(|w| w == last) {
+            return Some(prefix + tail.token_index[n - PHRASE_AGAIN]);
+        }
+    }
+    None
 }
 
 fn log_sum_exp(v: impl Iterator<Item = f32> + Clone) -> f32 {
