@@ -446,3 +446,80 @@ fn main() {
         }
     }
 }
+
+/// The checker on made-up segments (`cargo test --release --locked --example long_join`).
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(start: f64, end: f64, text: &str) -> Segment {
+        Segment {
+            start,
+            end,
+            text: text.into(),
+        }
+    }
+
+    /// jfk's sentence is in the reference twice (as in a round: jfk.wav, then long-form-mixed.wav
+    /// begins with it), a short sentence and a misheard one.
+    const REFERENCE: &str =
+        "Ask what you can do for your country. The girl at the booth sold fifty \
+                             bonds. Thank you. Ask what you can do for your country.";
+
+    #[test]
+    fn repeated_sentences_are_counted_against_the_reference() {
+        // (case, segments, repeated sentence expected and how often it was said)
+        let cases: [(&str, Vec<Segment>, Option<(&str, usize)>); 5] = [
+            (
+                "every sentence as often as the reference says it",
+                vec![
+                    seg(0.0, 2.0, "Ask what you can do for your country."),
+                    seg(3.0, 5.0, "The girl at the booth sold fifty bonds."),
+                    seg(6.0, 8.0, "Ask what you can do for your country."),
+                ],
+                None,
+            ),
+            (
+                "a misheard sentence said again where other words were spoken",
+                vec![
+                    seg(3.0, 5.0, "The girl at the moot sold 50 months."),
+                    seg(81.24, 83.6, "The girl at the moot sold 50 months."),
+                ],
+                Some(("the girl at the booth sold 50 bonds", 2)),
+            ),
+            (
+                "a sentence said three times where the reference has it twice",
+                vec![
+                    seg(0.0, 2.0, "Ask what you can do for your country."),
+                    seg(2.0, 4.0, "Ask what you can do for your country."),
+                    seg(6.0, 8.0, "Ask what you can do for your country."),
+                ],
+                Some(("ask what you can do for your country", 3)),
+            ),
+            (
+                "short sentences are not checked",
+                vec![seg(0.0, 1.0, "Thank you."), seg(2.0, 3.0, "Thank you.")],
+                None,
+            ),
+            (
+                "a sentence spanning segments is one sentence",
+                vec![
+                    seg(0.0, 1.0, "The girl at the"),
+                    seg(1.0, 2.0, "booth sold fifty bonds. The girl at the booth"),
+                    seg(2.0, 3.0, "sold fifty bonds."),
+                ],
+                Some(("the girl at the booth sold 50 bonds", 2)),
+            ),
+        ];
+        let reference = reference_sentences(REFERENCE);
+        for (case, segments, expected) in cases {
+            let refs: Vec<&Segment> = segments.iter().collect();
+            let found = repeats(1, &sentences(&refs), &reference);
+            let found: Vec<(&str, usize)> = found
+                .iter()
+                .map(|r| (r.sentence.as_str(), r.said))
+                .collect();
+            assert_eq!(found, expected.into_iter().collect::<Vec<_>>(), "{case}");
+        }
+    }
+}
