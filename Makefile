@@ -60,3 +60,12 @@ ARGS ?= language=en
 .PHONY: bench-delay
 bench-delay: setup
 	scripts/caption-delay $(FILE) $(ARGS)
+
+# Long runs (issue 9): the joins of jfk.wav and the eval clips (ROUNDS=2: 343 s, 7: 20 minutes)
+# built into target/long-join/, transcribed, checked for repeated sentences and zero-length
+# segments, with the word error rate per round. JOIN_ARGS passes element properties.
+ROUNDS ?= 2
+JOIN_ARGS ?=
+.PHONY: long-join
+long-join: setup
+	scripts/long-join --rounds $(ROUNDS) $(JOIN_ARGS)

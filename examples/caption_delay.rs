@@ -118,11 +118,19 @@ fn build_input(args: &Args) -> Result<(Vec<i16>, String), String> {
             break;
         }
     }
-    let name = clips
+    let mut name = args
+        .inputs
         .iter()
-        .map(|c| c.path.display().to_string())
+        .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(" + ");
+    if clips.len() > 1 {
+        name.push_str(&format!(" ({} clips", clips.len()));
+        if let Some(s) = args.loop_to {
+            name.push_str(&format!(", repeated to {s} s"));
+        }
+        name.push(')');
+    }
     Ok((audio, name))
 }
 
@@ -152,6 +160,8 @@ struct Run {
     eos_at: gst::ClockTime,
     /// The `processing-time` of every window, from the element's timing messages.
     processing: Vec<f64>,
+    /// The slowest window: its PTS, processing and decoder time (all temperatures tried).
+    slowest: Option<(f64, f64, f64)>,
 }
 
 fn run_live(audio: Vec<i16>, args: &Args) -> Result<Run, String> {
@@ -265,6 +275,7 @@ fn run_live(audio: Vec<i16>, args: &Args) -> Result<Run, String> {
     };
 
     let mut processing = Vec::new();
+    let mut slowest: Option<(f64, f64, f64)> = None;
     let mut failure = None;
     // A window's timing message comes at least every window while audio flows, so a silent bus for
     // this long is a stall.
@@ -283,8 +294,13 @@ fn run_live(audio: Vec<i16>, args: &Args) -> Result<Run, String> {
             }
             gst::MessageView::Element(e) => {
                 if let Some(s) = e.structure().filter(|s| s.name() == "whisperencnpu-timing") {
-                    if let Ok(t) = s.get::<gst::ClockTime>("processing-time") {
-                        processing.push(t.nseconds() as f64 / 1e9);
+                    let time = |f: &str| s.get::<gst::ClockTime>(f).ok().map(secs);
+                    if let Some(t) = time("processing-time") {
+                        processing.push(t);
+                        if slowest.is_none_or(|(_, p, _)| t > p) {
+                            let pts = time("pts").map_or(f64::NAN, |p| p - secs(audio_start));
+                            slowest = Some((pts, t, time("decoder-time").unwrap_or(f64::NAN)));
+                        }
                     }
                 }
             }
@@ -303,6 +319,7 @@ fn run_live(audio: Vec<i16>, args: &Args) -> Result<Run, String> {
         audio_start,
         eos_at,
         processing,
+        slowest,
     })
 }
 
@@ -313,6 +330,14 @@ fn bus_error(bus: &gst::Bus) -> Option<String> {
         gst::MessageView::Error(e) => Some(e.error().to_string()),
         _ => None,
     }
+}
+
+/// The 1-minute load average (the machine is shared: a busy one delays every window).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "-".into())
 }
 
 fn secs(t: gst::ClockTime) -> f64 {
@@ -358,11 +383,13 @@ fn main() {
          whisperencnpu {props} ! appsink sync=false",
         args.buffer_ms
     );
+    let load_start = load_average();
     let run = run_live(audio, &args).unwrap_or_else(|e| {
         eprintln!("caption_delay: {e}");
         std::process::exit(1)
     });
 
+    let load_end = load_average();
     let delay = |a: &Arrival| secs(a.arrival) - secs(a.pts);
     let delays: Vec<f64> = run.arrivals.iter().map(delay).collect();
     let all = stats(&delays);
@@ -471,6 +498,17 @@ fn main() {
         s(mean(&run.processing)),
         s(processing_max)
     );
+    if let Some((pts, processing, decoder)) = run.slowest {
+        println!(
+            "  slowest window          at {pts:.2} s: processing {}, of which decoding {}",
+            s(processing),
+            s(decoder)
+        );
+    }
+    println!(
+        "  load average            {} at the start, {} at the end (2 cores; others' jobs count)",
+        load_start, load_end
+    );
 
     let json = serde_json::json!({
         "input": name,
@@ -497,6 +535,11 @@ fn main() {
         "windows": run.processing.len(),
         "processing_mean_s": json_number(mean(&run.processing)),
         "processing_max_s": json_number(processing_max),
+        "slowest_window": run.slowest.map(|(pts, p, d)| serde_json::json!({
+            "pts_s": json_number(pts), "processing_s": json_number(p), "decoder_s": json_number(d),
+        })),
+        "loadavg_start": load_start,
+        "loadavg_end": load_end,
     });
     println!("{json}");
     if let Some(path) = &args.json {

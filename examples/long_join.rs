@@ -253,44 +253,91 @@ fn reference_sentences(text: &str) -> Vec<Vec<String>> {
 #[derive(Debug)]
 struct Repeat {
     round: usize,
-    /// What it stands for: the reference sentence, or its own words.
+    /// What it stands for: the reference words it matches, or its own words.
     sentence: String,
     said: usize,
     in_reference: usize,
     at: Vec<(f64, f64, String)>,
 }
 
-fn repeats(round: usize, hyp: &[Sentence], reference: &[Vec<String>]) -> Vec<Repeat> {
-    let mut in_reference: HashMap<String, usize> = HashMap::new();
-    for r in reference {
-        *in_reference.entry(r.join(" ")).or_default() += 1;
+/// Where `hyp` best fits inside `reference` (any stretch of it, the rest free): the edit distance
+/// and the stretch. Whisper often cuts a reference sentence in two at a comma, and each part is
+/// then a sentence of its own, said once.
+fn best_fit(hyp: &[String], reference: &[String]) -> (usize, std::ops::Range<usize>) {
+    // cost[i][j]: hyp[..i] aligned to a stretch of reference ending at j; from[i][j]: its start.
+    let (m, n) = (hyp.len(), reference.len());
+    let mut cost = vec![vec![0usize; n + 1]; m + 1];
+    let mut from = vec![vec![0usize; n + 1]; m + 1];
+    for j in 0..=n {
+        from[0][j] = j;
     }
-    let mut said: HashMap<String, Vec<&Sentence>> = HashMap::new();
+    for i in 1..=m {
+        cost[i][0] = i;
+        from[i][0] = 0;
+        for j in 1..=n {
+            let sub = cost[i - 1][j - 1] + usize::from(hyp[i - 1] != reference[j - 1]);
+            let skip_hyp = cost[i - 1][j] + 1;
+            let skip_ref = cost[i][j - 1] + 1;
+            (cost[i][j], from[i][j]) = if sub <= skip_hyp && sub <= skip_ref {
+                (sub, from[i - 1][j - 1])
+            } else if skip_hyp <= skip_ref {
+                (skip_hyp, from[i - 1][j])
+            } else {
+                (skip_ref, from[i][j - 1])
+            };
+        }
+    }
+    // On a tie the longer stretch: a misheard last word is that word, not one said in addition.
+    let end = (0..=n).rev().min_by_key(|&j| cost[m][j]).unwrap_or(0);
+    (cost[m][end], from[m][end]..end)
+}
+
+/// How often `words` occur one after another in the reference sentences.
+fn occurrences(words: &[String], reference: &[Vec<String>]) -> usize {
+    reference
+        .iter()
+        .map(|r| {
+            r.windows(words.len().max(1))
+                .filter(|w| *w == words)
+                .count()
+        })
+        .sum()
+}
+
+fn repeats(round: usize, hyp: &[Sentence], reference: &[Vec<String>]) -> Vec<Repeat> {
+    let mut said: HashMap<String, (usize, Vec<&Sentence>)> = HashMap::new();
     let mut order = Vec::new();
     for s in hyp.iter().filter(|s| s.words.len() >= MIN_SENTENCE_WORDS) {
         let closest = reference
             .iter()
-            .map(|r| (word_errors(r, &s.words) as f64 / r.len() as f64, r))
+            .map(|r| {
+                let (errors, stretch) = best_fit(&s.words, r);
+                (errors as f64 / s.words.len() as f64, &r[stretch])
+            })
             .min_by(|a, b| a.0.total_cmp(&b.0));
-        let key = match closest {
-            Some((share, r)) if share <= SAME_SENTENCE_MAX_ERROR => r.join(" "),
-            _ => s.words.join(" "),
+        let (key, in_reference) = match closest {
+            Some((share, words)) if share <= SAME_SENTENCE_MAX_ERROR => {
+                (words.join(" "), occurrences(words, reference))
+            }
+            _ => (s.words.join(" "), occurrences(&s.words, reference)),
         };
         if !said.contains_key(&key) {
             order.push(key.clone());
         }
-        said.entry(key).or_default().push(s);
+        said.entry(key)
+            .or_insert((in_reference, Vec::new()))
+            .1
+            .push(s);
     }
     order
         .into_iter()
         .filter_map(|key| {
-            let times = &said[&key];
-            let expected = in_reference.get(&key).copied().unwrap_or(0);
-            (times.len() > expected.max(1)).then(|| Repeat {
+            let (expected, times) = &said[&key];
+            (times.len() > (*expected).max(1)).then(|| Repeat {
                 round,
                 sentence: key.clone(),
                 said: times.len(),
-                in_reference: expected,
+                in_reference: *expected,
                 at: times
                     .iter()
                     .map(|s| (s.start, s.end, s.text.clone()))
@@ -443,6 +490,114 @@ fn main() {
             if let Err(e) = written {
                 fail(format!("{}: {e}", path.display()));
             }
+        }
+    }
+}
+
+/// The checker on made-up segments (`cargo test --release --locked --example long_join`).
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(start: f64, end: f64, text: &str) -> Segment {
+        Segment {
+            start,
+            end,
+            text: text.into(),
+        }
+    }
+
+    /// A round's reference in short: jfk's sentence twice (jfk.wav, then long-form-mixed.wav begins
+    /// with it), a misheard sentence, a short one.
+    const REFERENCE: &str =
+        "And so my fellow Americans, ask not what your country can do for you, \
+        ask what you can do for your country. The girl at the booth sold fifty bonds. Thank you. \
+        And so my fellow Americans, ask not what your country can do for you, ask what you can do \
+        for your country.";
+
+    #[test]
+    fn repeated_sentences_are_counted_against_the_reference() {
+        // (case, segments, repeated sentence expected and how often it was said)
+        const FIRST_PART: &str =
+            "And so my fellow Americans, ask not what your country can do for you.";
+        const SECOND_PART: &str = "Ask what you can do for your country.";
+        const JFK: &str = "And so my fellow Americans, ask not what your country can do for you, \
+                           ask what you can do for your country.";
+        const GIRL: &str = "the girl at the booth sold 50 bonds";
+        const ASK: &str = "ask what you can do for your country";
+        // (case, segments, the repeated sentence expected and how often it was said)
+        let cases: [(&str, Vec<Segment>, Option<(&str, usize)>); 7] = [
+            (
+                "every sentence as often as the reference says it",
+                vec![
+                    seg(0.0, 2.0, JFK),
+                    seg(3.0, 5.0, "The girl at the booth sold fifty bonds."),
+                    seg(6.0, 8.0, JFK),
+                ],
+                None,
+            ),
+            (
+                "a misheard sentence said again where other words were spoken",
+                vec![
+                    seg(3.0, 5.0, "The girl at the moot sold 50 months."),
+                    seg(81.24, 83.6, "The girl at the moot sold 50 months."),
+                ],
+                Some((GIRL, 2)),
+            ),
+            (
+                "a reference sentence said in two parts, twice, is said as often as the reference",
+                vec![
+                    seg(0.0, 4.0, FIRST_PART),
+                    seg(4.0, 6.0, SECOND_PART),
+                    seg(7.0, 9.0, FIRST_PART),
+                    seg(10.0, 12.0, SECOND_PART),
+                ],
+                None,
+            ),
+            (
+                "its second part said once more",
+                vec![
+                    seg(0.0, 4.0, FIRST_PART),
+                    seg(4.0, 6.0, SECOND_PART),
+                    seg(6.0, 7.0, SECOND_PART),
+                    seg(7.0, 9.0, FIRST_PART),
+                    seg(10.0, 12.0, SECOND_PART),
+                ],
+                Some((ASK, 3)),
+            ),
+            (
+                "a whole sentence said three times where the reference has it twice",
+                vec![seg(0.0, 2.0, JFK), seg(2.0, 4.0, JFK), seg(6.0, 8.0, JFK)],
+                Some((
+                    "and so my fellow americans ask not what your country can do for you ask \
+                     what you can do for your country",
+                    3,
+                )),
+            ),
+            (
+                "short sentences are not checked",
+                vec![seg(0.0, 1.0, "Thank you."), seg(2.0, 3.0, "Thank you.")],
+                None,
+            ),
+            (
+                "a sentence spanning segments is one sentence",
+                vec![
+                    seg(0.0, 1.0, "The girl at the"),
+                    seg(1.0, 2.0, "booth sold fifty bonds. The girl at the booth"),
+                    seg(2.0, 3.0, "sold fifty bonds."),
+                ],
+                Some((GIRL, 2)),
+            ),
+        ];
+        let reference = reference_sentences(REFERENCE);
+        for (case, segments, expected) in cases {
+            let refs: Vec<&Segment> = segments.iter().collect();
+            let found = repeats(1, &sentences(&refs), &reference);
+            let found: Vec<(&str, usize)> = found
+                .iter()
+                .map(|r| (r.sentence.as_str(), r.said))
+                .collect();
+            assert_eq!(found, expected.into_iter().collect::<Vec<_>>(), "{case}");
         }
     }
 }
