@@ -6,7 +6,8 @@ one with the same normaliser and word alignment, for scripts/eval.
 
 MANIFEST.tsv: a header line, then `FILE<TAB>REFERENCE` (FILE relative to the manifest's folder).
 HYPOTHESES.tsv: lines `FILE<TAB>TEXT<TAB>SECONDS<TAB>AUDIO_SECONDS` (lines starting with `#` are
-comments: versions, settings); FILE relative to the manifest's folder or absolute, TEXT the clip's
+comments: versions, settings); FILE relative to the manifest's folder (else to the current one) or
+absolute, TEXT the clip's
 whole transcription, SECONDS the wall time spent on it. Both examples/eval.rs (--hypotheses) and
 scripts/faster_whisper_eval.py write this.
 
@@ -49,6 +50,8 @@ def read_hypotheses(path, base):
             if len(cols) < 4:
                 continue
             key = os.path.realpath(os.path.join(base, cols[0]))
+            if not os.path.exists(key):  # relative to where it was run
+                key = os.path.realpath(cols[0])
             out[key] = (cols[1], float(cols[2]), float(cols[3]))
     return out
 
