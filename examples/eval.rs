@@ -372,7 +372,8 @@ const JOIN_GAP_SECONDS: usize = 1;
 /// The manifest's clips in order, 1 s of silence after each, `times` times over, as one 16 kHz
 /// 16-bit WAV file with a manifest of its own (the references joined likewise) in `dir`.
 fn write_join(manifest: &Path, times: usize, dir: &Path) -> Result<(), String> {
-    let text = std::fs::read_to_string(manifest).map_err(|e| format!("{}: {e}", manifest.display()))?;
+    let text =
+        std::fs::read_to_string(manifest).map_err(|e| format!("{}: {e}", manifest.display()))?;
     let base = manifest.parent().unwrap_or(Path::new("."));
     let mut audio: Vec<f32> = Vec::new();
     let mut references: Vec<&str> = Vec::new();
@@ -380,7 +381,8 @@ fn write_join(manifest: &Path, times: usize, dir: &Path) -> Result<(), String> {
         for (file, reference) in text.lines().skip(1).filter_map(|l| l.split_once('\t')) {
             let path = base.join(file);
             let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let (samples, rate) = read_wav(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+            let (samples, rate) =
+                read_wav(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
             if rate != 16_000 {
                 return Err(format!("{}: {rate} Hz, 16000 needed", path.display()));
             }
