@@ -66,6 +66,9 @@ const LOG_TARGET: &str = "whisperencnpu";
 /// How far (seconds) a segment of the last window decoded with look-back may start before the seek
 /// position and still count as new.
 const LOOKBACK_TOLERANCE: f64 = 0.4;
+/// A segment of at least this many words found word for word in what was emitted lately is the
+/// model repeating itself (its loop check takes six words said again for a loop too).
+const REPEATED_PHRASE_WORDS: usize = 6;
 /// Tokens of previous text given as prompt at most (`n_text_ctx / 2 - 1`).
 pub const MAX_PROMPT_TOKENS: usize = 223;
 
@@ -602,8 +605,23 @@ impl Transcriber {
                 let mut out = self.window_result(index, start, n, true, &result, failed, language);
                 self.lock_language(language);
                 out.timing = timing;
-                let _ = self.emit(&mut out, emit, &result);
+                let untranscribed = self.emit(&mut out, emit, &result);
                 out.next_seek = start + n as u64;
+                // The model said again what was said before, over speech: once more from there
+                // without the prompt (the stream is then not done yet).
+                if let Some(at) = untranscribed.map(|at| at.max(self.seek)) {
+                    if self.retried_at != Some(at) {
+                        log::debug!(
+                            target: LOG_TARGET,
+                            "  look-back repeated earlier text over speech: again from {:.2} s without the prompt",
+                            at as f64 / 16000.0
+                        );
+                        self.retried_at = Some(at);
+                        self.history.clear();
+                        out.next_seek = at;
+                        out.last = false;
+                    }
+                }
                 self.advance(out.next_seek);
                 return out;
             }
@@ -751,8 +769,19 @@ impl Transcriber {
             if words.is_empty() {
                 continue;
             }
-            // Said already at the end of the previous window.
-            if out.segments.is_empty() && prev_words.ends_with(&words) {
+            // Said already: at the end of the previous window, or a whole phrase of what was
+            // emitted lately (the model going back to the prompt, as over a long pause).
+            let repeated_phrase = words.len() >= REPEATED_PHRASE_WORDS
+                && self
+                    .recent
+                    .iter()
+                    .flat_map(|r| r.words.iter())
+                    .cloned()
+                    .collect::<Vec<String>>()
+                    .windows(words.len())
+                    .any(|w| w == words.as_slice());
+            if (out.segments.is_empty() && prev_words.ends_with(&words)) || repeated_phrase {
+                log::debug!(target: LOG_TARGET, "dropped as said already: {text:?}");
                 let speech =
                     loudness::speech_seconds(&loud, out.start_sample, s.start, s.end.max(s.start));
                 if speech > 0.5 && untranscribed.is_none() {
@@ -774,14 +803,16 @@ impl Transcriber {
                 Some(w) => span(w.start, w.end, self.seek.max(self.shown_until)),
                 None => by_timestamps,
             };
-            // Text over silence is the model talking to itself (often the prompt again): a
-            // segment must have loud audio under it, enough for its words.
-            // (Over the span the model gave: clamping to the seek may collapse it.)
+            // Text over silence or steady noise is the model talking to itself (often the prompt
+            // again): not one frame under the segment rises above the window's noise floor.
+            // (Over the span the model gave: clamping to the seek may collapse it.) How many
+            // words the loud frames could hold is no test: in fast, continuous or reverberant
+            // speech few frames stand 12 dB above the floor, and the words are real.
             let speech =
                 loudness::speech_seconds(&loud, out.start_sample, s.start, s.end.max(s.start));
             let judged = s.end > s.start; // a look-back segment may have no span of its own
-            if judged && (words.len() as f64 > 10.0 * speech + 3.0 || speech == 0.0) {
-                log::debug!(target: LOG_TARGET, "dropped over {speech:.2} s of speech: {text:?}");
+            if judged && speech == 0.0 {
+                log::debug!(target: LOG_TARGET, "dropped over silence: {text:?}");
                 continue;
             }
             emitted_words.extend(words.iter().cloned());

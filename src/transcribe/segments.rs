@@ -81,6 +81,14 @@ pub(super) fn plausible(tok: &Tokenizer, raw: Vec<RawSegment>) -> Vec<RawSegment
         .iter()
         .position(|s| too_fast(tok, s))
         .unwrap_or(raw.len());
+    if n < raw.len() {
+        log::debug!(
+            target: super::LOG_TARGET,
+            "  too many words a second from {:.2} s: {} segment(s) dropped",
+            f64::from(raw[n].start) * 0.02,
+            raw.len() - n
+        );
+    }
     raw.into_iter().take(n).collect()
 }
 
