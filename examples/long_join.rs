@@ -6,6 +6,7 @@
 //!     [--json PATH] [--verbose] [prop=value ...]
 //!     --rounds 1,2,7   the joins to build and check (default 2: 343 s; 7 is the 20-minute run)
 //!     --build-only     write the joins and their reference text, run nothing
+//!     --recheck        check the segments an earlier run with the same properties wrote
 //!     prop=value       set on whisperencnpu after mode=transcription language=en, e.g.
 //!                      previous-text-prompt=false latency-mode=low model=tiny.en
 //! ```
@@ -13,7 +14,8 @@
 //! A round is the clips of `../shared/audio/eval/manifest.tsv` in manifest order (jfk.wav first),
 //! each followed by 1 s of silence: 171.6 s. The joins are written to `target/long-join/` as
 //! `join-Nx.wav` with `join-Nx.txt` (the reference, one clip a line); the element's segments go to
-//! `join-Nx.segments.tsv` (start, end, text).
+//! `join-Nx.segments.tsv` (start, end, text; `join-Nx.<prop=value,...>.segments.tsv` with other
+//! properties).
 //!
 //! The file goes through `filesrc ! wavparse ! audioconvert ! audioresample ! whisperencnpu !
 //! fakesink` as fast as it decodes, and the `whisperencnpu-segment` messages are checked, round by
@@ -49,6 +51,8 @@ const SAME_SENTENCE_MAX_ERROR: f64 = 0.5;
 struct Args {
     rounds: Vec<usize>,
     build_only: bool,
+    /// Check the segments of an earlier run again instead of transcribing.
+    recheck: bool,
     props: ElementProps,
     json: Option<PathBuf>,
     verbose: bool,
@@ -56,7 +60,8 @@ struct Args {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: long_join [--rounds N,N,...] [--build-only] [--json PATH] [--verbose] [prop=value ...]"
+        "usage: long_join [--rounds N,N,...] [--build-only] [--recheck] [--json PATH] [--verbose] \
+         [prop=value ...]"
     );
     std::process::exit(2)
 }
@@ -65,6 +70,7 @@ fn parse_args() -> Args {
     let mut a = Args {
         rounds: vec![2],
         build_only: false,
+        recheck: false,
         props: ElementProps::default(),
         json: None,
         verbose: false,
@@ -83,6 +89,7 @@ fn parse_args() -> Args {
                 }
             }
             "--build-only" => a.build_only = true,
+            "--recheck" => a.recheck = true,
             "--json" => a.json = Some(PathBuf::from(value())),
             "--verbose" | "-v" => a.verbose = true,
             s if a.props.take(s) => {}
@@ -198,6 +205,43 @@ fn transcribe(wav: &Path, props: &ElementProps) -> Result<(Vec<Segment>, f64), S
         Some(f) => Err(f),
         None => Ok((segments, started.elapsed().as_secs_f64())),
     }
+}
+
+/// `join-Nx.segments.tsv` for the default properties, `join-Nx.<prop=value,...>.segments.tsv` for
+/// others, so runs with different settings keep their segments apart.
+fn segments_path(wav: &Path, props: &ElementProps) -> PathBuf {
+    let defaults = [("mode", "transcription"), ("language", "en")];
+    let tag: Vec<String> = props
+        .0
+        .iter()
+        .filter(|(n, v)| !defaults.contains(&(n.as_str(), v.as_str())))
+        .map(|(n, v)| format!("{n}={}", v.replace('/', "_")))
+        .collect();
+    if tag.is_empty() {
+        wav.with_extension("segments.tsv")
+    } else {
+        wav.with_extension(format!("{}.segments.tsv", tag.join(",")))
+    }
+}
+
+/// Segments written by an earlier run (start, end, text a line).
+fn read_segments(path: &Path) -> Result<Vec<Segment>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let mut f = l.splitn(3, '\t');
+            let mut time = || f.next().and_then(|v| v.parse::<f64>().ok());
+            match (time(), time(), f.next()) {
+                (Some(start), Some(end), text) => Ok(Segment {
+                    start,
+                    end,
+                    text: text.unwrap_or("").to_string(),
+                }),
+                _ => Err(format!("{}: bad line {l:?}", path.display())),
+            }
+        })
+        .collect()
 }
 
 /// A sentence of the hypothesis and where the segment it starts in lies.
@@ -398,10 +442,17 @@ fn check(
         .map(|(n, v)| format!("{n}={v}"))
         .collect::<Vec<_>>()
         .join(" ");
+    let speed = if wall.is_nan() {
+        "checked again".to_string()
+    } else {
+        format!(
+            "in {wall:.0} s, {:.1}x realtime",
+            round_seconds * rounds as f64 / wall
+        )
+    };
     println!(
-        "  {} segments in {wall:.0} s ({:.1}x realtime); whisperencnpu {props}",
-        segments.len(),
-        round_seconds * rounds as f64 / wall
+        "  {} segments ({speed}); whisperencnpu {props}",
+        segments.len()
     );
     println!("  zero-length segments    {}", zero.len());
     for s in &zero {
@@ -463,14 +514,23 @@ fn main() {
         if args.build_only {
             continue;
         }
-        let (segments, wall) = transcribe(&wav, &args.props).unwrap_or_else(|e| fail(e));
-        let tsv: String = segments
-            .iter()
-            .map(|s| format!("{:.3}\t{:.3}\t{}\n", s.start, s.end, s.text.trim()))
-            .collect();
-        let tsv_path = wav.with_extension("segments.tsv");
-        std::fs::write(&tsv_path, tsv)
-            .unwrap_or_else(|e| fail(format!("{}: {e}", tsv_path.display())));
+        let tsv_path = segments_path(&wav, &args.props);
+        let (segments, wall) = if args.recheck {
+            (
+                read_segments(&tsv_path).unwrap_or_else(|e| fail(e)),
+                f64::NAN,
+            )
+        } else {
+            let (segments, wall) = transcribe(&wav, &args.props).unwrap_or_else(|e| fail(e));
+            let tsv: String = segments
+                .iter()
+                .map(|s| format!("{:.6}\t{:.6}\t{}\n", s.start, s.end, s.text.trim()))
+                .collect();
+            std::fs::write(&tsv_path, tsv)
+                .unwrap_or_else(|e| fail(format!("{}: {e}", tsv_path.display())));
+            (segments, wall)
+        };
+        println!("  segments: {}", tsv_path.display());
         if args.verbose {
             for s in &segments {
                 println!("    [{:8.2} - {:8.2}] {}", s.start, s.end, s.text.trim());
