@@ -134,6 +134,8 @@ fn main() {
     println!("{options:?}");
     let mut all_delays: Vec<f64> = Vec::new();
     let mut all_processing: Vec<f64> = Vec::new();
+    // Sums over the steps: mel + encoder, decoder (with alignment), tokens decoded.
+    let (mut t_enc, mut t_dec, mut tokens) = (0.0f64, 0.0f64, 0usize);
     let (mut errors, mut ref_words) = (0usize, 0usize);
     for file in &files {
         let bytes = std::fs::read(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
@@ -182,6 +184,9 @@ fn main() {
                 let r = st.step();
                 let took = t0.elapsed().as_secs_f64();
                 all_processing.push(took);
+                t_enc += (r.timing.mel + r.timing.encoder).as_secs_f64();
+                t_dec += r.timing.decoder.as_secs_f64();
+                tokens += r.timing.decoded_tokens;
                 report(&r, edge + took, &mut delays, &mut text);
                 // The audio that came while the step ran.
                 let target = (pos + (took * 16000.0) as usize).min(audio.len());
@@ -225,6 +230,13 @@ fn main() {
         }
         all_delays.extend(delays);
     }
+    let steps = all_processing.len().max(1) as f64;
+    println!(
+        "per step: mel+encoder {:.3} s, decoder {:.3} s, {:.1} tokens decoded",
+        t_enc / steps,
+        t_dec / steps,
+        tokens as f64 / steps
+    );
     all_delays.sort_by(f64::total_cmp);
     all_processing.sort_by(f64::total_cmp);
     let mean = all_delays.iter().sum::<f64>() / all_delays.len().max(1) as f64;
