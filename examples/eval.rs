@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use gstwhisperencnpu::model::{default_models_root, WhisperModel};
 use gstwhisperencnpu::npu::{BackendChoice, Precision};
 use gstwhisperencnpu::transcribe::text::{normalize_english, read_wav, word_errors};
+use gstwhisperencnpu::transcribe::streaming::{StreamOptions, StreamingTranscriber};
 use gstwhisperencnpu::transcribe::{Segment, TranscribeOptions, Transcriber, WindowResult};
 use gstwhisperencnpu::window::EncoderOptions;
 
@@ -208,6 +209,49 @@ fn transcribe(
         windows.push(w);
     }
     Ok(windows)
+}
+
+/// What walks the clips, as the element's `latency-mode` says.
+enum Engine {
+    Full(Transcriber),
+    Low(StreamingTranscriber),
+}
+
+/// Transcribes a file with the low-latency mode's streaming transcriber, the audio pushed in 20 ms
+/// pieces and a step whenever one is due (as when processing keeps up with a live source); returns
+/// the committed text and the audio's length in seconds.
+fn transcribe_low_latency(
+    s: &mut StreamingTranscriber,
+    path: &Path,
+    verbose: bool,
+) -> Result<(String, f64), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (audio, rate) = read_wav(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    if rate != 16_000 {
+        return Err(format!("{}: {rate} Hz, 16000 needed", path.display()));
+    }
+    s.reset(0);
+    let mut words: Vec<String> = Vec::new();
+    let mut take = |r: gstwhisperencnpu::transcribe::streaming::StepResult| {
+        if verbose && !r.committed.is_empty() {
+            let text: Vec<&str> = r.committed.iter().map(|w| w.text.as_str()).collect();
+            println!(
+                "  [{:7.2} -> {:7.2}] {}",
+                r.committed[0].start_sample as f64 / 16000.0,
+                r.committed[r.committed.len() - 1].end_sample as f64 / 16000.0,
+                text.join(" ")
+            );
+        }
+        words.extend(r.committed.into_iter().map(|w| w.text));
+    };
+    for chunk in audio.chunks(320) {
+        s.push_audio(chunk);
+        if s.wants_step() {
+            take(s.step());
+        }
+    }
+    take(s.finish());
+    Ok((words.join(" "), audio.len() as f64 / 16000.0))
 }
 
 /// faster-whisper's figures from the README of the audio folder, by file name.
@@ -443,12 +487,6 @@ fn main() {
     {
         log::set_max_level(log::LevelFilter::Debug);
     }
-    if args.latency_mode == LatencyMode::Low {
-        // The place for the low-latency mode: transcribe the clips with the streaming transcriber
-        // (src/transcribe/streaming) instead of `transcribe` below, pushed in the same chunks.
-        eprintln!("eval: --latency-mode low is not wired to the streaming transcriber yet");
-        std::process::exit(2)
-    }
     let model = WhisperModel::load(&args.model).unwrap_or_else(|e| {
         eprintln!("{e}");
         std::process::exit(1)
@@ -545,26 +583,35 @@ fn main() {
         args.model.display(),
         args.latency_mode
     );
+    // The low-latency mode walks the clips with the streaming transcriber (on the same prepared
+    // model); its text is the committed words.
+    let mut engine = match args.latency_mode {
+        LatencyMode::Low => Engine::Low(StreamingTranscriber::new(t, StreamOptions::default())),
+        LatencyMode::Full => Engine::Full(t),
+    };
     for &(file, reference) in &clips {
         let path = base.join(file);
         let started = Instant::now();
-        let windows = match transcribe(&mut t, &path, args.verbose) {
-            Ok(w) => w,
-            Err(e) => {
-                eprintln!("{e}");
-                std::process::exit(1)
-            }
+        let result = match &mut engine {
+            Engine::Low(s) => transcribe_low_latency(s, &path, args.verbose),
+            Engine::Full(t) => transcribe(t, &path, args.verbose).map(|windows| {
+                let audio = windows.last().map_or(0.0, |w| {
+                    (w.start_sample + w.audio_samples as u64) as f64 / 16000.0
+                });
+                let text = windows
+                    .iter()
+                    .flat_map(|w| w.segments.iter())
+                    .map(|s: &Segment| s.text.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                (text, audio)
+            }),
         };
-        let elapsed = started.elapsed();
-        let audio: f64 = windows.last().map_or(0.0, |w| {
-            (w.start_sample + w.audio_samples as u64) as f64 / 16000.0
+        let (hyp, audio) = result.unwrap_or_else(|e| {
+            eprintln!("{e}");
+            std::process::exit(1)
         });
-        let hyp: String = windows
-            .iter()
-            .flat_map(|w| w.segments.iter())
-            .map(|s: &Segment| s.text.as_str())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let elapsed = started.elapsed();
         hypotheses.push_str(&format!(
             "{file}\t{}\t{:.3}\t{audio:.3}\n",
             hyp.replace(['\t', '\n'], " ").trim(),
