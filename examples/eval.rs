@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 
 use gstwhisperencnpu::model::{default_models_root, WhisperModel};
 use gstwhisperencnpu::npu::{BackendChoice, Precision};
-use gstwhisperencnpu::transcribe::text::{normalize_english, read_wav, word_errors};
 use gstwhisperencnpu::transcribe::streaming::{StreamOptions, StreamingTranscriber};
+use gstwhisperencnpu::transcribe::text::{normalize_english, read_wav, word_errors};
 use gstwhisperencnpu::transcribe::{Segment, TranscribeOptions, Transcriber, WindowResult};
 use gstwhisperencnpu::window::EncoderOptions;
 

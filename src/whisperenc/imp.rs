@@ -56,9 +56,14 @@ const TRANSCRIPTION_CHUNK_SAMPLES: usize = 1_600;
 /// processing falls behind), but never for more than this many steps' worth: a step must come
 /// even when upstream is faster than real time (a file).
 const MAX_MERGED_STEPS: u32 = 4;
-/// How long one low-latency step may take for the latency query when the `latency` property
-/// does not say: FIXME measured.
-const STEP_PROCESSING_BOUND: std::time::Duration = std::time::Duration::from_millis(600);
+/// How long one low-latency step may take for the latency query when the `latency` property does
+/// not say, in warm-up windows (the encoder's time at load): a step encodes one window and decodes
+/// a few tokens, which took half to one encoder time again on base and tiny.en.
+const STEP_PROCESSING_WARMUPS: u32 = 3;
+/// A step slower than the bound raises it to this many times its own time, with a latency message.
+const STEP_BOUND_MARGIN: f64 = 1.25;
+/// The first steps (allocations, caches) do not move the bound.
+const STEPS_BEFORE_ADAPTING: u64 = 3;
 /// Audio waiting for the src task before the streaming thread waits: two windows, enough to ride
 /// out a slow window, small enough to bound memory (each is 640 KiB).
 const QUEUE_SAMPLES: usize = 2 * WINDOW_SAMPLES;
@@ -318,6 +323,9 @@ pub struct WhisperEncNpu {
     loaded_key: Mutex<Option<String>>,
     /// The processor of the last run, ready for the next one.
     prepared: Mutex<Option<Prepared>>,
+    /// Low latency: how long a step may take, as the latency query last answered; raised when a
+    /// step takes longer (see `adapt_step_bound`).
+    step_bound: Mutex<Option<std::time::Duration>>,
 }
 
 impl Default for Queue {
@@ -672,6 +680,7 @@ impl WhisperEncNpu {
             precision: encoder.precision(),
         };
         self.post(timing.message());
+        self.adapt_step_bound(report.index, report.processing);
 
         let mut position = clock.position.unwrap_or(at(0));
         if let (Some(first), Some(last)) = (result.committed.first(), result.committed.last()) {
@@ -722,6 +731,31 @@ impl WhisperEncNpu {
         self.push_gap_until(&mut position, at(result.settled));
         clock.position = Some(position);
         Ok(gst::FlowSuccess::Ok)
+    }
+
+    /// A step slower than the processing bound the latency query answered with would make its words
+    /// late at a syncing sink: the bound is raised past it and the pipeline told to ask again.
+    fn adapt_step_bound(&self, index: u64, processing: std::time::Duration) {
+        if index < STEPS_BEFORE_ADAPTING || self.settings.lock().unwrap().latency_ms > 0 {
+            return;
+        }
+        let mut bound = self.step_bound.lock().unwrap();
+        match *bound {
+            Some(b) if processing > b => {
+                let raised = processing.mul_f64(STEP_BOUND_MARGIN);
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "a step took {processing:?}, more than the {b:?} the latency allows: {raised:?} now"
+                );
+                *bound = Some(raised);
+                drop(bound);
+                let _ = self
+                    .obj()
+                    .post_message(gst::message::Latency::builder().src(&*self.obj()).build());
+            }
+            _ => {}
+        }
     }
 
     /// Pushes `text` over `[start, end]`, with a GAP before it from `position`.
@@ -793,6 +827,8 @@ impl WhisperEncNpu {
             *self.loaded_key.lock().unwrap() = Some(key);
             return Ok(());
         }
+        // A new model: its own processing bound, measured below.
+        *self.step_bound.lock().unwrap() = None;
         let options = EncoderOptions {
             backend: match settings.backend {
                 Backend::Auto => BackendChoice::Auto,
@@ -928,9 +964,13 @@ impl WhisperEncNpu {
                 window_duration() + configured.or(measured).unwrap_or_else(window_duration)
             }
             Mode::Transcription if self.low_latency_wanted(live) => {
-                let processing = configured
-                    .map(|c| std::time::Duration::from_nanos(c.nseconds()))
-                    .unwrap_or(STEP_PROCESSING_BOUND);
+                let processing = match configured {
+                    Some(c) => std::time::Duration::from_nanos(c.nseconds()),
+                    None => *self.step_bound.lock().unwrap().get_or_insert_with(|| {
+                        let warmup = loaded.map_or(window_duration(), |l| l.processing);
+                        std::time::Duration::from_nanos(warmup.nseconds()) * STEP_PROCESSING_WARMUPS
+                    }),
+                };
                 let bound = StreamOptions::default().delay_bound(processing);
                 gst::ClockTime::from_nseconds(bound.as_nanos() as u64)
             }
@@ -1230,6 +1270,7 @@ impl ObjectSubclass for WhisperEncNpu {
             loaded: Mutex::new(None),
             loaded_key: Mutex::new(None),
             prepared: Mutex::new(None),
+            step_bound: Mutex::new(None),
         }
     }
 }
