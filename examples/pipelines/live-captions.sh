@@ -13,4 +13,4 @@ here=$(cd "$(dirname "$0")" && pwd)
 sets=()
 for prop in "$@"; do sets+=(--set "$prop"); done
 export SOURCE=${SOURCE:-pulsesrc}
-exec python3 "$here/captions.py" --overlay "${sets[@]}"
+exec "$here/captions.py" --overlay "${sets[@]}"
