@@ -103,7 +103,7 @@ def main():
         video = os.environ.get("VIDEO", "videotestsrc is-live=true pattern=smpte")
         sink = os.environ.get("SINK", "autovideosink")
         audio = ("%s ! video/x-raw,width=1280,height=720,framerate=25/1 ! textoverlay name=overlay "
-                 'valignment=bottom halignment=left line-alignment=left font-desc="Sans 28" '
+                 'valignment=bottom halignment=left line-alignment=left font-desc="Sans 20" '
                  "wait-text=false ! videoconvert ! %s  %s" % (video, sink, audio))
     pipeline = Gst.parse_launch(audio)
     overlay = pipeline.get_by_name("overlay") if args.overlay else None
