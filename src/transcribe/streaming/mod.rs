@@ -54,6 +54,8 @@ pub struct StreamOptions {
     pub pause: Duration,
     /// A word that started this long before the live edge is committed whatever the passes say.
     pub force_after: Duration,
+    /// Two passes agreeing commit a word only once it ended this long before the live edge.
+    pub min_age: Duration,
     /// Tokens of committed text before the window given as prompt (at most 223).
     pub prompt_tokens: usize,
 }
@@ -64,6 +66,7 @@ impl Default for StreamOptions {
             step: Duration::from_millis(500),
             pause: Duration::from_millis(500),
             force_after: Duration::from_millis(1500),
+            min_age: Duration::from_millis(300),
             prompt_tokens: 96,
         }
     }
@@ -183,6 +186,7 @@ impl StreamingTranscriber {
         let policy = CommitPolicy::new(CommitBounds {
             pause: samples(options.pause),
             force_after: samples(options.force_after),
+            min_age: samples(options.min_age),
         });
         StreamingTranscriber {
             core,
