@@ -3,8 +3,9 @@
 //! Every step decodes the text not yet committed again, from a window ending at the live edge.
 //! A word is committed (said, never retracted) when:
 //! - **agreement** (LocalAgreement-2, ufal/whisper_streaming): this pass and the one before agree
-//!   on it and on every word before it, and this pass has a word after it (the last word of a pass
-//!   may be cut by the live edge: "American" before "Americans");
+//!   on it and on every word before it, this pass has a word after it (the last word of a pass
+//!   may be cut by the live edge: "American" before "Americans"), and it ended `min_age` before
+//!   the live edge;
 //! - **pause**: nothing was spoken for `pause` up to the live edge: the whole hypothesis is final;
 //! - **forced**: the word started `force_after` or more before the live edge: every word up to it
 //!   is committed whatever the passes said, so the delay is bounded and the uncommitted span stays
@@ -30,6 +31,9 @@ pub struct CommitBounds {
     pub pause: u64,
     /// A word that started this long before the live edge is committed (with all before it).
     pub force_after: u64,
+    /// Agreement commits only words that ended at least this long before the live edge: at the
+    /// edge the decoder guesses (words cut, or words it expects next that are not there yet).
+    pub min_age: u64,
 }
 
 /// Why words were committed (the strongest reason of the pass).
@@ -103,7 +107,12 @@ impl CommitPolicy {
                 .zip(&self.previous)
                 .take_while(|(h, p)| h.key == **p)
                 .count()
-                .min(hyp.len() - 1);
+                .min(hyp.len() - 1)
+                .min(
+                    hyp.iter()
+                        .take_while(|w| w.end + self.bounds.min_age <= live_edge)
+                        .count(),
+                );
             let forced = hyp
                 .iter()
                 .rposition(|w| w.start + self.bounds.force_after <= live_edge)
@@ -150,6 +159,7 @@ mod tests {
     const BOUNDS: CommitBounds = CommitBounds {
         pause: SECOND / 2,
         force_after: 2 * SECOND,
+        min_age: 0,
     };
 
     /// Words "a b c" at 0.4 s each from `from` seconds.
@@ -240,6 +250,19 @@ mod tests {
                 ("country", 0.0, 1.0, Some(1.0), "", None),
             ],
         );
+    }
+
+    #[test]
+    fn agreement_waits_for_words_to_age() {
+        let mut p = CommitPolicy::new(CommitBounds {
+            min_age: SECOND / 2,
+            ..BOUNDS
+        });
+        // Words end at 0.3, 0.7, 1.1 s; live edge 1.0 s: only the first is 0.5 s old.
+        let hyp = words("which are an", 0.0);
+        assert_eq!(p.decide(&hyp, SECOND, Some(SECOND)).count, 0, "first pass");
+        let d = p.decide(&hyp, SECOND, Some(SECOND));
+        assert_eq!((d.count, d.reason), (1, Some(Agreement)), "second pass");
     }
 
     #[test]

@@ -54,6 +54,8 @@ pub struct StreamOptions {
     pub pause: Duration,
     /// A word that started this long before the live edge is committed whatever the passes say.
     pub force_after: Duration,
+    /// Two passes agreeing commit a word only once it ended this long before the live edge.
+    pub min_age: Duration,
     /// Tokens of committed text before the window given as prompt (at most 223).
     pub prompt_tokens: usize,
 }
@@ -64,6 +66,7 @@ impl Default for StreamOptions {
             step: Duration::from_millis(500),
             pause: Duration::from_millis(500),
             force_after: Duration::from_millis(1500),
+            min_age: Duration::from_millis(300),
             prompt_tokens: 96,
         }
     }
@@ -192,6 +195,7 @@ impl StreamingTranscriber {
         let policy = CommitPolicy::new(CommitBounds {
             pause: samples(options.pause),
             force_after: samples(options.force_after),
+            min_age: samples(options.min_age),
         });
         StreamingTranscriber {
             core,
@@ -327,11 +331,46 @@ impl StreamingTranscriber {
         });
         let enough = edge >= from + seconds_to_samples(MIN_NEW_AUDIO);
         let quiet = speech.is_none() || self.core.is_quiet(from, (edge - from) as usize);
-        let pass = if enough && !quiet {
+        let mut pass = if enough && !quiet {
             self.decode_pass(ws, n, first_prefix, edge - from, &loud, &mut out.timing)
         } else {
             None
         };
+        // Speech older than a forced commit and no word for it: the forced prefix may have led
+        // the decoder to end the text (the committed words' times a little off, say). Decode once
+        // more from the end of the committed text, the committed words as prompt only.
+        let stalled = pass.as_ref().is_none_or(|p| p.words.is_empty())
+            && first_prefix < self.committed.len()
+            && speech.is_some_and(|(a, _)| a + samples(self.options.force_after) <= edge);
+        if stalled && enough && !quiet {
+            let ws = from;
+            let n = (edge - ws) as usize;
+            let loud = self.core.loud_frames(ws, n);
+            log::debug!(
+                "streaming: no text for speech from {:.2} s: again without the forced prefix",
+                speech.map_or(0.0, |s| s.0 as f64 / f64::from(SAMPLE_RATE))
+            );
+            let last_key = self
+                .committed
+                .last()
+                .map(|c| text::normalize_word(&c.word.text));
+            pass = self
+                .decode_pass(
+                    ws,
+                    n,
+                    self.committed.len(),
+                    edge - from,
+                    &loud,
+                    &mut out.timing,
+                )
+                .map(|mut p| {
+                    // Not the last committed word again.
+                    if p.words.first().map(|w| Some(&w.key)) == Some(last_key.as_ref()) {
+                        p.words.remove(0);
+                    }
+                    p
+                });
+        }
         let speech_end = if quiet { None } else { speech.map(|s| s.1) };
         let mut words = pass.as_ref().map(|p| p.words.clone()).unwrap_or_default();
         // Text the alignment puts over the silence after the speech: not heard, invented.
@@ -721,32 +760,18 @@ fn continue_text(
     }
 }
 
-/// Words of a phrase said again after the committed text that make a loop (as
-/// `text::repetition_start` counts a phrase said again inside a window).
-const PHRASE_AGAIN: usize = 6;
-
-/// Where the decoded tail `seq[prefix..]` starts looping, as a token index of `seq`: a loop inside
-/// the tail ([`text::repetition_start`]), or the tail's last six words said already in the committed
-/// text. Loops are looked for in the tail only: committed speech that repeats itself ("words words
-/// words") is what was said, and judging it again would stop every later pass at the same place.
+/// Where the decoded tail `seq[prefix..]` starts looping, as a token index of `seq` (not before
+/// the tail): [`text::repetition_start`] over the committed words in the window and the tail, so
+/// that a phrase of the committed text said again is caught. Committed speech that really repeats
+/// itself ("words words words words") then gives an empty tail: the stall fallback of
+/// [`StreamingTranscriber`] decodes it again without the forced prefix.
 fn loop_start(
     tok: &crate::model::tokenizer::Tokenizer,
     seq: &[u32],
     prefix: usize,
 ) -> Option<usize> {
-    let tail = text::Words::from_tokens(tok, &seq[prefix..]);
-    if let Some(w) = text::repetition_start(&tail.words) {
-        return Some(prefix + tail.token_index[w]);
-    }
-    let n = tail.words.len();
-    if n >= PHRASE_AGAIN {
-        let last = &tail.words[n - PHRASE_AGAIN..];
-        let before = text::Words::from_tokens(tok, &seq[..prefix]);
-        if before.words.windows(PHRASE_AGAIN).any(|w| w == last) {
-            return Some(prefix + tail.token_index[n - PHRASE_AGAIN]);
-        }
-    }
-    None
+    let words = text::Words::from_tokens(tok, seq);
+    text::repetition_start(&words.words).map(|w| words.token_index[w].max(prefix))
 }
 
 fn log_sum_exp(v: impl Iterator<Item = f32> + Clone) -> f32 {
