@@ -16,15 +16,18 @@ use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
-use super::messages::{partial_message, segment_message, TimingReport};
+use super::messages::TimingReport;
 use super::{Backend, LatencyMode, Mode, Precision, Task};
 use crate::mel::{SAMPLE_RATE, WINDOW_SAMPLES};
 use crate::model::WhisperModel;
 use crate::npu;
 use crate::npu::BackendChoice;
-use crate::transcribe::streaming::{StepResult, StreamOptions, StreamingTranscriber};
 use crate::transcribe::{self, TranscribeError, TranscribeOptions, Transcriber};
 use crate::window::{EncoderOptions, SetupError, WindowEncoder};
+
+mod text;
+
+use text::{TextClock, TextEngine, TextOutput};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -52,18 +55,6 @@ pub(super) fn install_logger() {
 /// Audio handed to the transcriber at a time: 0.1 s, so that the low-latency mode steps close to
 /// the live edge (whole-window decoding waits for a full window whatever the chunk).
 const TRANSCRIPTION_CHUNK_SAMPLES: usize = 1_600;
-/// In the low-latency mode, audio still queued makes the next step wait for it (steps merge when
-/// processing falls behind), but never for more than this many steps' worth: a step must come
-/// even when upstream is faster than real time (a file).
-const MAX_MERGED_STEPS: u32 = 4;
-/// How long one low-latency step may take for the latency query when the `latency` property does
-/// not say, in warm-up windows (the encoder's time at load): a step encodes one window and decodes
-/// a few tokens, which took half to one encoder time again on base and tiny.en.
-const STEP_PROCESSING_WARMUPS: u32 = 3;
-/// A step slower than the bound raises it to this many times its own time, with a latency message.
-const STEP_BOUND_MARGIN: f64 = 1.25;
-/// The first steps (allocations, caches) do not move the bound.
-const STEPS_BEFORE_ADAPTING: u64 = 3;
 /// Audio waiting for the src task before the streaming thread waits: two windows, enough to ride
 /// out a slow window, small enough to bound memory (each is 640 KiB).
 const QUEUE_SAMPLES: usize = 2 * WINDOW_SAMPLES;
@@ -205,87 +196,6 @@ impl Loaded {
 enum Processor {
     Embeddings(Box<WindowEncoder>),
     Transcription(Box<TextOutput>),
-}
-
-/// How the stream is walked, as `latency-mode` resolved at the stream's first chunk.
-enum TextEngine {
-    /// Whole windows from the seek position.
-    Full(Transcriber),
-    /// A window sliding with the live edge, words committed once stable.
-    Low {
-        transcriber: Box<StreamingTranscriber>,
-        /// Samples pushed since the last step.
-        unstepped: usize,
-        steps: u64,
-    },
-}
-
-/// Where the text output stands in stream time.
-#[derive(Default)]
-struct TextClock {
-    /// Stream time of the transcriber's sample 0 (the first chunk since start or flush).
-    base_pts: Option<gst::ClockTime>,
-    /// Text and gaps have been pushed up to here.
-    position: Option<gst::ClockTime>,
-    /// Low latency: the words committed in the segment still open (for the partial message).
-    open_words: Vec<String>,
-}
-
-impl TextClock {
-    /// Stream time of a transcriber sample.
-    fn at(&self, sample: u64) -> gst::ClockTime {
-        self.base_pts.unwrap_or(gst::ClockTime::ZERO) + samples_to_time(sample)
-    }
-}
-
-/// The transcriber and where its output stands in stream time.
-struct TextOutput {
-    /// `None` only while switching between the two engines.
-    engine: Option<TextEngine>,
-    stream_options: StreamOptions,
-    clock: TextClock,
-}
-
-/// What one low-latency step covered and cost.
-struct StepReport {
-    index: u64,
-    /// New audio since the step before (samples).
-    audio: usize,
-    processing: std::time::Duration,
-}
-
-impl TextOutput {
-    /// Switches to the engine asked for, keeping the prepared model.
-    fn use_low_latency(&mut self, low: bool) {
-        self.engine = match (self.engine.take().expect("engine"), low) {
-            (TextEngine::Full(t), true) => Some(TextEngine::Low {
-                transcriber: Box::new(StreamingTranscriber::new(t, self.stream_options.clone())),
-                unstepped: 0,
-                steps: 0,
-            }),
-            (TextEngine::Low { transcriber, .. }, false) => {
-                Some(TextEngine::Full(transcriber.into_inner()))
-            }
-            (engine, _) => Some(engine),
-        };
-    }
-
-    /// A new stream (flush, stop): nothing pending, nothing said.
-    fn reset(&mut self) {
-        match self.engine.as_mut().expect("engine") {
-            TextEngine::Full(t) => t.reset(0),
-            TextEngine::Low {
-                transcriber,
-                unstepped,
-                steps,
-            } => {
-                transcriber.reset(0);
-                *unstepped = 0;
-                *steps = 0;
-            }
-        }
-        self.clock = TextClock::default();
-    }
 }
 
 /// A prepared model kept between runs (see [`WhisperEncNpu::load`]).
@@ -504,300 +414,8 @@ impl WhisperEncNpu {
                 }
                 self.srcpad.push(buffer)
             }
-            Some(Processor::Transcription(text)) => {
-                if text.clock.base_pts.is_none() {
-                    text.clock.base_pts = Some(window.pts);
-                    text.clock.position = Some(window.pts);
-                    let low = self.low_latency_wanted(self.upstream_is_live());
-                    gst::info!(
-                        CAT,
-                        imp = self,
-                        "transcribing with {} latency",
-                        if low { "low" } else { "full" }
-                    );
-                    text.use_low_latency(low);
-                }
-                let behind = self.audio_queued();
-                let TextOutput { engine, clock, .. } = &mut **text;
-                match engine.as_mut().expect("engine") {
-                    TextEngine::Full(transcriber) => {
-                        transcriber.push_audio(&samples);
-                        loop {
-                            let started = Instant::now();
-                            let Some(result) = transcriber.next_window() else {
-                                return Ok(gst::FlowSuccess::Ok);
-                            };
-                            let encoder = transcriber.encoder();
-                            self.push_text(clock, encoder, result, started.elapsed())?;
-                        }
-                    }
-                    TextEngine::Low {
-                        transcriber,
-                        unstepped,
-                        steps,
-                    } => {
-                        transcriber.push_audio(&samples);
-                        *unstepped += samples.len();
-                        // Behind: let the queued audio join this step, up to a bound.
-                        let step =
-                            transcriber.options().step.as_secs_f64() * f64::from(SAMPLE_RATE);
-                        let merge_limit = step as usize * MAX_MERGED_STEPS as usize;
-                        if !transcriber.wants_step() || (behind && *unstepped < merge_limit) {
-                            return Ok(gst::FlowSuccess::Ok);
-                        }
-                        let started = Instant::now();
-                        let result = transcriber.step();
-                        let report = StepReport {
-                            index: *steps,
-                            audio: *unstepped,
-                            processing: started.elapsed(),
-                        };
-                        *steps += 1;
-                        *unstepped = 0;
-                        self.push_step(clock, transcriber, result, report)
-                    }
-                }
-            }
+            Some(Processor::Transcription(text)) => self.process_text(text, window.pts, &samples),
         }
-    }
-
-    /// Whether upstream is live, as its latency query says (what `latency-mode=auto` follows).
-    fn upstream_is_live(&self) -> bool {
-        let mut query = gst::query::Latency::new();
-        self.sinkpad.peer_query(&mut query) && query.result().0
-    }
-
-    /// Whether transcription runs in the low-latency mode, for an upstream that is `live` or not.
-    fn low_latency_wanted(&self, live: bool) -> bool {
-        match self.settings.lock().unwrap().latency_mode {
-            LatencyMode::Low => true,
-            LatencyMode::Full => false,
-            LatencyMode::Auto => live,
-        }
-    }
-
-    /// Whether audio waits in the queue for the src task.
-    fn audio_queued(&self) -> bool {
-        self.queue.lock().unwrap().samples > 0
-    }
-
-    /// At EOS in transcription mode: decodes what is left and pushes all of it.
-    fn finish_transcription(&self) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let mut guard = self.processor.lock().unwrap();
-        let Some(Processor::Transcription(text)) = guard.as_mut() else {
-            return Ok(gst::FlowSuccess::Ok);
-        };
-        let TextOutput { engine, clock, .. } = &mut **text;
-        let started = Instant::now();
-        match engine.as_mut().expect("engine") {
-            TextEngine::Full(transcriber) => {
-                let results = transcriber.finish();
-                let per_window = started.elapsed() / results.len().max(1) as u32;
-                for result in results {
-                    self.push_text(clock, transcriber.encoder(), result, per_window)?;
-                }
-            }
-            TextEngine::Low {
-                transcriber,
-                unstepped,
-                steps,
-            } => {
-                let result = transcriber.finish();
-                let report = StepReport {
-                    index: *steps,
-                    audio: *unstepped,
-                    processing: started.elapsed(),
-                };
-                *steps += 1;
-                *unstepped = 0;
-                self.push_step(clock, transcriber, result, report)?;
-            }
-        }
-        clock.base_pts = None;
-        Ok(gst::FlowSuccess::Ok)
-    }
-
-    /// Pushes one decoded window's segments as text buffers, with GAP events over the silences
-    /// between them and up to where the transcriber has moved on.
-    fn push_text(
-        &self,
-        clock: &mut TextClock,
-        encoder: &WindowEncoder,
-        result: transcribe::WindowResult,
-        processing: std::time::Duration,
-    ) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let at = |sample: u64| clock.at(sample);
-        let timing = TimingReport {
-            index: result.index,
-            pts: at(result.start_sample),
-            audio: samples_to_time(result.audio_samples as u64),
-            mel: result.timing.mel,
-            encoder: result.timing.encoder,
-            decoder: Some(result.timing.decoder),
-            processing,
-            backend: encoder.backend(),
-            precision: encoder.precision(),
-        };
-        self.post(timing.message());
-
-        let mut position = clock.position.unwrap_or(at(0));
-        for segment in &result.segments {
-            let start = at(segment.start_sample).max(position);
-            let end = at(segment.end_sample).max(start);
-            let words = segment.text.trim();
-            self.post(segment_message(segment, words, start, end, at));
-            self.push_text_buffer(&mut position, start, end, words)?;
-            self.push_final_transcript();
-        }
-        // Audio before the next window's start is settled: keep downstream's time moving.
-        self.push_gap_until(&mut position, at(result.next_seek));
-        clock.position = Some(position);
-        Ok(gst::FlowSuccess::Ok)
-    }
-
-    /// Pushes what one low-latency step committed: its words as one text buffer, the segments it
-    /// closed (message and final-transcript event), the hypothesis still open (message), and a GAP
-    /// up to where nothing more will be said.
-    fn push_step(
-        &self,
-        clock: &mut TextClock,
-        transcriber: &StreamingTranscriber,
-        result: StepResult,
-        report: StepReport,
-    ) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let base = clock.base_pts.unwrap_or(gst::ClockTime::ZERO);
-        let at = |sample: u64| base + samples_to_time(sample);
-        let encoder = transcriber.transcriber().encoder();
-        let timing = TimingReport {
-            index: report.index,
-            pts: at(result.live_edge.saturating_sub(report.audio as u64)),
-            audio: samples_to_time(report.audio as u64),
-            mel: result.timing.mel,
-            encoder: result.timing.encoder,
-            decoder: Some(result.timing.decoder),
-            processing: report.processing,
-            backend: encoder.backend(),
-            precision: encoder.precision(),
-        };
-        self.post(timing.message());
-        self.adapt_step_bound(report.index, report.processing);
-
-        let mut position = clock.position.unwrap_or(at(0));
-        if let (Some(first), Some(last)) = (result.committed.first(), result.committed.last()) {
-            let start = at(first.start_sample).max(position);
-            let end = at(last.end_sample).max(start);
-            let text = result
-                .committed
-                .iter()
-                .map(|w| w.text.as_str())
-                .collect::<Vec<_>>()
-                .join(" ");
-            self.push_text_buffer(&mut position, start, end, &text)?;
-        }
-        clock
-            .open_words
-            .extend(result.committed.iter().map(|w| w.text.clone()));
-        for segment in &result.closed {
-            let start = at(segment.start_sample);
-            let end = at(segment.end_sample).max(start);
-            self.post(segment_message(
-                segment,
-                segment.text.trim(),
-                start,
-                end,
-                at,
-            ));
-            self.push_final_transcript();
-            let closed_words = if segment.words.is_empty() {
-                segment.text.split_whitespace().count()
-            } else {
-                segment.words.len()
-            };
-            let n = closed_words.min(clock.open_words.len());
-            clock.open_words.drain(..n);
-        }
-        if result.partial.is_some() || !clock.open_words.is_empty() {
-            let (text, start, end) = match &result.partial {
-                Some(p) => (p.text.as_str(), at(p.start_sample), at(p.end_sample)),
-                None => ("", position, position),
-            };
-            self.post(partial_message(
-                text,
-                &clock.open_words.join(" "),
-                start,
-                end,
-            ));
-        }
-        self.push_gap_until(&mut position, at(result.settled));
-        clock.position = Some(position);
-        Ok(gst::FlowSuccess::Ok)
-    }
-
-    /// A step slower than the processing bound the latency query answered with would make its words
-    /// late at a syncing sink: the bound is raised past it and the pipeline told to ask again.
-    fn adapt_step_bound(&self, index: u64, processing: std::time::Duration) {
-        if index < STEPS_BEFORE_ADAPTING || self.settings.lock().unwrap().latency_ms > 0 {
-            return;
-        }
-        let mut bound = self.step_bound.lock().unwrap();
-        match *bound {
-            Some(b) if processing > b => {
-                let raised = processing.mul_f64(STEP_BOUND_MARGIN);
-                gst::info!(
-                    CAT,
-                    imp = self,
-                    "a step took {processing:?}, more than the {b:?} the latency allows: {raised:?} now"
-                );
-                *bound = Some(raised);
-                drop(bound);
-                let _ = self
-                    .obj()
-                    .post_message(gst::message::Latency::builder().src(&*self.obj()).build());
-            }
-            _ => {}
-        }
-    }
-
-    /// Pushes `text` over `[start, end]`, with a GAP before it from `position`.
-    fn push_text_buffer(
-        &self,
-        position: &mut gst::ClockTime,
-        start: gst::ClockTime,
-        end: gst::ClockTime,
-        text: &str,
-    ) -> Result<gst::FlowSuccess, gst::FlowError> {
-        self.push_gap_until(position, start);
-        let mut buffer = gst::Buffer::from_mut_slice(text.as_bytes().to_vec());
-        {
-            let buffer = buffer.get_mut().unwrap();
-            buffer.set_pts(start);
-            buffer.set_duration(end - start);
-        }
-        *position = end;
-        self.srcpad.push(buffer)
-    }
-
-    /// Keeps downstream's time moving over audio that has no text.
-    fn push_gap_until(&self, position: &mut gst::ClockTime, until: gst::ClockTime) {
-        if until > *position {
-            self.srcpad.push_event(
-                gst::event::Gap::builder(*position)
-                    .duration(until - *position)
-                    .build(),
-            );
-            *position = until;
-        }
-    }
-
-    /// What gst-plugins-rs transcribers send after a final transcript (textaccumulate drains on
-    /// it).
-    fn push_final_transcript(&self) {
-        self.srcpad.push_event(
-            gst::event::CustomDownstream::builder(
-                gst::Structure::builder("rstranscribe/final-transcript").build(),
-            )
-            .build(),
-        );
     }
 
     fn post(&self, s: gst::Structure) {
@@ -911,7 +529,7 @@ impl WhisperEncNpu {
                     })?;
                 Processor::Transcription(Box::new(TextOutput {
                     engine: Some(TextEngine::Full(transcriber)),
-                    stream_options: StreamOptions::default(),
+                    stream_options: Default::default(),
                     clock: TextClock::default(),
                 }))
             }
@@ -964,15 +582,7 @@ impl WhisperEncNpu {
                 window_duration() + configured.or(measured).unwrap_or_else(window_duration)
             }
             Mode::Transcription if self.low_latency_wanted(live) => {
-                let processing = match configured {
-                    Some(c) => std::time::Duration::from_nanos(c.nseconds()),
-                    None => *self.step_bound.lock().unwrap().get_or_insert_with(|| {
-                        let warmup = loaded.map_or(window_duration(), |l| l.processing);
-                        std::time::Duration::from_nanos(warmup.nseconds()) * STEP_PROCESSING_WARMUPS
-                    }),
-                };
-                let bound = StreamOptions::default().delay_bound(processing);
-                gst::ClockTime::from_nseconds(bound.as_nanos() as u64)
+                self.low_latency(configured, loaded.map(|l| l.processing))
             }
             Mode::Transcription => {
                 window_duration()
