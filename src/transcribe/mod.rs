@@ -381,11 +381,11 @@ impl Transcriber {
         &self,
         language: Option<u32>,
         audio_samples: usize,
-        prompt_before: u64,
+        prompt_before: Option<u64>,
     ) -> DecodeParams {
         let o = &self.options;
         let mut prompt: Vec<u32> = Vec::new();
-        if o.use_prompt {
+        if let Some(prompt_before) = prompt_before.filter(|_| o.use_prompt) {
             prompt.extend_from_slice(&self.initial_prompt);
             let tol = (LOOKBACK_TOLERANCE * f64::from(SAMPLE_RATE)) as u64;
             for h in &self.history {
@@ -396,7 +396,7 @@ impl Transcriber {
             if prompt.len() > MAX_PROMPT_TOKENS {
                 prompt.drain(..prompt.len() - MAX_PROMPT_TOKENS);
             }
-        } else if self.history.is_empty() {
+        } else if self.history.is_empty() && !o.use_prompt {
             prompt.extend_from_slice(&self.initial_prompt);
         }
         let seconds = audio_samples as f64 / f64::from(SAMPLE_RATE);
@@ -506,13 +506,13 @@ impl Transcriber {
     }
 
     /// Encodes `n` samples of the buffer from stream sample `window_start` and decodes them with
-    /// the fallback; the prompt is the text emitted before `prompt_before`.
+    /// the fallback; the prompt is the text emitted before `prompt_before` (none without it).
     fn run_window(
         &mut self,
         window_start: u64,
         n: usize,
         last: bool,
-        prompt_before: u64,
+        prompt_before: Option<u64>,
         timing: &mut TranscribeTiming,
     ) -> DecodedWindow {
         let off = (window_start - self.buffer_start) as usize;
@@ -567,12 +567,14 @@ impl Transcriber {
         if lookback >= SAMPLE_RATE as usize && !self.is_quiet(self.seek, available) {
             let start = self.seek - lookback as u64;
             let n = lookback + available;
+            // The second try of a look-back is without the prompt (below).
+            let prompt_before = (self.retried_at != Some(self.seek)).then_some(start);
             let DecodedWindow {
                 result,
                 failed,
                 language,
                 cross,
-            } = self.run_window(start, n, true, start, &mut timing);
+            } = self.run_window(start, n, true, prompt_before, &mut timing);
             let matched = (!failed && !self.is_silence(&result))
                 .then(|| {
                     lookback::align_lookback(
@@ -622,6 +624,19 @@ impl Transcriber {
                     }
                 }
                 self.advance(out.next_seek);
+                return out;
+            }
+            // Not aligned with the prompt given: once more without it (the model often says the
+            // prompt again over a stream's last words), then from the seek position.
+            if self.options.use_prompt && !self.history.is_empty() && prompt_before.is_some() {
+                log::debug!(
+                    target: LOG_TARGET,
+                    "  look-back not aligned: again without the prompt"
+                );
+                self.retried_at = Some(self.seek);
+                let mut out = self.window_result(index, start, n, false, &result, failed, language);
+                out.timing = timing;
+                out.next_seek = self.seek;
                 return out;
             }
             log::debug!(
@@ -679,7 +694,7 @@ impl Transcriber {
             failed,
             language,
             cross,
-        } = self.run_window(start, n, last, start, &mut timing);
+        } = self.run_window(start, n, last, Some(start), &mut timing);
         let mut out = self.window_result(index, start, n, last, &result, failed, language);
         out.timing = timing;
         if out.no_speech {
