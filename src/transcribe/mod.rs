@@ -94,6 +94,9 @@ struct DecodedWindow {
     result: DecodeResult,
     /// Every temperature failed.
     failed: bool,
+    /// Earlier text was given as prompt (without it, the model cannot repeat that text unless
+    /// the audio says it again).
+    prompted: bool,
     language: Option<u32>,
     cross: CrossKv,
 }
@@ -532,6 +535,7 @@ impl Transcriber {
             None
         };
         let params = self.decode_params(language, n, prompt_before);
+        let prompted = !params.prompt.is_empty();
         log::debug!(
             target: LOG_TARGET,
             "window at {:.2} s, {:.2} s of audio{}",
@@ -544,6 +548,7 @@ impl Transcriber {
         DecodedWindow {
             result,
             failed,
+            prompted,
             language,
             cross,
         }
@@ -572,6 +577,7 @@ impl Transcriber {
             let DecodedWindow {
                 result,
                 failed,
+                prompted,
                 language,
                 cross,
             } = self.run_window(start, n, true, prompt_before, &mut timing);
@@ -606,7 +612,7 @@ impl Transcriber {
                 let mut out = self.window_result(index, start, n, true, &result, failed, language);
                 self.lock_language(language);
                 out.timing = timing;
-                let untranscribed = self.emit(&mut out, emit, &result);
+                let untranscribed = self.emit(&mut out, emit, &result, prompted);
                 out.next_seek = start + n as u64;
                 // The model said again what was said before, over speech: once more from there
                 // without the prompt (the stream is then not done yet).
@@ -692,6 +698,7 @@ impl Transcriber {
         let DecodedWindow {
             result,
             failed,
+            prompted,
             language,
             cross,
         } = self.run_window(start, n, last, Some(start), &mut timing);
@@ -728,7 +735,7 @@ impl Transcriber {
         let t0 = Instant::now();
         self.align_words(&cross, language, start, n, &result.tokens, 0, &mut emit);
         out.timing.decoder += t0.elapsed();
-        let untranscribed = self.emit(&mut out, emit, &result);
+        let untranscribed = self.emit(&mut out, emit, &result, prompted);
         out.next_seek = if last {
             start + n as u64
         } else {
@@ -771,6 +778,7 @@ impl Transcriber {
         out: &mut WindowResult,
         emit: Vec<Emit>,
         result: &DecodeResult,
+        prompted: bool,
     ) -> Option<u64> {
         let window_end = out.start_sample + out.audio_samples as u64;
         let prev_words = self.last_words.clone();
@@ -784,8 +792,10 @@ impl Transcriber {
                 continue;
             }
             // Said already: at the end of the previous window, or a whole phrase of what was
-            // emitted lately (the model going back to the prompt, as over a long pause).
-            let repeated_phrase = words.len() >= REPEATED_PHRASE_WORDS
+            // emitted lately (the model going back to the prompt, as over a long pause; decoded
+            // without a prompt, the phrase is in the audio again).
+            let repeated_phrase = prompted
+                && words.len() >= REPEATED_PHRASE_WORDS
                 && self
                     .recent
                     .iter()
