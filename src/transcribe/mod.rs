@@ -9,19 +9,26 @@
 //! that follows, from the next window. At the end of the stream ([`Transcriber::finish`]) the rest
 //! is decoded and all of it emitted.
 //!
-//! What the short windows need on top of Whisper's rules (the model was trained on 30 s):
+//! What the short windows need on top of Whisper's rules (the model was trained on 30 s). Decoded
+//! text is dropped only as a hallucination: repetition, or text over silence or steady noise.
 //! - no timestamp past the end of the audio in the window;
 //! - a segment that ends within `edge_margin` (0.5 s) of the end of a window that is not the
 //!   stream's last is held back (its last word may be cut) and decoded again from the next window;
-//! - decoding stops when a hypothesis starts repeating itself (a phrase back to back, or six words
-//!   said again): with complete segments before it, that is the model running past the audio and
+//! - decoding stops when a hypothesis starts repeating itself (a phrase back to back, one word six
+//!   times, or six words said again): with complete segments before it, that is the model running past the audio and
 //!   the cut result is kept; otherwise it is a failure and the temperature fallback runs;
 //! - segments saying more than ~10 words a second are hallucinations and dropped, with all after
 //!   them;
-//! - a segment whose words the previous window ended with is dropped (nothing said twice);
+//! - a segment whose words the previous window ended with is dropped (nothing said twice), and so
+//!   is one of six words or more found word for word in what was emitted lately while that text was
+//!   the prompt (the model repeating its prompt); over speech, that audio is decoded again without
+//!   the prompt, once;
+//! - a segment with no frame under it louder than the window's noise floor is text over silence
+//!   or noise, and dropped ([`loudness`]; the level never judges how many words fit);
 //! - the stream's last window, usually short, is decoded as the last full 10.24 s (look-back) and
 //!   only the words after those already emitted are kept (aligned word by word); if that does not
-//!   align, the short window is decoded;
+//!   align (or matches none of the emitted words it overlaps), it is decoded once more without the
+//!   prompt, then the short window is decoded;
 //! - a window whose loudest 20 ms is below -60 dBFS is silent without running the model, and
 //!   emitted segments are narrowed to the loud part of their span (better start times after
 //!   pauses);
