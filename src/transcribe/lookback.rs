@@ -112,6 +112,14 @@ pub(super) fn align_lookback(
     if !target.is_empty() && best.cost > allowed {
         return None;
     }
+    // Emitted words overlap the window (it starts a second or more before the seek position),
+    // yet none of them matched the decoded text: it is either the model saying something else
+    // (earlier text again) or the same words heard differently, which would then be said twice
+    // ("monastery of Subeacco near Rome" and "On a story of Subecko near Rome",
+    // long_ljspeech_LJ001-0017_0032.wav). Neither can be told apart here: not aligned.
+    if !target.is_empty() && j == 0 {
+        return None;
+    }
     let max_ts = (n as u64 / SAMPLES_PER_TIMESTAMP) as u32;
     let segments = plausible(tok, split_segments(tok, rest))
         .into_iter()

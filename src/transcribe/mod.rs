@@ -9,19 +9,26 @@
 //! that follows, from the next window. At the end of the stream ([`Transcriber::finish`]) the rest
 //! is decoded and all of it emitted.
 //!
-//! What the short windows need on top of Whisper's rules (the model was trained on 30 s):
+//! What the short windows need on top of Whisper's rules (the model was trained on 30 s). Decoded
+//! text is dropped only as a hallucination: repetition, or text over silence or steady noise.
 //! - no timestamp past the end of the audio in the window;
 //! - a segment that ends within `edge_margin` (0.5 s) of the end of a window that is not the
 //!   stream's last is held back (its last word may be cut) and decoded again from the next window;
-//! - decoding stops when a hypothesis starts repeating itself (a phrase back to back, or six words
-//!   said again): with complete segments before it, that is the model running past the audio and
+//! - decoding stops when a hypothesis starts repeating itself (a phrase back to back, one word six
+//!   times, or six words said again): with complete segments before it, that is the model running past the audio and
 //!   the cut result is kept; otherwise it is a failure and the temperature fallback runs;
 //! - segments saying more than ~10 words a second are hallucinations and dropped, with all after
 //!   them;
-//! - a segment whose words the previous window ended with is dropped (nothing said twice);
+//! - a segment whose words the previous window ended with is dropped (nothing said twice), and so
+//!   is one of six words or more found word for word in what was emitted lately while that text was
+//!   the prompt (the model repeating its prompt); over speech, that audio is decoded again without
+//!   the prompt, once;
+//! - a segment with no frame under it louder than the window's noise floor is text over silence
+//!   or noise, and dropped ([`loudness`]; the level never judges how many words fit);
 //! - the stream's last window, usually short, is decoded as the last full 10.24 s (look-back) and
 //!   only the words after those already emitted are kept (aligned word by word); if that does not
-//!   align, the short window is decoded;
+//!   align (or matches none of the emitted words it overlaps), it is decoded once more without the
+//!   prompt, then the short window is decoded;
 //! - a window whose loudest 20 ms is below -60 dBFS is silent without running the model, and
 //!   emitted segments are narrowed to the loud part of their span (better start times after
 //!   pauses);
@@ -95,6 +102,9 @@ struct DecodedWindow {
     result: DecodeResult,
     /// Every temperature failed.
     failed: bool,
+    /// Earlier text was given as prompt (without it, the model cannot repeat that text unless
+    /// the audio says it again).
+    prompted: bool,
     language: Option<u32>,
     cross: CrossKv,
 }
@@ -382,11 +392,11 @@ impl Transcriber {
         &self,
         language: Option<u32>,
         audio_samples: usize,
-        prompt_before: u64,
+        prompt_before: Option<u64>,
     ) -> DecodeParams {
         let o = &self.options;
         let mut prompt: Vec<u32> = Vec::new();
-        if o.use_prompt {
+        if let Some(prompt_before) = prompt_before.filter(|_| o.use_prompt) {
             prompt.extend_from_slice(&self.initial_prompt);
             let tol = (LOOKBACK_TOLERANCE * f64::from(SAMPLE_RATE)) as u64;
             for h in &self.history {
@@ -397,7 +407,7 @@ impl Transcriber {
             if prompt.len() > MAX_PROMPT_TOKENS {
                 prompt.drain(..prompt.len() - MAX_PROMPT_TOKENS);
             }
-        } else if self.history.is_empty() {
+        } else if self.history.is_empty() && !o.use_prompt {
             prompt.extend_from_slice(&self.initial_prompt);
         }
         let seconds = audio_samples as f64 / f64::from(SAMPLE_RATE);
@@ -507,13 +517,13 @@ impl Transcriber {
     }
 
     /// Encodes `n` samples of the buffer from stream sample `window_start` and decodes them with
-    /// the fallback; the prompt is the text emitted before `prompt_before`.
+    /// the fallback; the prompt is the text emitted before `prompt_before` (none without it).
     fn run_window(
         &mut self,
         window_start: u64,
         n: usize,
         last: bool,
-        prompt_before: u64,
+        prompt_before: Option<u64>,
         timing: &mut TranscribeTiming,
     ) -> DecodedWindow {
         let off = (window_start - self.buffer_start) as usize;
@@ -533,6 +543,7 @@ impl Transcriber {
             None
         };
         let params = self.decode_params(language, n, prompt_before);
+        let prompted = !params.prompt.is_empty();
         log::debug!(
             target: LOG_TARGET,
             "window at {:.2} s, {:.2} s of audio{}",
@@ -545,6 +556,7 @@ impl Transcriber {
         DecodedWindow {
             result,
             failed,
+            prompted,
             language,
             cross,
         }
@@ -568,12 +580,15 @@ impl Transcriber {
         if lookback >= SAMPLE_RATE as usize && !self.is_quiet(self.seek, available) {
             let start = self.seek - lookback as u64;
             let n = lookback + available;
+            // The second try of a look-back is without the prompt (below).
+            let prompt_before = (self.retried_at != Some(self.seek)).then_some(start);
             let DecodedWindow {
                 result,
                 failed,
+                prompted,
                 language,
                 cross,
-            } = self.run_window(start, n, true, start, &mut timing);
+            } = self.run_window(start, n, true, prompt_before, &mut timing);
             let matched = (!failed && !self.is_silence(&result))
                 .then(|| {
                     lookback::align_lookback(
@@ -605,7 +620,7 @@ impl Transcriber {
                 let mut out = self.window_result(index, start, n, true, &result, failed, language);
                 self.lock_language(language);
                 out.timing = timing;
-                let untranscribed = self.emit(&mut out, emit, &result);
+                let untranscribed = self.emit(&mut out, emit, &result, prompted);
                 out.next_seek = start + n as u64;
                 // The model said again what was said before, over speech: once more from there
                 // without the prompt (the stream is then not done yet).
@@ -623,6 +638,19 @@ impl Transcriber {
                     }
                 }
                 self.advance(out.next_seek);
+                return out;
+            }
+            // Not aligned with the prompt given: once more without it (the model often says the
+            // prompt again over a stream's last words), then from the seek position.
+            if self.options.use_prompt && !self.history.is_empty() && prompt_before.is_some() {
+                log::debug!(
+                    target: LOG_TARGET,
+                    "  look-back not aligned: again without the prompt"
+                );
+                self.retried_at = Some(self.seek);
+                let mut out = self.window_result(index, start, n, false, &result, failed, language);
+                out.timing = timing;
+                out.next_seek = self.seek;
                 return out;
             }
             log::debug!(
@@ -678,9 +706,10 @@ impl Transcriber {
         let DecodedWindow {
             result,
             failed,
+            prompted,
             language,
             cross,
-        } = self.run_window(start, n, last, start, &mut timing);
+        } = self.run_window(start, n, last, Some(start), &mut timing);
         let mut out = self.window_result(index, start, n, last, &result, failed, language);
         out.timing = timing;
         if out.no_speech {
@@ -714,7 +743,7 @@ impl Transcriber {
         let t0 = Instant::now();
         self.align_words(&cross, language, start, n, &result.tokens, 0, &mut emit);
         out.timing.decoder += t0.elapsed();
-        let untranscribed = self.emit(&mut out, emit, &result);
+        let untranscribed = self.emit(&mut out, emit, &result, prompted);
         out.next_seek = if last {
             start + n as u64
         } else {
@@ -757,6 +786,7 @@ impl Transcriber {
         out: &mut WindowResult,
         emit: Vec<Emit>,
         result: &DecodeResult,
+        prompted: bool,
     ) -> Option<u64> {
         let window_end = out.start_sample + out.audio_samples as u64;
         let prev_words = self.last_words.clone();
@@ -770,8 +800,10 @@ impl Transcriber {
                 continue;
             }
             // Said already: at the end of the previous window, or a whole phrase of what was
-            // emitted lately (the model going back to the prompt, as over a long pause).
-            let repeated_phrase = words.len() >= REPEATED_PHRASE_WORDS
+            // emitted lately (the model going back to the prompt, as over a long pause; decoded
+            // without a prompt, the phrase is in the audio again).
+            let repeated_phrase = prompted
+                && words.len() >= REPEATED_PHRASE_WORDS
                 && self
                     .recent
                     .iter()
