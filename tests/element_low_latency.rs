@@ -8,7 +8,7 @@ use std::time::Duration;
 use gst::prelude::*;
 use gst_check::Harness;
 
-use common::{f32_buffer, init_gst as init, jfk_samples, model_dir, words, JFK_WORDS};
+use common::{f32_buffer, init_gst as init, jfk_samples, model_dir, white_noise, words, JFK_WORDS};
 use gstwhisperencnpu::transcribe::streaming::StreamOptions;
 
 const F32_CAPS: &str = "audio/x-raw,format=F32LE,rate=16000,channels=1,layout=interleaved";
@@ -179,15 +179,7 @@ fn silence_live_gives_no_text_but_gaps() {
 /// 30 s of white noise live: no text.
 #[test]
 fn noise_live_gives_no_text() {
-    let mut x: u32 = 12345;
-    let noise: Vec<f32> = (0..30 * 16_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x as f32 / u32::MAX as f32 - 0.5) * 0.2
-        })
-        .collect();
+    let noise = white_noise(30);
     let out = run(&transcriber("base", "low"), &noise);
     assert!(out.texts.is_empty(), "{:?}", out.texts);
 }

@@ -7,7 +7,10 @@ mod common;
 use gst::prelude::*;
 use gst_check::Harness;
 
-use common::{f32_buffer, init_gst as init, jfk_samples, model_dir, pause_error, words, JFK_WORDS};
+use common::{
+    f32_buffer, init_gst as init, jfk_samples, model_dir, pause_error, white_noise, words,
+    JFK_WORDS,
+};
 
 const F32_CAPS: &str = "audio/x-raw,format=F32LE,rate=16000,channels=1,layout=interleaved";
 
@@ -135,16 +138,7 @@ fn silence_gives_no_text_but_gaps() {
 
 #[test]
 fn noise_gives_no_text() {
-    // Deterministic white noise at a moderate level.
-    let mut x: u32 = 12345;
-    let noise: Vec<f32> = (0..30 * 16_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x as f32 / u32::MAX as f32 - 0.5) * 0.2
-        })
-        .collect();
+    let noise = white_noise(30);
     let out = run("tiny.en", &noise);
     assert!(out.texts.is_empty(), "{:?}", out.texts);
 }

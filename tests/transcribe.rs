@@ -165,16 +165,7 @@ fn silence_gives_nothing() {
 
 #[test]
 fn white_noise_gives_nothing() {
-    // Uniform white noise at -20 dBFS RMS, seeded.
-    let mut state = 0x1234_5678_9abc_def0u64;
-    let noise: Vec<f32> = (0..30 * 16000)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.346
-        })
-        .collect();
+    let noise = common::white_noise(30);
     for model in ["base", "tiny.en"] {
         let mut t = transcriber(model, english());
         let segments = run(&mut t, &noise);

@@ -152,3 +152,18 @@ pub fn pause_error(element: &gst::Element) -> String {
         _ => unreachable!(),
     }
 }
+
+/// `seconds` of uniform white noise at -20 dBFS RMS, seeded (xorshift64): the same every run.
+pub fn white_noise(seconds: usize) -> Vec<f32> {
+    // Uniform in [-a/2, a/2] has RMS a / sqrt(12); 0.346 / sqrt(12) = 0.1 = -20 dBFS.
+    const AMPLITUDE: f32 = 0.346;
+    let mut state = 0x1234_5678_9abc_def0u64;
+    (0..seconds * 16_000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * AMPLITUDE
+        })
+        .collect()
+}
