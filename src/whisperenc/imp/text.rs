@@ -25,6 +25,8 @@ const MAX_MERGED_STEPS: u32 = 4;
 const STEP_PROCESSING_WARMUPS: u32 = 3;
 /// A step slower than the bound raises it to this many times its own time, with a latency message.
 const STEP_BOUND_MARGIN: f64 = 1.25;
+/// A caption lasts at least this long a word (a fast speaker's pace).
+const MIN_WORD_CAPTION: gst::ClockTime = gst::ClockTime::from_mseconds(150);
 /// The first steps (allocations, caches) do not move the bound.
 const STEPS_BEFORE_ADAPTING: u64 = 3;
 
@@ -315,7 +317,11 @@ impl WhisperEncNpu {
         let mut position = clock.position.unwrap_or(at(0));
         if let (Some(first), Some(last)) = (result.committed.first(), result.committed.last()) {
             let start = at(first.start_sample).max(position);
-            let end = at(last.end_sample).max(start);
+            // Words the alignment put over text already shown collapse onto its end: they were
+            // said before the live edge, and a caption of no duration is never shown.
+            let shortest = (MIN_WORD_CAPTION * result.committed.len() as u64)
+                .min(at(result.live_edge).saturating_sub(start));
+            let end = at(last.end_sample).max(start + shortest);
             let text = result
                 .committed
                 .iter()
