@@ -23,7 +23,8 @@
 //! pipeline's query would end at `appsink sync=false`, which answers "not live". A syncing sink
 //! shows a buffer at PTS + that latency, so a buffer arriving later than it would be late there.
 //! Per-minute means (by PTS, without the buffers EOS flushed) show whether the delay drifts over a
-//! long run.
+//! long run. Where the element posts `whisperencnpu-partial` messages (low mode's interim text),
+//! how long after their first and last word they are posted is reported too.
 //!
 //! The last line of the output is the result as one JSON object.
 mod support;
@@ -163,6 +164,16 @@ struct Run {
     processing: Vec<f64>,
     /// The slowest window: its PTS, processing and decoder time (all temperatures tried).
     slowest: Option<(f64, f64, f64)>,
+    /// `whisperencnpu-partial` messages (low mode's uncommitted hypothesis): running time when
+    /// posted, and their `start` and `end`.
+    partials: Vec<Partial>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Partial {
+    posted: gst::ClockTime,
+    start: gst::ClockTime,
+    end: gst::ClockTime,
 }
 
 fn run_live(audio: Vec<i16>, args: &Args) -> Result<Run, String> {
@@ -244,6 +255,34 @@ fn run_live(audio: Vec<i16>, args: &Args) -> Result<Run, String> {
         upstream: latency_of(src.upcast_ref()).map_or(gst::ClockTime::ZERO, |(_, min, _)| min),
     });
 
+    // Interim text is stamped where it is posted (the element's thread), not when this thread
+    // gets to it.
+    let partials = Arc::new(Mutex::new(Vec::new()));
+    {
+        let partials = partials.clone();
+        let clock = clock.clone();
+        bus.set_sync_handler(move |_, msg| {
+            if let gst::MessageView::Element(e) = msg.view() {
+                if let Some(s) = e
+                    .structure()
+                    .filter(|s| s.name() == "whisperencnpu-partial")
+                {
+                    let posted = clock.time().saturating_sub(base_time);
+                    if let (Ok(start), Ok(end)) = (
+                        s.get::<gst::ClockTime>("start"),
+                        s.get::<gst::ClockTime>("end"),
+                    ) {
+                        partials
+                            .lock()
+                            .unwrap()
+                            .push(Partial { posted, start, end });
+                    }
+                }
+            }
+            gst::BusSyncReply::Pass
+        });
+    }
+
     // The capture thread: every buffer goes out when the clock reaches its end.
     let buffer_samples = (RATE as u64 * args.buffer_ms / 1000) as usize;
     let audio_start = clock.time() - base_time;
@@ -314,6 +353,7 @@ fn run_live(audio: Vec<i16>, args: &Args) -> Result<Run, String> {
         return Err(f);
     }
     let arrivals = std::mem::take(&mut *arrivals.lock().unwrap());
+    let partials = std::mem::take(&mut *partials.lock().unwrap());
     Ok(Run {
         arrivals,
         reported,
@@ -321,6 +361,7 @@ fn run_live(audio: Vec<i16>, args: &Args) -> Result<Run, String> {
         eos_at,
         processing,
         slowest,
+        partials,
     })
 }
 
@@ -493,6 +534,32 @@ fn main() {
             s(last_mean - first_mean)
         );
     }
+    // Interim text: how far behind the live edge its first and last words are when it is posted.
+    let partial_start: Vec<f64> = run
+        .partials
+        .iter()
+        .map(|p| secs(p.posted) - secs(p.start))
+        .collect();
+    let partial_end: Vec<f64> = run
+        .partials
+        .iter()
+        .map(|p| secs(p.posted) - secs(p.end))
+        .collect();
+    let partial_start_stats = stats(&partial_start);
+    let partial_end_stats = stats(&partial_end);
+    if !run.partials.is_empty() {
+        println!(
+            "  partial hypotheses      {}: posted {} / {} / {} after their first word, {} / {} / {} \
+             after their last",
+            run.partials.len(),
+            s(partial_start_stats.mean),
+            s(partial_start_stats.p95),
+            s(partial_start_stats.max),
+            s(partial_end_stats.mean),
+            s(partial_end_stats.p95),
+            s(partial_end_stats.max)
+        );
+    }
     let processing_max = run.processing.iter().copied().fold(f64::NAN, f64::max);
     println!(
         "  windows                 {} (processing mean {}, max {})",
@@ -540,6 +607,13 @@ fn main() {
         "slowest_window": run.slowest.map(|(pts, p, d)| serde_json::json!({
             "pts_s": json_number(pts), "processing_s": json_number(p), "decoder_s": json_number(d),
         })),
+        "partials": {
+            "n": run.partials.len(),
+            "after_first_word_mean_s": json_number(partial_start_stats.mean),
+            "after_first_word_p95_s": json_number(partial_start_stats.p95),
+            "after_last_word_mean_s": json_number(partial_end_stats.mean),
+            "after_last_word_p95_s": json_number(partial_end_stats.p95),
+        },
         "loadavg_start": load_start,
         "loadavg_end": load_end,
     });
