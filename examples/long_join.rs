@@ -312,8 +312,8 @@ fn best_fit(hyp: &[String], reference: &[String]) -> (usize, std::ops::Range<usi
     let (m, n) = (hyp.len(), reference.len());
     let mut cost = vec![vec![0usize; n + 1]; m + 1];
     let mut from = vec![vec![0usize; n + 1]; m + 1];
-    for j in 0..=n {
-        from[0][j] = j;
+    for (j, start) in from[0].iter_mut().enumerate() {
+        *start = j;
     }
     for i in 1..=m {
         cost[i][0] = i;
