@@ -10,6 +10,8 @@
 //!     --buffer-ms MS       audio per buffer (default 20, as pulsesrc's default latency-time is 10
 //!                          to 20 ms)
 //!     --json PATH          also append the result as a JSON line to PATH
+//!     --segments PATH      write the text buffers (start, end in seconds of audio, text) as TSV,
+//!                          which `long_join --segments` checks for repeats
 //!     --verbose            every text buffer with its delay
 //! ```
 //!
@@ -44,13 +46,14 @@ struct Args {
     gap: f64,
     buffer_ms: u64,
     json: Option<PathBuf>,
+    segments: Option<PathBuf>,
     verbose: bool,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: caption_delay [--loop-to SECONDS] [--gap SECONDS] [--buffer-ms MS] [--json PATH] \
-         [--verbose] INPUT... [prop=value ...]"
+         [--segments PATH] [--verbose] INPUT... [prop=value ...]"
     );
     std::process::exit(2)
 }
@@ -63,6 +66,7 @@ fn parse_args() -> Args {
         gap: 1.0,
         buffer_ms: 20,
         json: None,
+        segments: None,
         verbose: false,
     };
     let mut it = std::env::args().skip(1);
@@ -73,6 +77,7 @@ fn parse_args() -> Args {
             "--gap" => a.gap = value().parse().unwrap_or_else(|_| usage()),
             "--buffer-ms" => a.buffer_ms = value().parse().unwrap_or_else(|_| usage()),
             "--json" => a.json = Some(PathBuf::from(value())),
+            "--segments" => a.segments = Some(PathBuf::from(value())),
             "--verbose" | "-v" => a.verbose = true,
             "--help" | "-h" => usage(),
             s if s.starts_with("--") => usage(),
@@ -468,6 +473,21 @@ fn main() {
         .and_then(|m| minute_means.get(m).copied())
         .unwrap_or(f64::NAN);
 
+    if let Some(path) = &args.segments {
+        let tsv: String = run
+            .arrivals
+            .iter()
+            .map(|a| {
+                let start = secs(a.pts) - secs(run.audio_start);
+                let end = start + secs(a.duration);
+                format!("{start:.6}\t{end:.6}\t{}\n", a.text.trim())
+            })
+            .collect();
+        if let Err(e) = std::fs::write(path, tsv) {
+            eprintln!("caption_delay: {}: {e}", path.display());
+            std::process::exit(1);
+        }
+    }
     if args.verbose {
         for (a, d) in run.arrivals.iter().zip(&delays) {
             println!(
