@@ -618,6 +618,9 @@ fn main() {
         "reported_live": run.reported.map(|r| r.live),
         "upstream_latency_s": run.reported.map(|r| json_number(secs(r.upstream))),
         "late": late,
+        // Every buffer's delay, in arrival order, for other thresholds later (e.g. transcriberbin's
+        // latency=3000 makes the element report 14.26 s).
+        "delays_s": delays.iter().map(|&d| json_number(d)).collect::<Vec<_>>(),
         "minute_means_s": minute_means.iter().map(|&v| json_number(v)).collect::<Vec<_>>(),
         "first_minute_mean_s": json_number(first_mean),
         "last_full_minute_mean_s": json_number(last_mean),
