@@ -30,7 +30,8 @@ const CAPTURE_BUFFER: gst::ClockTime = gst::ClockTime::from_mseconds(20);
 #[derive(Clone, Copy, Debug)]
 enum Own {
     Exactly(gst::ClockTime),
-    /// Measured at load (the warm-up window): only its bounds are documented.
+    /// Only bounds are documented: measured at load (the warm-up window), or not documented yet
+    /// beyond issue 9's limit (low mode).
     Between(gst::ClockTime, gst::ClockTime),
     /// The same as the row of this name, in the same run.
     SameAs(&'static str),
