@@ -29,18 +29,18 @@ test: setup
 fmt:
 	cargo fmt --all
 
-# Word error rate of transcription mode on ../shared/audio/eval (base, greedy, language en), per clip
-# and overall, next to faster-whisper's figures.
-.PHONY: eval
-eval: setup
+# Word error rate of transcription mode on ../shared/audio/eval and ../shared/audio/real (base,
+# greedy, language en), per clip and overall, next to faster-whisper run on the same clips in the
+# same run, both scored alike (scripts/score_eval.py: OpenAI's EnglishTextNormalizer, jiwer). Installs
+# the pinned Python pieces into target/fw-venv from the package registry.
+.PHONY: eval eval-vs-faster-whisper
+eval eval-vs-faster-whisper: setup
 	scripts/eval
 
-# The same, with faster-whisper run on the same clips in the same run (installed into
-# target/fw-venv from the package registry; same model directory, float32, same threads and
-# decoding options) and scored with our normalisation: both WERs side by side, plus the published one.
-.PHONY: eval-vs-faster-whisper
-eval-vs-faster-whisper: setup
-	scripts/eval --faster-whisper
+# The same on one long stream: jfk.wav and the eval clips joined (1 s of silence after each), twice.
+.PHONY: eval-join
+eval-join: setup
+	scripts/eval --join 2
 
 # Our encoder against CTranslate2 (installed into target/ct2-venv from the package registry): same
 # mel, weights and threads, medians and ratios in float32 and int8, accuracy against the golden

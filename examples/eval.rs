@@ -8,7 +8,14 @@
 //!     [--faster-whisper]          also run faster-whisper on the clips (see below)
 //!     [--file WAV ...]            transcribe these files instead, printing the segments
 //!     [--decoder-speed]           time one decoder step (batch 1 and 5) instead
+//!     [--hypotheses FILE]         write each clip's text there, for scripts/score_eval.py
+//!     [--latency-mode full|low]   how the stream is decoded (the element's latency-mode)
+//!     [--write-join N DIR]        write the manifest's clips joined (1 s of silence after each),
+//!                                 N times over, as DIR/joined-xN.wav with DIR/manifest.tsv; stop
 //! ```
+//!
+//! `--verbose` (or `WHISPERENCNPU_DEBUG_DECODE=1`) also prints the transcriber's decisions for
+//! every window on stderr (its `log` records; in the element: `GST_DEBUG=whisperencnpu:6`).
 //!
 //! The audio is pushed in 0.5 s chunks as a live stream would bring it; windows are decoded as soon
 //! as they are full, and the rest at the end of the clip.
@@ -25,9 +32,30 @@ use std::time::{Duration, Instant};
 
 use gstwhisperencnpu::model::{default_models_root, WhisperModel};
 use gstwhisperencnpu::npu::{BackendChoice, Precision};
+use gstwhisperencnpu::transcribe::streaming::{StreamOptions, StreamingTranscriber};
 use gstwhisperencnpu::transcribe::text::{normalize_english, read_wav, word_errors};
 use gstwhisperencnpu::transcribe::{Segment, TranscribeOptions, Transcriber, WindowResult};
 use gstwhisperencnpu::window::EncoderOptions;
+
+/// The transcriber's decoding diagnostics (the `log` crate, target `whisperencnpu`) on stderr:
+/// every window's decisions. The element routes them to its GStreamer debug category instead.
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.target().starts_with("whisperencnpu")
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            eprintln!("{}", record.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static STDERR_LOGGER: StderrLogger = StderrLogger;
 
 struct Args {
     model: PathBuf,
@@ -40,6 +68,21 @@ struct Args {
     faster_whisper: bool,
     /// Encoder and decoder precision (the element's `precision`).
     precision: Precision,
+    /// Where to write each clip's text (`FILE<TAB>TEXT<TAB>SECONDS<TAB>AUDIO_SECONDS`), for
+    /// `scripts/score_eval.py`.
+    hypotheses: Option<PathBuf>,
+    latency_mode: LatencyMode,
+    /// Write the manifest's clips joined, this many times over, into this folder, and stop.
+    write_join: Option<(usize, PathBuf)>,
+}
+
+/// The element's `latency-mode`: how the stream is decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LatencyMode {
+    /// Whole 10.24 s windows ([`Transcriber`]), as for files.
+    Full,
+    /// The window sliding with the live edge, words committed as they stabilise.
+    Low,
 }
 
 fn shared_dir() -> PathBuf {
@@ -52,7 +95,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: eval [--model base|tiny.en|DIR] [--manifest PATH] [--language CODE|auto] \
          [--beam N] [--no-prompt] [--precision f32|int8] [--decoder-precision f32|int8] [--threads N] [--verbose] [--faster-whisper] [--file WAV ...] \
-         [--decoder-speed]"
+         [--decoder-speed] [--hypotheses FILE] [--latency-mode full|low] [--write-join N DIR]"
     );
     std::process::exit(2)
 }
@@ -71,6 +114,9 @@ fn parse_args() -> Args {
         decoder_speed: false,
         faster_whisper: false,
         precision: Precision::F32,
+        hypotheses: None,
+        latency_mode: LatencyMode::Full,
+        write_join: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -112,6 +158,18 @@ fn parse_args() -> Args {
             "--file" => a.files.push(PathBuf::from(value())),
             "--decoder-speed" => a.decoder_speed = true,
             "--faster-whisper" => a.faster_whisper = true,
+            "--hypotheses" => a.hypotheses = Some(PathBuf::from(value())),
+            "--write-join" => {
+                let n = value().parse().unwrap_or_else(|_| usage());
+                a.write_join = Some((n, PathBuf::from(value())));
+            }
+            "--latency-mode" => {
+                a.latency_mode = match value().as_str() {
+                    "full" => LatencyMode::Full,
+                    "low" => LatencyMode::Low,
+                    _ => usage(),
+                }
+            }
             "--help" | "-h" => usage(),
             _ => usage(),
         }
@@ -151,6 +209,49 @@ fn transcribe(
         windows.push(w);
     }
     Ok(windows)
+}
+
+/// What walks the clips, as the element's `latency-mode` says.
+enum Engine {
+    Full(Transcriber),
+    Low(StreamingTranscriber),
+}
+
+/// Transcribes a file with the low-latency mode's streaming transcriber, the audio pushed in 20 ms
+/// pieces and a step whenever one is due (as when processing keeps up with a live source); returns
+/// the committed text and the audio's length in seconds.
+fn transcribe_low_latency(
+    s: &mut StreamingTranscriber,
+    path: &Path,
+    verbose: bool,
+) -> Result<(String, f64), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (audio, rate) = read_wav(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    if rate != 16_000 {
+        return Err(format!("{}: {rate} Hz, 16000 needed", path.display()));
+    }
+    s.reset(0);
+    let mut words: Vec<String> = Vec::new();
+    let mut take = |r: gstwhisperencnpu::transcribe::streaming::StepResult| {
+        if verbose && !r.committed.is_empty() {
+            let text: Vec<&str> = r.committed.iter().map(|w| w.text.as_str()).collect();
+            println!(
+                "  [{:7.2} -> {:7.2}] {}",
+                r.committed[0].start_sample as f64 / 16000.0,
+                r.committed[r.committed.len() - 1].end_sample as f64 / 16000.0,
+                text.join(" ")
+            );
+        }
+        words.extend(r.committed.into_iter().map(|w| w.text));
+    };
+    for chunk in audio.chunks(320) {
+        s.push_audio(chunk);
+        if s.wants_step() {
+            take(s.step());
+        }
+    }
+    take(s.finish());
+    Ok((words.join(" "), audio.len() as f64 / 16000.0))
 }
 
 /// faster-whisper's figures from the README of the audio folder, by file name.
@@ -309,8 +410,83 @@ fn clip_name(file: &str) -> String {
     stem
 }
 
+/// Seconds of silence after each clip of a join.
+const JOIN_GAP_SECONDS: usize = 1;
+
+/// The manifest's clips in order, 1 s of silence after each, `times` times over, as one 16 kHz
+/// 16-bit WAV file with a manifest of its own (the references joined likewise) in `dir`.
+fn write_join(manifest: &Path, times: usize, dir: &Path) -> Result<(), String> {
+    let text =
+        std::fs::read_to_string(manifest).map_err(|e| format!("{}: {e}", manifest.display()))?;
+    let base = manifest.parent().unwrap_or(Path::new("."));
+    let mut audio: Vec<f32> = Vec::new();
+    let mut references: Vec<&str> = Vec::new();
+    for _ in 0..times {
+        for (file, reference) in text.lines().skip(1).filter_map(|l| l.split_once('\t')) {
+            let path = base.join(file);
+            let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let (samples, rate) =
+                read_wav(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+            if rate != 16_000 {
+                return Err(format!("{}: {rate} Hz, 16000 needed", path.display()));
+            }
+            audio.extend_from_slice(&samples);
+            audio.resize(audio.len() + JOIN_GAP_SECONDS * 16_000, 0.0);
+            references.push(reference.trim());
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let name = format!("joined-x{times}.wav");
+    let data: Vec<u8> = audio
+        .iter()
+        .flat_map(|&x| ((x.clamp(-1.0, 1.0) * 32767.0).round() as i16).to_le_bytes())
+        .collect();
+    let mut wav = Vec::with_capacity(44 + data.len());
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    wav.extend_from_slice(&1u16.to_le_bytes()); // mono
+    wav.extend_from_slice(&16_000u32.to_le_bytes());
+    wav.extend_from_slice(&32_000u32.to_le_bytes()); // bytes a second
+    wav.extend_from_slice(&2u16.to_le_bytes()); // bytes a frame
+    wav.extend_from_slice(&16u16.to_le_bytes());
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    wav.extend_from_slice(&data);
+    let wav_path = dir.join(&name);
+    std::fs::write(&wav_path, wav).map_err(|e| format!("{}: {e}", wav_path.display()))?;
+    let manifest_out = dir.join("manifest.tsv");
+    std::fs::write(
+        &manifest_out,
+        format!("file\treference\n{name}\t{}\n", references.join(" ")),
+    )
+    .map_err(|e| format!("{}: {e}", manifest_out.display()))?;
+    eprintln!(
+        "{}: {:.1} s, {} clips",
+        wav_path.display(),
+        audio.len() as f64 / 16_000.0,
+        references.len()
+    );
+    Ok(())
+}
+
 fn main() {
     let args = parse_args();
+    if let Some((times, dir)) = &args.write_join {
+        if let Err(e) = write_join(&args.manifest, *times, dir) {
+            eprintln!("eval: {e}");
+            std::process::exit(1)
+        }
+        return;
+    }
+    // --verbose, or WHISPERENCNPU_DEBUG_DECODE set as before the diagnostics went through `log`.
+    if (args.verbose || std::env::var_os("WHISPERENCNPU_DEBUG_DECODE").is_some())
+        && log::set_logger(&STDERR_LOGGER).is_ok()
+    {
+        log::set_max_level(log::LevelFilter::Debug);
+    }
     let model = WhisperModel::load(&args.model).unwrap_or_else(|e| {
         eprintln!("{e}");
         std::process::exit(1)
@@ -402,26 +578,45 @@ fn main() {
     let mut total_audio = 0.0f64;
     let mut total_time = Duration::ZERO;
     let (mut fw_errors_total, mut fw_time, mut fw_audio) = (0usize, 0.0f64, 0.0f64);
+    let mut hypotheses = format!(
+        "#\twhisperencnpu\t{}\tlatency-mode\t{:?}\n",
+        args.model.display(),
+        args.latency_mode
+    );
+    // The low-latency mode walks the clips with the streaming transcriber (on the same prepared
+    // model); its text is the committed words.
+    let mut engine = match args.latency_mode {
+        LatencyMode::Low => Engine::Low(StreamingTranscriber::new(t, StreamOptions::default())),
+        LatencyMode::Full => Engine::Full(t),
+    };
     for &(file, reference) in &clips {
         let path = base.join(file);
         let started = Instant::now();
-        let windows = match transcribe(&mut t, &path, args.verbose) {
-            Ok(w) => w,
-            Err(e) => {
-                eprintln!("{e}");
-                std::process::exit(1)
-            }
+        let result = match &mut engine {
+            Engine::Low(s) => transcribe_low_latency(s, &path, args.verbose),
+            Engine::Full(t) => transcribe(t, &path, args.verbose).map(|windows| {
+                let audio = windows.last().map_or(0.0, |w| {
+                    (w.start_sample + w.audio_samples as u64) as f64 / 16000.0
+                });
+                let text = windows
+                    .iter()
+                    .flat_map(|w| w.segments.iter())
+                    .map(|s: &Segment| s.text.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                (text, audio)
+            }),
         };
-        let elapsed = started.elapsed();
-        let audio: f64 = windows.last().map_or(0.0, |w| {
-            (w.start_sample + w.audio_samples as u64) as f64 / 16000.0
+        let (hyp, audio) = result.unwrap_or_else(|e| {
+            eprintln!("{e}");
+            std::process::exit(1)
         });
-        let hyp: String = windows
-            .iter()
-            .flat_map(|w| w.segments.iter())
-            .map(|s: &Segment| s.text.as_str())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let elapsed = started.elapsed();
+        hypotheses.push_str(&format!(
+            "{file}\t{}\t{:.3}\t{audio:.3}\n",
+            hyp.replace(['\t', '\n'], " ").trim(),
+            elapsed.as_secs_f64()
+        ));
         let r = normalize_english(reference);
         let h = normalize_english(&hyp);
         let errors = word_errors(&r, &h);
@@ -473,6 +668,12 @@ fn main() {
                 println!("  fw:  {}", fh.join(" "));
             }
             println!("  ref: {}", r.join(" "));
+        }
+    }
+    if let Some(path) = &args.hypotheses {
+        if let Err(e) = std::fs::write(path, hypotheses) {
+            eprintln!("eval: {}: {e}", path.display());
+            std::process::exit(1)
         }
     }
     let published = fw_overall.map_or("-".to_string(), |v| format!("{v:.3}"));

@@ -1,4 +1,6 @@
-//! The element in transcription mode, driven as users and transcriberbin drive it.
+//! The element in transcription mode, driven as users and transcriberbin drive it: whole windows
+//! (`latency-mode=full`; the harness answers the latency query as a live source, so `auto` would
+//! pick the low-latency mode, tested in element_low_latency.rs).
 
 mod common;
 
@@ -14,6 +16,7 @@ fn transcriber(model: &str) -> gst::Element {
     gst::ElementFactory::make("whisperencnpu")
         .property("model", model_dir(model).to_str().unwrap())
         .property_from_str("mode", "transcription")
+        .property_from_str("latency-mode", "full")
         .property("language", "en")
         .build()
         .unwrap()
@@ -147,10 +150,12 @@ fn noise_gives_no_text() {
 }
 
 /// transcriberbin sets `latency` and `language-code`, links a live fakesrc, goes to PAUSED and
-/// queries the latency before any data flows.
+/// queries the latency before any data flows. `latency-mode` is left at `auto`: on a live source
+/// that is the low-latency mode, and `latency` bounds a step's processing.
 #[test]
 fn latency_query_as_transcriberbin_asks_it() {
     let el = transcriber("tiny.en");
+    el.set_property_from_str("latency-mode", "auto");
     el.set_property("latency", 4000u32);
     el.set_property("language-code", "en-US");
     assert_eq!(
@@ -171,8 +176,10 @@ fn latency_query_as_transcriberbin_asks_it() {
     let (live, min, _) = q.result();
     pipeline.set_state(gst::State::Null).unwrap();
     assert!(live);
-    // A window, a chunk, and the processing time the property allows.
-    assert_eq!(min, gst::ClockTime::from_mseconds(10_240 + 1_000 + 4_000));
+    // What the commit policy promises, with the processing time the property allows.
+    let bound = gstwhisperencnpu::transcribe::streaming::StreamOptions::default()
+        .delay_bound(std::time::Duration::from_millis(4_000));
+    assert_eq!(min, gst::ClockTime::from_nseconds(bound.as_nanos() as u64));
 }
 
 /// Settings the model cannot honour fail the state change with a message saying which.

@@ -5,8 +5,11 @@
 
 mod common;
 
+use std::time::Duration;
+
 use gst::prelude::*;
 use gstwhisperencnpu::mel::{SAMPLE_RATE, WINDOW_SAMPLES};
+use gstwhisperencnpu::transcribe::streaming::StreamOptions;
 
 use common::{init_gst, model_dir};
 
@@ -14,24 +17,18 @@ use common::{init_gst, model_dir};
 const WINDOW: gst::ClockTime =
     gst::ClockTime::from_nseconds(WINDOW_SAMPLES as u64 * 1_000_000_000 / SAMPLE_RATE as u64);
 /// The audio handed to the transcriber at a time, which the README counts in transcription mode's
-/// latency ("one window plus one 1 s chunk plus the processing bound").
-const TRANSCRIPTION_CHUNK: gst::ClockTime = gst::ClockTime::from_seconds(1);
+/// latency ("one window plus one 0.1 s chunk plus the processing bound").
+const TRANSCRIPTION_CHUNK: gst::ClockTime = gst::ClockTime::from_mseconds(100);
 /// The upstream latency the live source reports (a capture source's buffer time, made large so
 /// that a forgotten upstream part cannot pass for rounding).
 const UPSTREAM_MIN: gst::ClockTime = gst::ClockTime::from_mseconds(250);
 const UPSTREAM_MAX: gst::ClockTime = gst::ClockTime::from_seconds(2);
-/// Issue 9's acceptance: in `latency-mode=low` the element reports at most 3 s in a live pipeline.
-const LOW_MODE_MAX: gst::ClockTime = gst::ClockTime::from_seconds(3);
-/// The capture source's part of that pipeline's latency: one 20 ms buffer (`scripts/caption-delay`
-/// and `pulsesrc` at its usual buffer time).
-const CAPTURE_BUFFER: gst::ClockTime = gst::ClockTime::from_mseconds(20);
 
 /// What a row expects of the element's own latency.
 #[derive(Clone, Copy, Debug)]
 enum Own {
     Exactly(gst::ClockTime),
-    /// Only bounds are documented: measured at load (the warm-up window), or not documented yet
-    /// beyond issue 9's limit (low mode).
+    /// Measured at load (the warm-up window): only its bounds are documented.
     Between(gst::ClockTime, gst::ClockTime),
     /// The same as the row of this name, in the same run.
     SameAs(&'static str),
@@ -40,9 +37,6 @@ enum Own {
 struct Row {
     name: &'static str,
     props: &'static [(&'static str, &'static str)],
-    /// Set only where the element has the property (`latency-mode=full` pins today's behaviour on
-    /// builds that have the property, whose default would follow the live upstream).
-    if_present: &'static [(&'static str, &'static str)],
     own: Own,
 }
 
@@ -51,67 +45,74 @@ fn rows() -> Vec<Row> {
     vec![
         Row {
             name: "transcription, full, latency automatic",
-            props: &[("mode", "transcription")],
-            if_present: &[("latency-mode", "full")],
+            props: &[("mode", "transcription"), ("latency-mode", "full")],
             // A window and a chunk buffered; processing bounded by a window (the realtime limit).
             own: Own::Exactly(WINDOW + TRANSCRIPTION_CHUNK + WINDOW),
         },
         Row {
             name: "transcription, full, latency=3000",
-            props: &[("mode", "transcription"), ("latency", "3000")],
-            if_present: &[("latency-mode", "full")],
+            props: &[
+                ("mode", "transcription"),
+                ("latency-mode", "full"),
+                ("latency", "3000"),
+            ],
             own: Own::Exactly(WINDOW + TRANSCRIPTION_CHUNK + gst::ClockTime::from_seconds(3)),
         },
         Row {
             name: "embeddings, latency=3000",
             props: &[("mode", "embeddings"), ("latency", "3000")],
-            if_present: &[],
             own: Own::Exactly(WINDOW + gst::ClockTime::from_seconds(3)),
         },
         Row {
             name: "embeddings, latency automatic",
             props: &[("mode", "embeddings")],
-            if_present: &[],
             // A window plus twice the warm-up window's time, at most a window.
             own: Own::Between(WINDOW, WINDOW + WINDOW),
         },
         Row {
-            name: "transcription, low",
-            props: &[("mode", "transcription"), ("latency-mode", "low")],
-            if_present: &[],
-            // Step, processing and stabilisation; issue 9 bounds the whole at 3 s. Make this
-            // exact once the README documents low mode's formula.
-            own: Own::Between(
-                gst::ClockTime::from_nseconds(1),
-                LOW_MODE_MAX - CAPTURE_BUFFER,
-            ),
+            name: "transcription, low, latency=400",
+            props: &[
+                ("mode", "transcription"),
+                ("latency-mode", "low"),
+                ("latency", "400"),
+            ],
+            // What the commit policy allows from a word's start to its commit, with a step's
+            // processing: force_after + max(step, processing) + processing.
+            own: Own::Exactly(low_latency(400)),
         },
         Row {
-            name: "transcription, auto behind a live source",
-            props: &[("mode", "transcription"), ("latency-mode", "auto")],
-            if_present: &[],
-            own: Own::SameAs("transcription, low"),
+            name: "transcription, auto behind a live source, latency=400",
+            props: &[
+                ("mode", "transcription"),
+                ("latency-mode", "auto"),
+                ("latency", "400"),
+            ],
+            own: Own::SameAs("transcription, low, latency=400"),
+        },
+        Row {
+            name: "transcription, low, latency automatic",
+            props: &[("mode", "transcription"), ("latency-mode", "low")],
+            // The processing part is measured at load (three warm-up windows): only bounds.
+            own: Own::Between(low_latency(1), low_latency(10_240)),
         },
     ]
 }
 
+/// The low-latency mode's own latency with `processing_ms` for a step.
+fn low_latency(processing_ms: u64) -> gst::ClockTime {
+    let bound = StreamOptions::default().delay_bound(Duration::from_millis(processing_ms));
+    gst::ClockTime::from_nseconds(bound.as_nanos() as u64)
+}
+
 /// The answer of the element's source pad to a LATENCY query, behind a live appsrc, in PAUSED
-/// with no data sent; `Err` names a property the element does not have.
-fn query_paused(row: &Row) -> Result<(bool, gst::ClockTime, Option<gst::ClockTime>), String> {
+/// with no data sent.
+fn query_paused(row: &Row) -> (bool, gst::ClockTime, Option<gst::ClockTime>) {
     let element = gst::ElementFactory::make("whisperencnpu")
         .property("model", model_dir("tiny.en").to_str().unwrap())
         .build()
         .unwrap();
     for (name, value) in row.props {
-        if element.find_property(name).is_none() {
-            return Err(format!("whisperencnpu has no property {name}"));
-        }
         element.set_property_from_str(name, value);
-    }
-    for (name, value) in row.if_present {
-        if element.find_property(name).is_some() {
-            element.set_property_from_str(name, value);
-        }
     }
     let src = gst::ElementFactory::make("appsrc")
         .property("is-live", true)
@@ -149,26 +150,15 @@ fn query_paused(row: &Row) -> Result<(bool, gst::ClockTime, Option<gst::ClockTim
         "{}: the src pad did not answer the latency query",
         row.name
     );
-    Ok(q.result())
+    q.result()
 }
 
 #[test]
 fn latency_behind_a_live_source_is_upstream_plus_the_documented_own_part() {
     init_gst();
     let mut measured: Vec<(&str, gst::ClockTime)> = Vec::new();
-    let mut skipped = Vec::new();
     for row in rows() {
-        let (live, min, max) = match query_paused(&row) {
-            Ok(answer) => answer,
-            Err(why) => {
-                eprintln!(
-                    "SKIPPED (not checked): {}: {why} (issue 9, not merged yet)",
-                    row.name
-                );
-                skipped.push(row.name);
-                continue;
-            }
-        };
+        let (live, min, max) = query_paused(&row);
         assert!(live, "{}: a live upstream, answered as not live", row.name);
         assert!(
             min >= UPSTREAM_MIN,
@@ -206,13 +196,5 @@ fn latency_behind_a_live_source_is_upstream_plus_the_documented_own_part() {
             row.name
         );
         measured.push((row.name, own));
-    }
-    if !skipped.is_empty() {
-        eprintln!(
-            "live_latency: {} of {} rows not checked: {}",
-            skipped.len(),
-            rows().len(),
-            skipped.join("; ")
-        );
     }
 }

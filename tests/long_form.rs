@@ -1,5 +1,5 @@
-//! Two minutes of speech with pauses through the element in transcription mode: every sentence
-//! once, in order, and the segments where the speech is.
+//! Two minutes of speech with pauses through the element in transcription mode, in each latency
+//! mode: every sentence once, in order, and the text where the speech is.
 
 mod common;
 
@@ -27,17 +27,28 @@ fn offset(clip: &[f32]) -> usize {
 /// Two minutes: jfk and the five espeak clips with 9 s pauses, through the element (base).
 /// Returns the clips' (speech onset, end) in seconds, where their speech ends, the reference text
 /// and the segments.
-/// Run once for both tests (half a minute of decoding).
+/// Run once per latency mode for both tests (half a minute of decoding each).
 #[allow(clippy::type_complexity)]
-fn transcribe_two_minutes() -> &'static (Vec<(f64, f64)>, Vec<f64>, String, Vec<(f64, f64, String)>)
-{
-    static RUN: std::sync::OnceLock<(Vec<(f64, f64)>, Vec<f64>, String, Vec<(f64, f64, String)>)> =
-        std::sync::OnceLock::new();
-    RUN.get_or_init(run_two_minutes)
+fn transcribe_two_minutes(
+    latency_mode: &str,
+) -> &'static (Vec<(f64, f64)>, Vec<f64>, String, Vec<(f64, f64, String)>) {
+    type Run = (Vec<(f64, f64)>, Vec<f64>, String, Vec<(f64, f64, String)>);
+    static FULL: std::sync::OnceLock<Run> = std::sync::OnceLock::new();
+    static LOW: std::sync::OnceLock<Run> = std::sync::OnceLock::new();
+    match latency_mode {
+        "full" => FULL.get_or_init(|| run_two_minutes("full")),
+        "low" => LOW.get_or_init(|| run_two_minutes("low")),
+        other => panic!("no latency mode {other}"),
+    }
 }
 
+/// The modes every test here runs in.
+const LATENCY_MODES: [&str; 2] = ["full", "low"];
+
 #[allow(clippy::type_complexity)]
-fn run_two_minutes() -> (Vec<(f64, f64)>, Vec<f64>, String, Vec<(f64, f64, String)>) {
+fn run_two_minutes(
+    latency_mode: &str,
+) -> (Vec<(f64, f64)>, Vec<f64>, String, Vec<(f64, f64, String)>) {
     init_gst();
     let manifest = std::fs::read_to_string(shared_file("audio/eval/manifest.tsv")).unwrap();
     let clips: Vec<(String, String)> = manifest
@@ -73,6 +84,7 @@ fn run_two_minutes() -> (Vec<(f64, f64)>, Vec<f64>, String, Vec<(f64, f64, Strin
     let el = gst::ElementFactory::make("whisperencnpu")
         .property("model", model_dir("base").to_str().unwrap())
         .property_from_str("mode", "transcription")
+        .property_from_str("latency-mode", latency_mode)
         .property("language", "en")
         .build()
         .unwrap();
@@ -89,7 +101,7 @@ fn run_two_minutes() -> (Vec<(f64, f64)>, Vec<f64>, String, Vec<(f64, f64, Strin
         let text = String::from_utf8(b.map_readable().unwrap().to_vec()).unwrap();
         let start = b.pts().unwrap().nseconds() as f64 / 1e9;
         let end = start + b.duration().unwrap().nseconds() as f64 / 1e9;
-        println!("[{start:7.2} - {end:7.2}] {text}");
+        println!("{latency_mode}: [{start:7.2} - {end:7.2}] {text}");
         segments.push((start, end, text));
     }
 
@@ -98,7 +110,13 @@ fn run_two_minutes() -> (Vec<(f64, f64)>, Vec<f64>, String, Vec<(f64, f64, Strin
 
 #[test]
 fn two_minutes_of_speech_every_sentence_once_in_order() {
-    let (spans, _, reference, segments) = transcribe_two_minutes();
+    for mode in LATENCY_MODES {
+        every_sentence_once_in_order(mode);
+    }
+}
+
+fn every_sentence_once_in_order(mode: &str) {
+    let (spans, _, reference, segments) = transcribe_two_minutes(mode);
     // Every sentence once, in order: the words of the whole, aligned, with few errors and no
     // repeated stretch (a repetition would add words).
     let hyp_text = words(
@@ -113,16 +131,16 @@ fn two_minutes_of_speech_every_sentence_once_in_order() {
     let refw: Vec<&str> = ref_text.split(' ').collect();
     let wer = word_errors(&refw, &hyp) as f64 / refw.len() as f64;
     println!(
-        "WER {wer:.3} ({} reference words, {} said)",
+        "{mode}: WER {wer:.3} ({} reference words, {} said)",
         refw.len(),
         hyp.len()
     );
     // espeak's voices are hard for base: faster-whisper's WER on these clips alone is 0 to 0.21
     // (../shared/audio/README.md), and here nothing gives context across the 9 s pauses.
-    assert!(wer <= 0.25, "WER {wer}");
+    assert!(wer <= 0.25, "{mode}: WER {wer}");
     assert!(
         hyp.len() <= refw.len() + refw.len() / 20,
-        "too many words: something said twice"
+        "{mode}: too many words: something said twice"
     );
 
     // No text in the pauses.
@@ -132,7 +150,7 @@ fn two_minutes_of_speech_every_sentence_once_in_order() {
             .any(|&(s, e)| *start >= s - 0.5 && *end <= e + 0.5);
         assert!(
             inside,
-            "segment [{start:.2}, {end:.2}] {text:?} is not where speech is"
+            "{mode}: text [{start:.2}, {end:.2}] {text:?} is not where speech is"
         );
     }
 }
@@ -144,7 +162,13 @@ fn two_minutes_of_speech_every_sentence_once_in_order() {
 /// one ends with it.
 #[test]
 fn two_minutes_of_speech_segments_start_and_end_with_the_speech() {
-    let (spans, speech_ends, _, segments) = transcribe_two_minutes();
+    for mode in LATENCY_MODES {
+        text_starts_and_ends_with_the_speech(mode);
+    }
+}
+
+fn text_starts_and_ends_with_the_speech(mode: &str) {
+    let (spans, speech_ends, _, segments) = transcribe_two_minutes(mode);
     for (&(speech, clip_end), &speech_end) in spans.iter().zip(speech_ends) {
         let clip: Vec<&(f64, f64, String)> = segments
             .iter()
@@ -152,16 +176,16 @@ fn two_minutes_of_speech_segments_start_and_end_with_the_speech() {
             .collect();
         let (first, last) = (clip.first(), clip.last());
         let (Some(first), Some(last)) = (first, last) else {
-            panic!("no segment for the clip at {speech:.2} s");
+            panic!("{mode}: no text for the clip at {speech:.2} s");
         };
         assert!(
             (first.0 - speech).abs() <= 0.5,
-            "clip speech at {speech:.2} s, its first segment at {:.2} s",
+            "{mode}: clip speech at {speech:.2} s, its first text at {:.2} s",
             first.0
         );
         assert!(
             (last.1 - speech_end).abs() <= 0.5,
-            "clip speech ends at {speech_end:.2} s, its last segment at {:.2} s",
+            "{mode}: clip speech ends at {speech_end:.2} s, its last text at {:.2} s",
             last.1
         );
     }

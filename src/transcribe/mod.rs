@@ -32,217 +32,45 @@
 //!   ([`alignment`], OpenAI's word timestamps); the seek positions, prompt and look-back keep
 //!   following the timestamp tokens, so the text does not depend on the alignment.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::mel::{SAMPLE_RATE, WINDOW_SAMPLES};
 use crate::model::decoder::{CrossKv, Decoder};
 use crate::model::tokenizer::Tokenizer;
-use crate::model::{ModelError, WhisperModel};
+use crate::model::WhisperModel;
 use crate::npu;
-use crate::window::{EncoderOptions, SetupError, WindowEncoder};
+use crate::window::{EncoderOptions, WindowEncoder};
 
 pub mod alignment;
 mod decoding;
+mod lookback;
+mod loudness;
+mod options;
+mod segments;
+pub mod streaming;
 pub mod text;
+mod words;
 
 use decoding::{DecodeParams, DecodeResult, Rng};
+use lookback::{LookbackMatch, RecentSegment};
+use loudness::Span;
+pub use options::{
+    Segment, Task, TranscribeError, TranscribeOptions, TranscribeTiming, WindowResult, Word,
+    SAMPLES_PER_TIMESTAMP,
+};
+use segments::{split_segments, Selection};
 
-/// Samples per timestamp step (0.02 s).
-pub const SAMPLES_PER_TIMESTAMP: u64 = 320;
+/// The `log` target of the decoding diagnostics (the element routes it to its GStreamer debug
+/// category `whisperencnpu`).
+const LOG_TARGET: &str = "whisperencnpu";
 /// How far (seconds) a segment of the last window decoded with look-back may start before the seek
 /// position and still count as new.
 const LOOKBACK_TOLERANCE: f64 = 0.4;
-/// A segment of the last window that starts less than this many timestamp steps (0.1 s) before the
-/// end of the audio is dropped.
-const END_SLACK: u32 = 5;
+/// A segment of at least this many words found word for word in what was emitted lately is the
+/// model repeating itself (its loop check takes six words said again for a loop too).
+const REPEATED_PHRASE_WORDS: usize = 6;
 /// Tokens of previous text given as prompt at most (`n_text_ctx / 2 - 1`).
 pub const MAX_PROMPT_TOKENS: usize = 223;
-
-/// What to produce.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Task {
-    /// Text in the spoken language.
-    #[default]
-    Transcribe,
-    /// English text (multilingual models).
-    Translate,
-}
-
-/// Decoding options (OpenAI's `transcribe()` arguments and their defaults).
-#[derive(Clone, Debug, PartialEq)]
-pub struct TranscribeOptions {
-    /// Language code (`"en"`, `"de"`, ...); `None` detects it (multilingual models). Ignored by
-    /// English-only models.
-    pub language: Option<String>,
-    pub task: Task,
-    /// Beam search with this many beams at temperature 0; 1 is greedy decoding.
-    pub beam_size: usize,
-    /// Beam search patience (finished candidates = beam_size x patience).
-    pub patience: f32,
-    /// Hypotheses sampled at a temperature above 0, the best kept.
-    pub best_of: usize,
-    /// Temperatures tried in turn while the result fails the thresholds.
-    pub temperatures: Vec<f32>,
-    /// Fallback when the text's gzip compression ratio is above this (too repetitive).
-    pub compression_ratio_threshold: Option<f64>,
-    /// Fallback when the average log-probability is below this.
-    pub logprob_threshold: Option<f64>,
-    /// A window is silent when its no-speech probability is above this and its average
-    /// log-probability is below `logprob_threshold`.
-    pub no_speech_threshold: Option<f64>,
-    /// Give the previous text as prompt (`condition_on_previous_text`).
-    pub use_prompt: bool,
-    /// Text given as prompt before the first window.
-    pub initial_prompt: Option<String>,
-    /// The first timestamp of a window is at most this (seconds).
-    pub max_initial_timestamp: f64,
-    /// Suppress a blank or `<|endoftext|>` as first token.
-    pub suppress_blank: bool,
-    /// Tokens never sampled; `None` takes the model's `suppress_ids` (config.json).
-    pub suppress_tokens: Option<Vec<u32>>,
-    /// A segment ending less than this before the end of a window that is not the last is held
-    /// back and decoded again from the next window (seconds).
-    pub edge_margin: f64,
-    /// Stop and fall back when a hypothesis loops.
-    pub check_repetition: bool,
-    /// A window whose loudest 20 ms is quieter than this (dBFS RMS) is silent: it is skipped
-    /// without running the model (Whisper tends to hallucinate a word or two on digital silence).
-    pub silence_threshold_db: Option<f64>,
-    /// Seed of the sampler used at temperatures above 0.
-    pub seed: u64,
-    /// Decoder threads; 0 means one per core.
-    pub decoder_threads: usize,
-    /// The decoder's linear layers: float32, or int8 (weights per output channel, activations per
-    /// row, as the encoder's int8): about three times less memory traffic per token.
-    pub decoder_precision: npu::Precision,
-    /// Segment times from where their words are (cross-attention alignment) rather than from the
-    /// timestamp tokens alone.
-    pub word_timestamps: bool,
-}
-
-impl Default for TranscribeOptions {
-    fn default() -> Self {
-        TranscribeOptions {
-            language: None,
-            task: Task::Transcribe,
-            beam_size: 1,
-            patience: 1.0,
-            best_of: 5,
-            temperatures: vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
-            compression_ratio_threshold: Some(2.4),
-            logprob_threshold: Some(-1.0),
-            no_speech_threshold: Some(0.6),
-            use_prompt: true,
-            initial_prompt: None,
-            max_initial_timestamp: 1.0,
-            suppress_blank: true,
-            suppress_tokens: None,
-            edge_margin: 0.5,
-            check_repetition: true,
-            silence_threshold_db: Some(-60.0),
-            seed: 0,
-            decoder_threads: 0,
-            decoder_precision: npu::Precision::F32,
-            word_timestamps: true,
-        }
-    }
-}
-
-/// One piece of transcribed text with its place in the stream.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Segment {
-    /// Start and end as sample indices of the stream (16 kHz, from the first sample pushed or
-    /// the sample given to [`Transcriber::reset`]).
-    pub start_sample: u64,
-    pub end_sample: u64,
-    /// Start and end in seconds of stream time (`sample / 16000`).
-    pub start: f64,
-    pub end: f64,
-    /// The text, as Whisper writes it (usually with a leading space).
-    pub text: String,
-    /// Its tokens, timestamps included.
-    pub tokens: Vec<u32>,
-    pub avg_logprob: f64,
-    pub no_speech_prob: f64,
-    pub compression_ratio: f64,
-    pub temperature: f32,
-    /// Language code (`"en"`), `None` for English-only models.
-    pub language: Option<String>,
-    /// Its words and where each is, when the model has alignment heads (empty otherwise).
-    pub words: Vec<Word>,
-}
-
-/// A word of a [`Segment`] and where it is (from the decoder's cross-attention).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Word {
-    /// As written, punctuation attached, without the leading space.
-    pub text: String,
-    /// Start and end as stream samples, inside the segment's span.
-    pub start_sample: u64,
-    pub end_sample: u64,
-}
-
-/// Time spent on one window.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct TranscribeTiming {
-    pub mel: Duration,
-    pub encoder: Duration,
-    /// Language detection, decoding at every temperature tried.
-    pub decoder: Duration,
-    /// Tokens run through the decoder (all temperatures and hypotheses, prompts excluded).
-    pub decoded_tokens: usize,
-}
-
-/// What one window gave.
-#[derive(Clone, Debug)]
-pub struct WindowResult {
-    /// Window index from 0.
-    pub index: u64,
-    /// Stream sample of the window's first sample (the seek position it started at).
-    pub start_sample: u64,
-    /// Samples of real audio in the window (less than 163840 only at the end of the stream).
-    pub audio_samples: usize,
-    /// Where the next window starts: the end of the last segment emitted, or of the window.
-    pub next_seek: u64,
-    /// Complete segments, in order.
-    pub segments: Vec<Segment>,
-    /// The window was judged silent (no-speech rule) and skipped.
-    pub no_speech: bool,
-    pub no_speech_prob: f64,
-    pub avg_logprob: f64,
-    /// Temperature of the result kept.
-    pub temperature: f32,
-    /// The decoding failed at every temperature (repetition, compression ratio or log-probability).
-    pub failed: bool,
-    pub language: Option<String>,
-    /// The stream's last window.
-    pub last: bool,
-    pub timing: TranscribeTiming,
-}
-
-/// Errors of [`Transcriber::new`].
-#[derive(Debug, thiserror::Error)]
-pub enum TranscribeError {
-    #[error(transparent)]
-    Setup(#[from] SetupError),
-    #[error(transparent)]
-    Model(#[from] ModelError),
-    #[error("language {0:?} is not one of the model's languages")]
-    UnknownLanguage(String),
-    #[error("the English-only model {0} cannot translate")]
-    CannotTranslate(String),
-    #[error("invalid option: {0}")]
-    InvalidOption(String),
-}
-
-/// A piece of a decoded window: `<|start|> text <|end|>`, or a last one left open.
-#[derive(Clone, Debug, PartialEq)]
-struct RawSegment {
-    start: u32,
-    end: Option<u32>,
-    /// Tokens from the start timestamp to the end timestamp, both included.
-    tokens: Vec<u32>,
-}
 
 /// A segment to emit, in stream samples.
 struct Emit {
@@ -250,120 +78,25 @@ struct Emit {
     end: u64,
     tokens: Vec<u32>,
     /// Where its words are by the cross-attention alignment (stream samples), when known.
-    words: Option<(u64, u64)>,
+    words: Option<Span>,
     /// Each word and where it is (stream samples), when known.
     word_list: Vec<Word>,
 }
 
-/// Narrows `[start, end]` (stream samples) to the loud frames in it, with 0.1 s to spare on each
-/// side: Whisper often starts a segment where the previous one ended, before a pause. Never widens
-/// it; leaves it as it is when nothing in it is loud.
-fn trim_to_speech(loud: &[bool], window_start: u64, start: u64, end: u64) -> (u64, u64) {
-    let sps = SAMPLES_PER_TIMESTAMP;
-    let first = ((start - window_start) / sps) as usize;
-    let last = (end.saturating_sub(window_start).div_ceil(sps) as usize).min(loud.len());
-    if first >= last {
-        return (start, end);
-    }
-    let frames = &loud[first..last];
-    let (Some(a), Some(b)) = (
-        frames.iter().position(|&l| l),
-        frames.iter().rposition(|&l| l),
-    ) else {
-        return (start, end);
-    };
-    let pad = 5 * sps;
-    let new_start = (window_start + (first + a) as u64 * sps)
-        .saturating_sub(pad)
-        .max(start);
-    let new_end = (window_start + (first + b + 1) as u64 * sps + pad).min(end);
-    (new_start, new_end.max(new_start))
+/// An emitted segment kept for the prompt.
+struct PromptSegment {
+    /// Stream sample where it ends (by its timestamp tokens).
+    end: u64,
+    tokens: Vec<u32>,
 }
 
-/// A word's span narrowed to its loudest island: the alignment runs words edge to edge, so a
-/// word after a pause starts where the one before it ended. Islands are runs of loud frames
-/// with gaps under 0.2 s (a stop consonant's closure is shorter); the one with the most loud
-/// frames is kept. Unchanged when nothing in it is loud.
-fn loudest_island(loud: &[bool], window_start: u64, start: u64, end: u64) -> (u64, u64) {
-    const MAX_GAP: usize = 10;
-    let sps = SAMPLES_PER_TIMESTAMP;
-    let first = ((start.saturating_sub(window_start)) / sps) as usize;
-    let last = (end.saturating_sub(window_start).div_ceil(sps) as usize).min(loud.len());
-    if first >= last {
-        return (start, end);
-    }
-    // (first loud frame, last loud frame, loud frames) of each island.
-    let mut best: Option<(usize, usize, usize)> = None;
-    let mut cur: Option<(usize, usize, usize)> = None;
-    for (i, _) in loud[first..last].iter().enumerate().filter(|(_, &l)| l) {
-        cur = match cur {
-            Some((a, b, n)) if i - b <= MAX_GAP => Some((a, i, n + 1)),
-            done => {
-                if done.is_some_and(|d| best.is_none_or(|b| d.2 > b.2)) {
-                    best = done;
-                }
-                Some((i, i, 1))
-            }
-        };
-    }
-    if cur.is_some_and(|d| best.is_none_or(|b| d.2 > b.2)) {
-        best = cur;
-    }
-    let Some((a, b, _)) = best else {
-        return (start, end);
-    };
-    let at = |f: usize| window_start + (first + f) as u64 * sps;
-    (at(a).max(start), at(b + 1).min(end).max(at(a).max(start)))
-}
-
-/// Seconds of loud frames in `[start, end]` (stream samples).
-fn speech_seconds(loud: &[bool], window_start: u64, start: u64, end: u64) -> f64 {
-    let sps = SAMPLES_PER_TIMESTAMP;
-    let first = (start.saturating_sub(window_start) / sps) as usize;
-    let last = (end.saturating_sub(window_start).div_ceil(sps) as usize).min(loud.len());
-    let frames = loud
-        .get(first..last)
-        .map_or(0, |f| f.iter().filter(|&&l| l).count());
-    frames as f64 * sps as f64 / f64::from(SAMPLE_RATE)
-}
-
-/// Splits sampled tokens into segments at timestamps.
-fn split_segments(tok: &Tokenizer, tokens: &[u32]) -> Vec<RawSegment> {
-    let tb = tok.timestamp_begin();
-    let mut out: Vec<RawSegment> = Vec::new();
-    let mut cur: Option<RawSegment> = None;
-    for &t in tokens {
-        if tok.is_timestamp(t) {
-            let ts = t - tb;
-            match cur.take() {
-                Some(mut c) if c.tokens.iter().any(|&x| tok.is_text(x)) => {
-                    c.end = Some(ts);
-                    c.tokens.push(t);
-                    out.push(c);
-                }
-                // A start after a start (no text between): the later one counts.
-                _ => {
-                    cur = Some(RawSegment {
-                        start: ts,
-                        end: None,
-                        tokens: vec![t],
-                    })
-                }
-            }
-        } else if tok.is_text(t) {
-            cur.get_or_insert_with(|| RawSegment {
-                start: out.last().and_then(|s| s.end).unwrap_or(0),
-                end: None,
-                tokens: Vec::new(),
-            })
-            .tokens
-            .push(t);
-        }
-    }
-    if let Some(c) = cur {
-        out.push(c);
-    }
-    out
+/// One window encoded and decoded with the temperature fallback.
+struct DecodedWindow {
+    result: DecodeResult,
+    /// Every temperature failed.
+    failed: bool,
+    language: Option<u32>,
+    cross: CrossKv,
 }
 
 /// The transcriber: owns the encoder, the decoder and the stream's seek position.
@@ -385,10 +118,10 @@ pub struct Transcriber {
     buffer: Vec<f32>,
     buffer_start: u64,
     seek: u64,
-    /// Segments emitted since the prompt was last reset: end sample and tokens.
-    history: Vec<(u64, Vec<u32>)>,
-    /// Emitted segments a look-back may overlap: start, end, words.
-    recent: Vec<(u64, u64, Vec<String>)>,
+    /// Segments emitted since the prompt was last reset.
+    history: Vec<PromptSegment>,
+    /// Emitted segments a look-back may overlap.
+    recent: Vec<RecentSegment>,
     /// Words of the segments emitted from the last window (to drop repeats).
     last_words: Vec<String>,
     window_index: u64,
@@ -399,7 +132,6 @@ pub struct Transcriber {
     shown_until: u64,
     /// The decoder's (layer, head) pairs that follow the speech; none: no word alignment.
     alignment_heads: Vec<(usize, usize)>,
-    debug: bool,
 }
 
 impl std::fmt::Debug for Transcriber {
@@ -536,7 +268,6 @@ impl Transcriber {
             rng: Rng::new(seed),
             retried_at: None,
             shown_until: 0,
-            debug: std::env::var_os("WHISPERENCNPU_DEBUG_DECODE").is_some(),
         })
     }
 
@@ -658,9 +389,9 @@ impl Transcriber {
         if o.use_prompt {
             prompt.extend_from_slice(&self.initial_prompt);
             let tol = (LOOKBACK_TOLERANCE * f64::from(SAMPLE_RATE)) as u64;
-            for (end, tokens) in &self.history {
-                if *end <= prompt_before + tol {
-                    prompt.extend_from_slice(tokens);
+            for h in &self.history {
+                if h.end <= prompt_before + tol {
+                    prompt.extend_from_slice(&h.tokens);
                 }
             }
             if prompt.len() > MAX_PROMPT_TOKENS {
@@ -715,8 +446,9 @@ impl Transcriber {
             );
             let n = if t > 0.0 { o.best_of } else { o.beam_size };
             timing.decoded_tokens += n * (r.tokens.len() + 1);
-            if self.debug {
-                eprintln!(
+            {
+                log::debug!(
+                    target: LOG_TARGET,
                     "  t={t:.1} lp={:.3} cr={:.2} ns={:.3} rep={} {}",
                     r.avg_logprob,
                     r.compression_ratio,
@@ -783,7 +515,7 @@ impl Transcriber {
         last: bool,
         prompt_before: u64,
         timing: &mut TranscribeTiming,
-    ) -> (DecodeResult, bool, Option<u32>, CrossKv) {
+    ) -> DecodedWindow {
         let off = (window_start - self.buffer_start) as usize;
         let (encoded, enc_timing) = self.encoder.encode(&self.buffer[off..off + n]);
         timing.mel += enc_timing.mel;
@@ -801,17 +533,21 @@ impl Transcriber {
             None
         };
         let params = self.decode_params(language, n, prompt_before);
-        if self.debug {
-            eprintln!(
-                "window at {:.2} s, {:.2} s of audio{}",
-                window_start as f64 / f64::from(SAMPLE_RATE),
-                n as f64 / f64::from(SAMPLE_RATE),
-                if last { ", last" } else { "" }
-            );
-        }
+        log::debug!(
+            target: LOG_TARGET,
+            "window at {:.2} s, {:.2} s of audio{}",
+            window_start as f64 / f64::from(SAMPLE_RATE),
+            n as f64 / f64::from(SAMPLE_RATE),
+            if last { ", last" } else { "" }
+        );
         let (result, failed) = self.decode_with_fallback(&cross, params, last, timing);
         timing.decoder += t0.elapsed();
-        (result, failed, language, cross)
+        DecodedWindow {
+            result,
+            failed,
+            language,
+            cross,
+        }
     }
 
     fn process(&mut self, at_end: bool) -> WindowResult {
@@ -832,26 +568,67 @@ impl Transcriber {
         if lookback >= SAMPLE_RATE as usize && !self.is_quiet(self.seek, available) {
             let start = self.seek - lookback as u64;
             let n = lookback + available;
-            let (result, failed, language, cross) =
-                self.run_window(start, n, true, start, &mut timing);
-            if !failed && !self.is_silence(&result) {
-                if let Some((mut emit, k)) = self.align_lookback(start, n, &result.tokens) {
-                    let t0 = Instant::now();
-                    self.align_words(&cross, language, start, n, &result.tokens, k, &mut emit);
-                    timing.decoder += t0.elapsed();
-                    let mut out =
-                        self.window_result(index, start, n, true, &result, failed, language);
-                    self.lock_language(language);
-                    out.timing = timing;
-                    let _ = self.emit(&mut out, emit, &result);
-                    out.next_seek = start + n as u64;
-                    self.advance(out.next_seek);
-                    return out;
+            let DecodedWindow {
+                result,
+                failed,
+                language,
+                cross,
+            } = self.run_window(start, n, true, start, &mut timing);
+            let matched = (!failed && !self.is_silence(&result))
+                .then(|| {
+                    lookback::align_lookback(
+                        &self.tokenizer,
+                        &self.recent,
+                        self.seek,
+                        start,
+                        n,
+                        &result.tokens,
+                    )
+                })
+                .flatten();
+            if let Some(LookbackMatch {
+                segments: mut emit,
+                new_from,
+            }) = matched
+            {
+                let t0 = Instant::now();
+                self.align_words(
+                    &cross,
+                    language,
+                    start,
+                    n,
+                    &result.tokens,
+                    new_from,
+                    &mut emit,
+                );
+                timing.decoder += t0.elapsed();
+                let mut out = self.window_result(index, start, n, true, &result, failed, language);
+                self.lock_language(language);
+                out.timing = timing;
+                let untranscribed = self.emit(&mut out, emit, &result);
+                out.next_seek = start + n as u64;
+                // The model said again what was said before, over speech: once more from there
+                // without the prompt (the stream is then not done yet).
+                if let Some(at) = untranscribed.map(|at| at.max(self.seek)) {
+                    if self.retried_at != Some(at) {
+                        log::debug!(
+                            target: LOG_TARGET,
+                            "  look-back repeated earlier text over speech: again from {:.2} s without the prompt",
+                            at as f64 / 16000.0
+                        );
+                        self.retried_at = Some(at);
+                        self.history.clear();
+                        out.next_seek = at;
+                        out.last = false;
+                    }
                 }
+                self.advance(out.next_seek);
+                return out;
             }
-            if self.debug {
-                eprintln!("  look-back not aligned: decoding from the seek position");
-            }
+            log::debug!(
+                target: LOG_TARGET,
+                "  look-back not aligned: decoding from the seek position"
+            );
         }
 
         // A pause before the speech: start the window half a second before the speech instead.
@@ -873,13 +650,12 @@ impl Transcriber {
                 );
                 out.no_speech = true;
                 out.next_seek = new_seek;
-                if self.debug {
-                    eprintln!(
-                        "pause from {:.2} s: the window starts at {:.2} s",
-                        self.seek as f64 / 16000.0,
-                        new_seek as f64 / 16000.0
-                    );
-                }
+                log::debug!(
+                    target: LOG_TARGET,
+                    "pause from {:.2} s: the window starts at {:.2} s",
+                    self.seek as f64 / 16000.0,
+                    new_seek as f64 / 16000.0
+                );
                 self.advance(new_seek);
                 return out;
             }
@@ -891,16 +667,20 @@ impl Transcriber {
                 self.window_result(index, start, n, last, &DecodeResult::default(), false, None);
             out.no_speech = true;
             out.no_speech_prob = 1.0;
-            if self.debug {
-                eprintln!(
-                    "window at {:.2} s: below the silence threshold",
-                    start as f64 / 16000.0
-                );
-            }
+            log::debug!(
+                target: LOG_TARGET,
+                "window at {:.2} s: below the silence threshold",
+                start as f64 / 16000.0
+            );
             self.advance(out.next_seek);
             return out;
         }
-        let (result, failed, language, cross) = self.run_window(start, n, last, start, &mut timing);
+        let DecodedWindow {
+            result,
+            failed,
+            language,
+            cross,
+        } = self.run_window(start, n, last, start, &mut timing);
         let mut out = self.window_result(index, start, n, last, &result, failed, language);
         out.timing = timing;
         if out.no_speech {
@@ -911,7 +691,16 @@ impl Transcriber {
             return out;
         }
         self.lock_language(language);
-        let (raw, seek_ts) = self.select_segments(&result.tokens, n, last);
+        let Selection {
+            segments: raw,
+            next_seek: seek_ts,
+        } = segments::select_segments(
+            &self.tokenizer,
+            &result.tokens,
+            n,
+            last,
+            self.options.edge_margin,
+        );
         let mut emit: Vec<Emit> = raw
             .into_iter()
             .map(|s| Emit {
@@ -944,12 +733,11 @@ impl Transcriber {
                 .saturating_sub(u64::from(SAMPLE_RATE))
                 .clamp(start, out.next_seek);
             if self.retried_at != Some(at) {
-                if self.debug {
-                    eprintln!(
-                        "  repeated the prompt over speech: again from {:.2} s without it",
-                        at as f64 / 16000.0
-                    );
-                }
+                log::debug!(
+                    target: LOG_TARGET,
+                    "  repeated the prompt over speech: again from {:.2} s without it",
+                    at as f64 / 16000.0
+                );
                 self.retried_at = Some(at);
                 self.history.clear();
                 out.next_seek = at;
@@ -957,166 +745,6 @@ impl Transcriber {
         }
         self.advance(out.next_seek);
         out
-    }
-
-    /// The segments of a look-back decode (window from `start`, `n` samples) that come after
-    /// the words already emitted: the decoded words are aligned with the emitted ones that overlap
-    /// the window (the first of which may begin before it). `None` when they do not match well.
-    /// Also returns the index in `tokens` where the new part begins.
-    fn align_lookback(&self, start: u64, n: usize, tokens: &[u32]) -> Option<(Vec<Emit>, usize)> {
-        let overlap: Vec<&(u64, u64, Vec<String>)> =
-            self.recent.iter().filter(|r| r.1 > start).collect();
-        let mut target: Vec<String> = Vec::new();
-        let mut free = 0;
-        for (i, (s, e, words)) in overlap.iter().enumerate() {
-            if i == 0 && *s < start {
-                // Roughly this many of its words lie before the window.
-                let frac = (start - s) as f64 / (e - s).max(1) as f64;
-                free = ((frac * words.len() as f64).ceil() as usize + 2).min(words.len());
-            }
-            target.extend(words.iter().cloned());
-        }
-        let decoded = text::Words::from_tokens(&self.tokenizer, tokens);
-        let dw = &decoded.words;
-        // cost[j]: fewest edits between some target[i..] (i <= free) and dw[..j].
-        let mut best: Option<(usize, usize, usize)> = None; // (cost, j, matched length)
-        for i in 0..=free.min(target.len()) {
-            let t = &target[i..];
-            let row = text::edit_distance_to_prefixes(t, dw);
-            for (j, &c) in row.iter().enumerate() {
-                if best.is_none_or(|(bc, bj, _)| c < bc || (c == bc && j < bj)) {
-                    best = Some((c, j, t.len()));
-                }
-            }
-        }
-        let (cost, j, matched) = best?;
-        let k = decoded.token_index.get(j).copied().unwrap_or(tokens.len());
-        let rest = &tokens[k..];
-        // The timestamps just before the new part (the end of the previous segment and the start
-        // of the next) are near the seek position when the alignment is right: that allows more
-        // differences between the two decodings of the same words.
-        let boundary_agrees = tokens[..k]
-            .iter()
-            .rev()
-            .take_while(|&&t| self.tokenizer.is_timestamp(t))
-            .any(|&t| {
-                let ts = u64::from(t - self.tokenizer.timestamp_begin());
-                (start + ts * SAMPLES_PER_TIMESTAMP).abs_diff(self.seek) <= u64::from(SAMPLE_RATE)
-            });
-        let share = if boundary_agrees { 0.5 } else { 0.3 };
-        let allowed = ((matched as f64) * share).floor().max(1.0) as usize;
-        if self.debug {
-            eprintln!(
-                "  look-back: {} emitted word(s) overlap, {} decoded; {} edit(s) at word {j}",
-                target.len(),
-                dw.len(),
-                cost
-            );
-        }
-        if !target.is_empty() && cost > allowed {
-            return None;
-        }
-        let max_ts = (n as u64 / SAMPLES_PER_TIMESTAMP) as u32;
-        let seek = self.seek;
-        let emit = self
-            .plausible(split_segments(&self.tokenizer, rest))
-            .into_iter()
-            .filter(|s| self.has_text(s) && s.start + END_SLACK < max_ts)
-            .map(|s| {
-                let at = |ts: u32| start + u64::from(ts) * SAMPLES_PER_TIMESTAMP;
-                let begin = at(s.start).max(seek);
-                Emit {
-                    start: begin,
-                    end: at(s.end.unwrap_or(max_ts)).max(begin),
-                    tokens: s.tokens,
-                    words: None,
-                    word_list: Vec::new(),
-                }
-            })
-            .collect();
-        Some((emit, k))
-    }
-
-    /// Sets where the words of each segment of `emit` are, by aligning all the text of the
-    /// window's decoded `tokens` with its audio (`n` samples from `window_start`) through the
-    /// decoder's alignment heads. The segments are, in order, pieces of `tokens[from..]`.
-    #[allow(clippy::too_many_arguments)]
-    fn align_words(
-        &self,
-        cross: &CrossKv,
-        language: Option<u32>,
-        window_start: u64,
-        n: usize,
-        tokens: &[u32],
-        from: usize,
-        emit: &mut [Emit],
-    ) {
-        let heads = &self.alignment_heads;
-        if heads.is_empty() || emit.is_empty() {
-            return;
-        }
-        let is_text = |t: &&u32| self.tokenizer.is_text(**t);
-        let text: Vec<u32> = tokens.iter().filter(is_text).copied().collect();
-        if text.is_empty() || text.len() + 8 > self.decoder.n_text_ctx() {
-            return;
-        }
-        let sp = self.tokenizer.special();
-        let mut seq = vec![sp.sot];
-        if self.tokenizer.is_multilingual() {
-            seq.extend(language);
-            let task = match self.options.task {
-                Task::Transcribe => sp.transcribe,
-                Task::Translate => sp.translate,
-            };
-            seq.extend(task);
-        }
-        let prefix = seq.len();
-        seq.push(sp.no_timestamps);
-        seq.extend_from_slice(&text);
-        seq.push(sp.eot);
-        let scores = self.decoder.cross_attention_scores(cross, &seq, heads);
-        let positions = n / SAMPLES_PER_TIMESTAMP as usize;
-        let Some(starts) = alignment::token_positions(&scores, prefix, text.len(), positions)
-        else {
-            return;
-        };
-        let at = |p: usize| window_start + p as u64 * SAMPLES_PER_TIMESTAMP;
-        let mut cursor = tokens[..from.min(tokens.len())]
-            .iter()
-            .filter(is_text)
-            .count();
-        for e in emit.iter_mut() {
-            let seg: Vec<u32> = e.tokens.iter().filter(is_text).copied().collect();
-            if seg.is_empty() {
-                continue;
-            }
-            let Some(i) = text[cursor.min(text.len())..]
-                .windows(seg.len())
-                .position(|w| w == seg.as_slice())
-            else {
-                continue;
-            };
-            let first = cursor + i;
-            cursor = first + seg.len();
-            // The end of the text is where <|endoftext|> takes over, which the attention places
-            // late (it spreads over what follows); the timestamp is better there.
-            let end = if cursor == text.len() {
-                e.end
-            } else {
-                at(starts[cursor])
-            };
-            e.words = Some((at(starts[first]), end));
-            e.word_list = self.words_of(&text[first..cursor], &starts[first..=cursor], &at, end);
-            if self.debug {
-                eprintln!(
-                    "  words at {:.2}-{:.2} s (timestamps {:.2}-{:.2} s)",
-                    at(starts[first]) as f64 / 16000.0,
-                    at(starts[cursor]) as f64 / 16000.0,
-                    e.start as f64 / 16000.0,
-                    e.end as f64 / 16000.0
-                );
-            }
-        }
     }
 
     /// Turns the chosen segments into [`Segment`]s of `out`, dropping one the previous window
@@ -1141,9 +769,21 @@ impl Transcriber {
             if words.is_empty() {
                 continue;
             }
-            // Said already at the end of the previous window.
-            if out.segments.is_empty() && prev_words.ends_with(&words) {
-                let speech = speech_seconds(&loud, out.start_sample, s.start, s.end.max(s.start));
+            // Said already: at the end of the previous window, or a whole phrase of what was
+            // emitted lately (the model going back to the prompt, as over a long pause).
+            let repeated_phrase = words.len() >= REPEATED_PHRASE_WORDS
+                && self
+                    .recent
+                    .iter()
+                    .flat_map(|r| r.words.iter())
+                    .cloned()
+                    .collect::<Vec<String>>()
+                    .windows(words.len())
+                    .any(|w| w == words.as_slice());
+            if (out.segments.is_empty() && prev_words.ends_with(&words)) || repeated_phrase {
+                log::debug!(target: LOG_TARGET, "dropped as said already: {text:?}");
+                let speech =
+                    loudness::speech_seconds(&loud, out.start_sample, s.start, s.end.max(s.start));
                 if speech > 0.5 && untranscribed.is_none() {
                     untranscribed = Some(s.start);
                 }
@@ -1154,29 +794,37 @@ impl Transcriber {
             let span = |start: u64, end: u64, floor: u64| {
                 let start = start.clamp(floor.min(window_end), window_end);
                 let end = end.clamp(start, window_end);
-                trim_to_speech(&loud, out.start_sample, start, end)
+                loudness::trim_to_speech(&loud, out.start_sample, start, end)
             };
-            let (ts_start, ts_end) = span(s.start, s.end, self.seek);
+            let by_timestamps = span(s.start, s.end, self.seek);
             // The span shown: where the words are, when the alignment found them, not before the
             // text shown last ends.
-            let (start, end) = match s.words.filter(|w| w.1 > w.0) {
-                Some((a, b)) => span(a, b, self.seek.max(self.shown_until)),
-                None => (ts_start, ts_end),
+            let Span { start, end } = match s.words.filter(|w| w.end > w.start) {
+                Some(w) => span(w.start, w.end, self.seek.max(self.shown_until)),
+                None => by_timestamps,
             };
-            // Text over silence is the model talking to itself (often the prompt again): a
-            // segment must have loud audio under it, enough for its words.
-            // (Over the span the model gave: clamping to the seek may collapse it.)
-            let speech = speech_seconds(&loud, out.start_sample, s.start, s.end.max(s.start));
+            // Text over silence or steady noise is the model talking to itself (often the prompt
+            // again): not one frame under the segment rises above the window's noise floor.
+            // (Over the span the model gave: clamping to the seek may collapse it.) How many
+            // words the loud frames could hold is no test: in fast, continuous or reverberant
+            // speech few frames stand 12 dB above the floor, and the words are real.
+            let speech =
+                loudness::speech_seconds(&loud, out.start_sample, s.start, s.end.max(s.start));
             let judged = s.end > s.start; // a look-back segment may have no span of its own
-            if judged && (words.len() as f64 > 10.0 * speech + 3.0 || speech == 0.0) {
-                if self.debug {
-                    eprintln!("dropped over {speech:.2} s of speech: {text:?}");
-                }
+            if judged && speech == 0.0 {
+                log::debug!(target: LOG_TARGET, "dropped over silence: {text:?}");
                 continue;
             }
             emitted_words.extend(words.iter().cloned());
-            self.recent.push((ts_start, ts_end, words));
-            self.history.push((ts_end, s.tokens.clone()));
+            self.recent.push(RecentSegment {
+                start: by_timestamps.start,
+                end: by_timestamps.end,
+                words,
+            });
+            self.history.push(PromptSegment {
+                end: by_timestamps.end,
+                tokens: s.tokens.clone(),
+            });
             self.shown_until = end;
             out.segments.push(Segment {
                 start_sample: start,
@@ -1196,11 +844,10 @@ impl Transcriber {
                     .map(|w| {
                         let a = w.start_sample.clamp(start, end);
                         let b = w.end_sample.clamp(a, end);
-                        let (start_sample, end_sample) =
-                            loudest_island(&loud, out.start_sample, a, b);
+                        let island = loudness::loudest_island(&loud, out.start_sample, a, b);
                         Word {
-                            start_sample,
-                            end_sample,
+                            start_sample: island.start,
+                            end_sample: island.end,
                             text: w.text,
                         }
                     })
@@ -1215,7 +862,7 @@ impl Transcriber {
         }
         // Keep what a look-back could overlap.
         let horizon = window_end.saturating_sub(2 * WINDOW_SAMPLES as u64);
-        self.recent.retain(|r| r.1 > horizon);
+        self.recent.retain(|r| r.end > horizon);
         untranscribed
     }
 
@@ -1224,147 +871,41 @@ impl Transcriber {
     /// speech. Whisper often says nothing of words cut at a window's end (or judges the window
     /// silent), and moving on to the window's end would lose their beginning.
     fn stop_before_trailing_speech(&self, start: u64, n: usize, seek: u64) -> u64 {
-        let loud = self.loud_frames(start, n);
-        let Some(last_loud) = loud.iter().rposition(|&l| l) else {
+        let Some(onset) = loudness::trailing_speech_onset(&self.loud_frames(start, n)) else {
             return seek;
         };
-        // Speech must run up to the window's end (within 0.5 s) ...
-        let frames_per_second = (u64::from(SAMPLE_RATE) / SAMPLES_PER_TIMESTAMP) as usize;
-        if last_loud + frames_per_second / 2 < loud.len() {
-            return seek;
-        }
-        // ... and start after a pause of at least 0.5 s.
-        let pause = frames_per_second / 2;
-        let mut onset = last_loud;
-        let mut quiet = 0;
-        for i in (0..last_loud).rev() {
-            if loud[i] {
-                onset = i;
-                quiet = 0;
-            } else {
-                quiet += 1;
-                if quiet >= pause {
-                    break;
-                }
-            }
-        }
-        if quiet < pause {
-            return seek; // speech all along
-        }
         let at = (start + onset as u64 * SAMPLES_PER_TIMESTAMP)
             .saturating_sub(u64::from(SAMPLE_RATE) / 2);
         // Always move on by a second at least.
         if at < seek && at >= start + u64::from(SAMPLE_RATE) {
-            if self.debug {
-                eprintln!(
-                    "  speech from {:.2} s runs into the window's end: next window from {:.2} s",
-                    (start + onset as u64 * SAMPLES_PER_TIMESTAMP) as f64 / 16000.0,
-                    at as f64 / 16000.0
-                );
-            }
+            log::debug!(
+                target: LOG_TARGET,
+                "  speech from {:.2} s runs into the window's end: next window from {:.2} s",
+                (start + onset as u64 * SAMPLES_PER_TIMESTAMP) as f64 / 16000.0,
+                at as f64 / 16000.0
+            );
             at
         } else {
             seek
         }
     }
 
-    /// Splits aligned text tokens into words: a word starts at a token that begins with a space
-    /// (or the first), and tokens without letters or digits stay with the word before them.
-    /// `starts` has one more entry than `tokens` (where the last ends); the last word ends at `end`.
-    fn words_of(
-        &self,
-        tokens: &[u32],
-        starts: &[usize],
-        at: &dyn Fn(usize) -> u64,
-        end: u64,
-    ) -> Vec<Word> {
-        let mut words: Vec<(Vec<u8>, usize, usize)> = Vec::new(); // bytes, first token, end token
-        for (i, &t) in tokens.iter().enumerate() {
-            let bytes = self.tokenizer.token_bytes(t);
-            let text = String::from_utf8_lossy(bytes);
-            let new_word = text.starts_with(' ') && text.chars().any(char::is_alphanumeric);
-            match words.last_mut() {
-                Some(w) if !new_word => {
-                    w.0.extend_from_slice(bytes);
-                    w.2 = i + 1;
-                }
-                _ => words.push((bytes.to_vec(), i, i + 1)),
-            }
-        }
-        words
-            .into_iter()
-            .map(|(bytes, a, b)| Word {
-                text: String::from_utf8_lossy(&bytes).trim().to_string(),
-                start_sample: at(starts[a]),
-                end_sample: if b == tokens.len() {
-                    end
-                } else {
-                    at(starts[b])
-                },
-            })
-            .collect()
+    /// The `n` buffered samples from stream sample `start`.
+    fn samples(&self, start: u64, n: usize) -> &[f32] {
+        let off = (start - self.buffer_start) as usize;
+        &self.buffer[off..off + n]
     }
 
     /// Whether the loudest 20 ms of the `n` samples from `start` are below the silence threshold.
     fn is_quiet(&self, start: u64, n: usize) -> bool {
-        let Some(db) = self.options.silence_threshold_db else {
-            return false;
-        };
-        let off = (start - self.buffer_start) as usize;
-        let threshold = 10f64.powf(db / 20.0);
-        let loudest = self.buffer[off..off + n]
-            .chunks(SAMPLES_PER_TIMESTAMP as usize)
-            .map(|c| {
-                (c.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>() / c.len() as f64)
-                    .sqrt()
-            })
-            .fold(0.0, f64::max);
-        loudest < threshold
+        self.options
+            .silence_threshold_db
+            .is_some_and(|db| loudness::is_quiet(self.samples(start, n), db))
     }
 
-    /// For every 20 ms frame of the `n` samples from `start`: whether it is louder than the
-    /// window's noise floor (its 10th percentile) by 12 dB, and than -55 dBFS.
+    /// Which 20 ms frames of the `n` samples from `start` are loud ([`loudness::loud_frames`]).
     fn loud_frames(&self, start: u64, n: usize) -> Vec<bool> {
-        let off = (start - self.buffer_start) as usize;
-        let db: Vec<f64> = self.buffer[off..off + n]
-            .chunks(SAMPLES_PER_TIMESTAMP as usize)
-            .map(|c| {
-                let ms =
-                    c.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>() / c.len() as f64;
-                10.0 * ms.max(1e-12).log10()
-            })
-            .collect();
-        let mut sorted = db.clone();
-        sorted.sort_by(f64::total_cmp);
-        let floor = sorted.get(sorted.len() / 10).copied().unwrap_or(-120.0);
-        let threshold = (floor + 12.0).max(-55.0);
-        db.iter().map(|&d| d > threshold).collect()
-    }
-
-    /// Segments that say more than a person can in their time are hallucinated: nothing from the
-    /// first of them on is kept.
-    fn plausible(&self, raw: Vec<RawSegment>) -> Vec<RawSegment> {
-        let n = raw
-            .iter()
-            .position(|s| self.too_fast(s))
-            .unwrap_or(raw.len());
-        raw.into_iter().take(n).collect()
-    }
-
-    /// More than 10 words a second (plus slack) between the segment's timestamps.
-    fn too_fast(&self, s: &RawSegment) -> bool {
-        let Some(end) = s.end else {
-            return false;
-        };
-        let words = text::Words::from_tokens(&self.tokenizer, &s.tokens)
-            .words
-            .len();
-        let seconds = f64::from(end.saturating_sub(s.start)) * 0.02;
-        words as f64 > 10.0 * seconds + 3.0
-    }
-
-    fn has_text(&self, s: &RawSegment) -> bool {
-        s.tokens.iter().any(|&t| self.tokenizer.is_text(t))
+        loudness::loud_frames(self.samples(start, n))
     }
 
     fn lock_language(&mut self, language: Option<u32>) {
@@ -1402,52 +943,6 @@ impl Transcriber {
                 .map(str::to_string),
             last,
             timing: TranscribeTiming::default(),
-        }
-    }
-
-    /// Which segments of a window decoded from the seek position to emit, and where the next
-    /// window starts (timestamp units from the window start).
-    fn select_segments(&self, tokens: &[u32], n: usize, last: bool) -> (Vec<RawSegment>, u32) {
-        let raw = self.plausible(split_segments(&self.tokenizer, tokens));
-        let max_ts = (n as u64 / SAMPLES_PER_TIMESTAMP) as u32;
-        let margin = (self.options.edge_margin / 0.02).round() as u32;
-        let with_text = |v: Vec<RawSegment>| -> Vec<RawSegment> {
-            v.into_iter().filter(|s| self.has_text(s)).collect()
-        };
-        if last {
-            // Not a segment starting at the very end of the audio (nothing can be in it).
-            let v = with_text(raw)
-                .into_iter()
-                .filter(|s| s.start + END_SLACK < max_ts)
-                .collect();
-            return (v, max_ts);
-        }
-        let complete = |s: &&RawSegment| self.has_text(s) && s.end.is_some();
-        // Complete segments that end clear of the window's end: emitted; the rest is decoded again
-        // from the next window, which starts where the last of them ends.
-        let inside: Vec<RawSegment> = raw
-            .iter()
-            .filter(complete)
-            .filter(|s| s.end.is_some_and(|e| e + margin <= max_ts))
-            .cloned()
-            .collect();
-        if let Some(end) = inside.last().and_then(|s| s.end) {
-            return (inside, end.max(1));
-        }
-        match raw.iter().find(|s| self.has_text(s)) {
-            // Nothing said: the whole window is used up.
-            None => (Vec::new(), max_ts),
-            // Speech starts a little into the window but runs past its end: start there.
-            Some(first) if first.start > 0 => (Vec::new(), first.start),
-            // Speech from the start to (nearly) the end of the window: emit the complete segments
-            // (or the whole text if none is complete) and go on after them.
-            Some(_) => {
-                let done: Vec<RawSegment> = raw.iter().filter(complete).cloned().collect();
-                match done.last().and_then(|s| s.end) {
-                    Some(end) if end > 0 => (done, end),
-                    _ => (with_text(raw), max_ts),
-                }
-            }
         }
     }
 

@@ -1,3 +1,5 @@
+use super::loudness::{trim_to_speech, Span};
+use super::segments::split_segments;
 use super::*;
 
 fn tokenizer() -> Tokenizer {
@@ -37,15 +39,17 @@ fn segments_split_at_timestamp_pairs() {
 fn segments_trimmed_to_speech() {
     // Frames 0..10 quiet, 10..20 loud, 20..30 quiet; window from sample 1000.
     let loud: Vec<bool> = (0..30).map(|f| (10..20).contains(&f)).collect();
-    let (s, e) = trim_to_speech(&loud, 1000, 1000, 1000 + 30 * 320);
-    assert_eq!((s, e), (1000 + 5 * 320, 1000 + 25 * 320));
+    assert_eq!(
+        trim_to_speech(&loud, 1000, 1000, 1000 + 30 * 320),
+        Span::new(1000 + 5 * 320, 1000 + 25 * 320)
+    );
     // Never widened, and left alone without loud frames.
     assert_eq!(
         trim_to_speech(&loud, 1000, 1000 + 12 * 320, 1000 + 14 * 320),
-        (1000 + 12 * 320, 1000 + 14 * 320)
+        Span::new(1000 + 12 * 320, 1000 + 14 * 320)
     );
     assert_eq!(
         trim_to_speech(&loud, 1000, 1000, 1000 + 5 * 320),
-        (1000, 1000 + 5 * 320)
+        Span::new(1000, 1000 + 5 * 320)
     );
 }

@@ -64,8 +64,9 @@ pub fn normalize_word(w: &str) -> String {
 
 /// If the words end in a loop, the index of the word where the repeated copy starts (keeping one
 /// copy). A loop is a block of `p` words repeated back to back `c` times at the end with
-/// `p >= 4, c >= 2` (a phrase said twice), `p >= 2, c >= 3`, or `c >= 4`; or the last six words
-/// found earlier in the words.
+/// `p >= 4, c >= 2` (a phrase said twice), `p >= 2, c >= 3`, or `c >= 6` (one word: people say
+/// "words, words, words, words"; a model stuck on a word goes on much longer); or the last six
+/// words found earlier in the words.
 pub fn repetition_start(words: &[String]) -> Option<usize> {
     let n = words.len();
     for p in 1..=n / 2 {
@@ -74,7 +75,7 @@ pub fn repetition_start(words: &[String]) -> Option<usize> {
         while (c + 1) * p <= n && &words[n - (c + 1) * p..n - c * p] == block {
             c += 1;
         }
-        if (p >= 4 && c >= 2) || (p >= 2 && c >= 3) || c >= 4 {
+        if (p >= 4 && c >= 2) || (p >= 2 && c >= 3) || c >= SAME_WORD_LOOP {
             return Some(n - p * (c - 1));
         }
     }
@@ -87,6 +88,9 @@ pub fn repetition_start(words: &[String]) -> Option<usize> {
     }
     None
 }
+
+/// Times one word said back to back that [`repetition_start`] takes for a loop.
+const SAME_WORD_LOOP: usize = 6;
 
 /// Words of a phrase that [`repetition_start`] does not accept twice in one window.
 const PHRASE: usize = 6;
@@ -297,7 +301,12 @@ mod tests {
     fn repetition() {
         assert_eq!(repetition_start(&w("a b c d a b c d")), Some(4));
         assert_eq!(repetition_start(&w("x a b a b a b")), Some(3));
-        assert_eq!(repetition_start(&w("no no no no")), Some(1));
+        assert_eq!(repetition_start(&w("no no no no no no")), Some(1));
+        assert_eq!(
+            repetition_start(&w("some more words words words words")),
+            None,
+            "a word said four times is speech (mfa_acoustic_corpus.wav)"
+        );
         assert_eq!(repetition_start(&w("no no no")), None);
         let jfk = "and so my fellow americans ask not what your country can do for you ask what \
                    you can do for your country";

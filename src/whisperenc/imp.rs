@@ -16,12 +16,13 @@ use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
-use super::messages::{segment_message, TimingReport};
-use super::{Backend, Mode, Precision, Task};
+use super::messages::{partial_message, segment_message, TimingReport};
+use super::{Backend, LatencyMode, Mode, Precision, Task};
 use crate::mel::{SAMPLE_RATE, WINDOW_SAMPLES};
 use crate::model::WhisperModel;
 use crate::npu;
 use crate::npu::BackendChoice;
+use crate::transcribe::streaming::{StepResult, StreamOptions, StreamingTranscriber};
 use crate::transcribe::{self, TranscribeError, TranscribeOptions, Transcriber};
 use crate::window::{EncoderOptions, SetupError, WindowEncoder};
 
@@ -33,8 +34,36 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     )
 });
 
-/// Audio handed to the transcriber at a time.
-const TRANSCRIPTION_CHUNK_SAMPLES: usize = 16_000;
+/// The transcriber's decoding diagnostics (`log` records, target `whisperencnpu`) into `CAT`.
+static LOGGER: LazyLock<gst::log::DebugCategoryLogger> =
+    LazyLock::new(|| gst::log::DebugCategoryLogger::new(*CAT));
+
+/// Routes the `log` crate's records to the element's debug category, so that
+/// `GST_DEBUG=whisperencnpu:6` shows every window's decisions. Only once per process, and not over
+/// a logger the application installed itself (then the records go there).
+pub(super) fn install_logger() {
+    if log::set_logger(&*LOGGER).is_ok() {
+        // The category decides what is shown (its threshold may be changed at any time); a
+        // record below it costs one call and no formatting.
+        log::set_max_level(log::LevelFilter::Trace);
+    }
+}
+
+/// Audio handed to the transcriber at a time: 0.1 s, so that the low-latency mode steps close to
+/// the live edge (whole-window decoding waits for a full window whatever the chunk).
+const TRANSCRIPTION_CHUNK_SAMPLES: usize = 1_600;
+/// In the low-latency mode, audio still queued makes the next step wait for it (steps merge when
+/// processing falls behind), but never for more than this many steps' worth: a step must come
+/// even when upstream is faster than real time (a file).
+const MAX_MERGED_STEPS: u32 = 4;
+/// How long one low-latency step may take for the latency query when the `latency` property does
+/// not say, in warm-up windows (the encoder's time at load): a step encodes one window and decodes
+/// a few tokens, which took half to one encoder time again on base and tiny.en.
+const STEP_PROCESSING_WARMUPS: u32 = 3;
+/// A step slower than the bound raises it to this many times its own time, with a latency message.
+const STEP_BOUND_MARGIN: f64 = 1.25;
+/// The first steps (allocations, caches) do not move the bound.
+const STEPS_BEFORE_ADAPTING: u64 = 3;
 /// Audio waiting for the src task before the streaming thread waits: two windows, enough to ride
 /// out a slow window, small enough to bound memory (each is 640 KiB).
 const QUEUE_SAMPLES: usize = 2 * WINDOW_SAMPLES;
@@ -71,6 +100,7 @@ struct Settings {
     beam_size: u32,
     previous_text_prompt: bool,
     latency_ms: u32,
+    latency_mode: LatencyMode,
 }
 
 impl Default for Settings {
@@ -86,6 +116,7 @@ impl Default for Settings {
             beam_size: 1,
             previous_text_prompt: true,
             latency_ms: 0,
+            latency_mode: LatencyMode::default(),
         }
     }
 }
@@ -176,13 +207,85 @@ enum Processor {
     Transcription(Box<TextOutput>),
 }
 
-/// The transcriber and where its output stands in stream time.
-struct TextOutput {
-    transcriber: Transcriber,
+/// How the stream is walked, as `latency-mode` resolved at the stream's first chunk.
+enum TextEngine {
+    /// Whole windows from the seek position.
+    Full(Transcriber),
+    /// A window sliding with the live edge, words committed once stable.
+    Low {
+        transcriber: Box<StreamingTranscriber>,
+        /// Samples pushed since the last step.
+        unstepped: usize,
+        steps: u64,
+    },
+}
+
+/// Where the text output stands in stream time.
+#[derive(Default)]
+struct TextClock {
     /// Stream time of the transcriber's sample 0 (the first chunk since start or flush).
     base_pts: Option<gst::ClockTime>,
     /// Text and gaps have been pushed up to here.
     position: Option<gst::ClockTime>,
+    /// Low latency: the words committed in the segment still open (for the partial message).
+    open_words: Vec<String>,
+}
+
+impl TextClock {
+    /// Stream time of a transcriber sample.
+    fn at(&self, sample: u64) -> gst::ClockTime {
+        self.base_pts.unwrap_or(gst::ClockTime::ZERO) + samples_to_time(sample)
+    }
+}
+
+/// The transcriber and where its output stands in stream time.
+struct TextOutput {
+    /// `None` only while switching between the two engines.
+    engine: Option<TextEngine>,
+    stream_options: StreamOptions,
+    clock: TextClock,
+}
+
+/// What one low-latency step covered and cost.
+struct StepReport {
+    index: u64,
+    /// New audio since the step before (samples).
+    audio: usize,
+    processing: std::time::Duration,
+}
+
+impl TextOutput {
+    /// Switches to the engine asked for, keeping the prepared model.
+    fn use_low_latency(&mut self, low: bool) {
+        self.engine = match (self.engine.take().expect("engine"), low) {
+            (TextEngine::Full(t), true) => Some(TextEngine::Low {
+                transcriber: Box::new(StreamingTranscriber::new(t, self.stream_options.clone())),
+                unstepped: 0,
+                steps: 0,
+            }),
+            (TextEngine::Low { transcriber, .. }, false) => {
+                Some(TextEngine::Full(transcriber.into_inner()))
+            }
+            (engine, _) => Some(engine),
+        };
+    }
+
+    /// A new stream (flush, stop): nothing pending, nothing said.
+    fn reset(&mut self) {
+        match self.engine.as_mut().expect("engine") {
+            TextEngine::Full(t) => t.reset(0),
+            TextEngine::Low {
+                transcriber,
+                unstepped,
+                steps,
+            } => {
+                transcriber.reset(0);
+                *unstepped = 0;
+                *steps = 0;
+            }
+        }
+        self.clock = TextClock::default();
+    }
 }
 
 /// A prepared model kept between runs (see [`WhisperEncNpu::load`]).
@@ -198,6 +301,7 @@ struct Prepared {
 fn prepare_key(settings: &Settings) -> String {
     let settings = Settings {
         latency_ms: 0,
+        latency_mode: LatencyMode::default(),
         ..settings.clone()
     };
     let file = std::fs::metadata(settings.model.join("model.bin"))
@@ -219,6 +323,9 @@ pub struct WhisperEncNpu {
     loaded_key: Mutex<Option<String>>,
     /// The processor of the last run, ready for the next one.
     prepared: Mutex<Option<Prepared>>,
+    /// Low latency: how long a step may take, as the latency query last answered; raised when a
+    /// step takes longer (see `adapt_step_bound`).
+    step_bound: Mutex<Option<std::time::Duration>>,
 }
 
 impl Default for Queue {
@@ -398,20 +505,80 @@ impl WhisperEncNpu {
                 self.srcpad.push(buffer)
             }
             Some(Processor::Transcription(text)) => {
-                if text.base_pts.is_none() {
-                    text.base_pts = Some(window.pts);
-                    text.position = Some(window.pts);
+                if text.clock.base_pts.is_none() {
+                    text.clock.base_pts = Some(window.pts);
+                    text.clock.position = Some(window.pts);
+                    let low = self.low_latency_wanted(self.upstream_is_live());
+                    gst::info!(
+                        CAT,
+                        imp = self,
+                        "transcribing with {} latency",
+                        if low { "low" } else { "full" }
+                    );
+                    text.use_low_latency(low);
                 }
-                text.transcriber.push_audio(&samples);
-                loop {
-                    let started = Instant::now();
-                    let Some(result) = text.transcriber.next_window() else {
-                        return Ok(gst::FlowSuccess::Ok);
-                    };
-                    self.push_text(text, result, started.elapsed())?;
+                let behind = self.audio_queued();
+                let TextOutput { engine, clock, .. } = &mut **text;
+                match engine.as_mut().expect("engine") {
+                    TextEngine::Full(transcriber) => {
+                        transcriber.push_audio(&samples);
+                        loop {
+                            let started = Instant::now();
+                            let Some(result) = transcriber.next_window() else {
+                                return Ok(gst::FlowSuccess::Ok);
+                            };
+                            let encoder = transcriber.encoder();
+                            self.push_text(clock, encoder, result, started.elapsed())?;
+                        }
+                    }
+                    TextEngine::Low {
+                        transcriber,
+                        unstepped,
+                        steps,
+                    } => {
+                        transcriber.push_audio(&samples);
+                        *unstepped += samples.len();
+                        // Behind: let the queued audio join this step, up to a bound.
+                        let step =
+                            transcriber.options().step.as_secs_f64() * f64::from(SAMPLE_RATE);
+                        let merge_limit = step as usize * MAX_MERGED_STEPS as usize;
+                        if !transcriber.wants_step() || (behind && *unstepped < merge_limit) {
+                            return Ok(gst::FlowSuccess::Ok);
+                        }
+                        let started = Instant::now();
+                        let result = transcriber.step();
+                        let report = StepReport {
+                            index: *steps,
+                            audio: *unstepped,
+                            processing: started.elapsed(),
+                        };
+                        *steps += 1;
+                        *unstepped = 0;
+                        self.push_step(clock, transcriber, result, report)
+                    }
                 }
             }
         }
+    }
+
+    /// Whether upstream is live, as its latency query says (what `latency-mode=auto` follows).
+    fn upstream_is_live(&self) -> bool {
+        let mut query = gst::query::Latency::new();
+        self.sinkpad.peer_query(&mut query) && query.result().0
+    }
+
+    /// Whether transcription runs in the low-latency mode, for an upstream that is `live` or not.
+    fn low_latency_wanted(&self, live: bool) -> bool {
+        match self.settings.lock().unwrap().latency_mode {
+            LatencyMode::Low => true,
+            LatencyMode::Full => false,
+            LatencyMode::Auto => live,
+        }
+    }
+
+    /// Whether audio waits in the queue for the src task.
+    fn audio_queued(&self) -> bool {
+        self.queue.lock().unwrap().samples > 0
     }
 
     /// At EOS in transcription mode: decodes what is left and pushes all of it.
@@ -420,13 +587,33 @@ impl WhisperEncNpu {
         let Some(Processor::Transcription(text)) = guard.as_mut() else {
             return Ok(gst::FlowSuccess::Ok);
         };
+        let TextOutput { engine, clock, .. } = &mut **text;
         let started = Instant::now();
-        let results = text.transcriber.finish();
-        let per_window = started.elapsed() / results.len().max(1) as u32;
-        for result in results {
-            self.push_text(text, result, per_window)?;
+        match engine.as_mut().expect("engine") {
+            TextEngine::Full(transcriber) => {
+                let results = transcriber.finish();
+                let per_window = started.elapsed() / results.len().max(1) as u32;
+                for result in results {
+                    self.push_text(clock, transcriber.encoder(), result, per_window)?;
+                }
+            }
+            TextEngine::Low {
+                transcriber,
+                unstepped,
+                steps,
+            } => {
+                let result = transcriber.finish();
+                let report = StepReport {
+                    index: *steps,
+                    audio: *unstepped,
+                    processing: started.elapsed(),
+                };
+                *steps += 1;
+                *unstepped = 0;
+                self.push_step(clock, transcriber, result, report)?;
+            }
         }
-        text.base_pts = None;
+        clock.base_pts = None;
         Ok(gst::FlowSuccess::Ok)
     }
 
@@ -434,12 +621,12 @@ impl WhisperEncNpu {
     /// between them and up to where the transcriber has moved on.
     fn push_text(
         &self,
-        text: &mut TextOutput,
+        clock: &mut TextClock,
+        encoder: &WindowEncoder,
         result: transcribe::WindowResult,
         processing: std::time::Duration,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let base = text.base_pts.unwrap_or(gst::ClockTime::ZERO);
-        let at = |sample: u64| base + samples_to_time(sample);
+        let at = |sample: u64| clock.at(sample);
         let timing = TimingReport {
             index: result.index,
             pts: at(result.start_sample),
@@ -448,53 +635,169 @@ impl WhisperEncNpu {
             encoder: result.timing.encoder,
             decoder: Some(result.timing.decoder),
             processing,
-            backend: text.transcriber.encoder().backend(),
-            precision: text.transcriber.encoder().precision(),
+            backend: encoder.backend(),
+            precision: encoder.precision(),
         };
         self.post(timing.message());
 
-        let mut position = text.position.unwrap_or(base);
+        let mut position = clock.position.unwrap_or(at(0));
         for segment in &result.segments {
             let start = at(segment.start_sample).max(position);
             let end = at(segment.end_sample).max(start);
-            if start > position {
-                self.srcpad.push_event(
-                    gst::event::Gap::builder(position)
-                        .duration(start - position)
-                        .build(),
-                );
-            }
             let words = segment.text.trim();
             self.post(segment_message(segment, words, start, end, at));
-            let mut buffer = gst::Buffer::from_mut_slice(words.as_bytes().to_vec());
-            {
-                let buffer = buffer.get_mut().unwrap();
-                buffer.set_pts(start);
-                buffer.set_duration(end - start);
-            }
-            self.srcpad.push(buffer)?;
-            // What gst-plugins-rs transcribers send after a final transcript (textaccumulate
-            // drains on it).
-            self.srcpad.push_event(
-                gst::event::CustomDownstream::builder(
-                    gst::Structure::builder("rstranscribe/final-transcript").build(),
-                )
-                .build(),
-            );
-            position = end;
+            self.push_text_buffer(&mut position, start, end, words)?;
+            self.push_final_transcript();
         }
         // Audio before the next window's start is settled: keep downstream's time moving.
-        let settled = at(result.next_seek);
-        if settled > position {
+        self.push_gap_until(&mut position, at(result.next_seek));
+        clock.position = Some(position);
+        Ok(gst::FlowSuccess::Ok)
+    }
+
+    /// Pushes what one low-latency step committed: its words as one text buffer, the segments it
+    /// closed (message and final-transcript event), the hypothesis still open (message), and a GAP
+    /// up to where nothing more will be said.
+    fn push_step(
+        &self,
+        clock: &mut TextClock,
+        transcriber: &StreamingTranscriber,
+        result: StepResult,
+        report: StepReport,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let base = clock.base_pts.unwrap_or(gst::ClockTime::ZERO);
+        let at = |sample: u64| base + samples_to_time(sample);
+        let encoder = transcriber.transcriber().encoder();
+        let timing = TimingReport {
+            index: report.index,
+            pts: at(result.live_edge.saturating_sub(report.audio as u64)),
+            audio: samples_to_time(report.audio as u64),
+            mel: result.timing.mel,
+            encoder: result.timing.encoder,
+            decoder: Some(result.timing.decoder),
+            processing: report.processing,
+            backend: encoder.backend(),
+            precision: encoder.precision(),
+        };
+        self.post(timing.message());
+        self.adapt_step_bound(report.index, report.processing);
+
+        let mut position = clock.position.unwrap_or(at(0));
+        if let (Some(first), Some(last)) = (result.committed.first(), result.committed.last()) {
+            let start = at(first.start_sample).max(position);
+            let end = at(last.end_sample).max(start);
+            let text = result
+                .committed
+                .iter()
+                .map(|w| w.text.as_str())
+                .collect::<Vec<_>>()
+                .join(" ");
+            self.push_text_buffer(&mut position, start, end, &text)?;
+        }
+        clock
+            .open_words
+            .extend(result.committed.iter().map(|w| w.text.clone()));
+        for segment in &result.closed {
+            let start = at(segment.start_sample);
+            let end = at(segment.end_sample).max(start);
+            self.post(segment_message(
+                segment,
+                segment.text.trim(),
+                start,
+                end,
+                at,
+            ));
+            self.push_final_transcript();
+            let closed_words = if segment.words.is_empty() {
+                segment.text.split_whitespace().count()
+            } else {
+                segment.words.len()
+            };
+            let n = closed_words.min(clock.open_words.len());
+            clock.open_words.drain(..n);
+        }
+        if result.partial.is_some() || !clock.open_words.is_empty() {
+            let (text, start, end) = match &result.partial {
+                Some(p) => (p.text.as_str(), at(p.start_sample), at(p.end_sample)),
+                None => ("", position, position),
+            };
+            self.post(partial_message(
+                text,
+                &clock.open_words.join(" "),
+                start,
+                end,
+            ));
+        }
+        self.push_gap_until(&mut position, at(result.settled));
+        clock.position = Some(position);
+        Ok(gst::FlowSuccess::Ok)
+    }
+
+    /// A step slower than the processing bound the latency query answered with would make its words
+    /// late at a syncing sink: the bound is raised past it and the pipeline told to ask again.
+    fn adapt_step_bound(&self, index: u64, processing: std::time::Duration) {
+        if index < STEPS_BEFORE_ADAPTING || self.settings.lock().unwrap().latency_ms > 0 {
+            return;
+        }
+        let mut bound = self.step_bound.lock().unwrap();
+        match *bound {
+            Some(b) if processing > b => {
+                let raised = processing.mul_f64(STEP_BOUND_MARGIN);
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "a step took {processing:?}, more than the {b:?} the latency allows: {raised:?} now"
+                );
+                *bound = Some(raised);
+                drop(bound);
+                let _ = self
+                    .obj()
+                    .post_message(gst::message::Latency::builder().src(&*self.obj()).build());
+            }
+            _ => {}
+        }
+    }
+
+    /// Pushes `text` over `[start, end]`, with a GAP before it from `position`.
+    fn push_text_buffer(
+        &self,
+        position: &mut gst::ClockTime,
+        start: gst::ClockTime,
+        end: gst::ClockTime,
+        text: &str,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        self.push_gap_until(position, start);
+        let mut buffer = gst::Buffer::from_mut_slice(text.as_bytes().to_vec());
+        {
+            let buffer = buffer.get_mut().unwrap();
+            buffer.set_pts(start);
+            buffer.set_duration(end - start);
+        }
+        *position = end;
+        self.srcpad.push(buffer)
+    }
+
+    /// Keeps downstream's time moving over audio that has no text.
+    fn push_gap_until(&self, position: &mut gst::ClockTime, until: gst::ClockTime) {
+        if until > *position {
             self.srcpad.push_event(
-                gst::event::Gap::builder(position)
-                    .duration(settled - position)
+                gst::event::Gap::builder(*position)
+                    .duration(until - *position)
                     .build(),
             );
-            position = settled;
+            *position = until;
         }
-        text.position = Some(position);
-        Ok(gst::FlowSuccess::Ok)
+    }
+
+    /// What gst-plugins-rs transcribers send after a final transcript (textaccumulate drains on
+    /// it).
+    fn push_final_transcript(&self) {
+        self.srcpad.push_event(
+            gst::event::CustomDownstream::builder(
+                gst::Structure::builder("rstranscribe/final-transcript").build(),
+            )
+            .build(),
+        );
     }
 
     fn post(&self, s: gst::Structure) {
@@ -524,6 +827,8 @@ impl WhisperEncNpu {
             *self.loaded_key.lock().unwrap() = Some(key);
             return Ok(());
         }
+        // A new model: its own processing bound, measured below.
+        *self.step_bound.lock().unwrap() = None;
         let options = EncoderOptions {
             backend: match settings.backend {
                 Backend::Auto => BackendChoice::Auto,
@@ -605,9 +910,9 @@ impl WhisperEncNpu {
                         other => gst::error_msg!(gst::LibraryError::Settings, ("{other}")),
                     })?;
                 Processor::Transcription(Box::new(TextOutput {
-                    transcriber,
-                    base_pts: None,
-                    position: None,
+                    engine: Some(TextEngine::Full(transcriber)),
+                    stream_options: StreamOptions::default(),
+                    clock: TextClock::default(),
                 }))
             }
         };
@@ -640,14 +945,16 @@ impl WhisperEncNpu {
         })
     }
 
-    /// Our own latency, from what is known before any data flows. Embeddings: a window must be
-    /// complete before it is encoded, and encoding it takes a measured time (twice the warm-up
-    /// window, at most a window: beyond that the element could not keep up with a live source).
-    /// Transcription: a window plus a chunk must be buffered past the seek position, which is never
-    /// after the text's start; decoding time is only bounded by a window (the realtime limit) unless
-    /// the `latency` property says how long processing may take.
-    fn own_latency(&self) -> gst::ClockTime {
-        let settings = self.settings.lock().unwrap();
+    /// Our own latency, from what is known before any data flows, for an upstream that is `live`
+    /// or not. Embeddings: a window must be complete before it is encoded, and encoding it takes a
+    /// measured time (twice the warm-up window, at most a window: beyond that the element could
+    /// not keep up with a live source). Transcription in whole windows: a window plus a chunk must
+    /// be buffered past the seek position, which is never after the text's start; decoding time is
+    /// only bounded by a window (the realtime limit) unless the `latency` property says how long
+    /// processing may take. Low latency: what the commit policy promises between a word's start
+    /// and its commit, plus a step's processing.
+    fn own_latency(&self, live: bool) -> gst::ClockTime {
+        let settings = self.settings.lock().unwrap().clone();
         let loaded = *self.loaded.lock().unwrap();
         let configured = (settings.latency_ms > 0)
             .then(|| gst::ClockTime::from_mseconds(settings.latency_ms as u64));
@@ -655,6 +962,17 @@ impl WhisperEncNpu {
             Mode::Embeddings => {
                 let measured = loaded.map(|l| (l.processing * 2).min(window_duration()));
                 window_duration() + configured.or(measured).unwrap_or_else(window_duration)
+            }
+            Mode::Transcription if self.low_latency_wanted(live) => {
+                let processing = match configured {
+                    Some(c) => std::time::Duration::from_nanos(c.nseconds()),
+                    None => *self.step_bound.lock().unwrap().get_or_insert_with(|| {
+                        let warmup = loaded.map_or(window_duration(), |l| l.processing);
+                        std::time::Duration::from_nanos(warmup.nseconds()) * STEP_PROCESSING_WARMUPS
+                    }),
+                };
+                let bound = StreamOptions::default().delay_bound(processing);
+                gst::ClockTime::from_nseconds(bound.as_nanos() as u64)
             }
             Mode::Transcription => {
                 window_duration()
@@ -787,9 +1105,7 @@ impl WhisperEncNpu {
                 if let Some(Processor::Transcription(text)) =
                     self.processor.lock().unwrap().as_mut()
                 {
-                    text.transcriber.reset(0);
-                    text.base_pts = None;
-                    text.position = None;
+                    text.reset();
                 }
                 let res = self.srcpad.push_event(event);
                 self.set_flushing(false);
@@ -878,7 +1194,7 @@ impl WhisperEncNpu {
                     return false;
                 }
                 let (live, min, max) = upstream.result();
-                let ours = self.own_latency();
+                let ours = self.own_latency(live);
                 gst::debug!(CAT, imp = self, "upstream latency {min}, ours {ours}");
                 q.set(live, min + ours, max.opt_add(ours));
                 true
@@ -954,6 +1270,7 @@ impl ObjectSubclass for WhisperEncNpu {
             loaded: Mutex::new(None),
             loaded_key: Mutex::new(None),
             prepared: Mutex::new(None),
+            step_bound: Mutex::new(None),
         }
     }
 }
@@ -1035,11 +1352,20 @@ impl ObjectImpl for WhisperEncNpu {
                 glib::ParamSpecUInt::builder("latency")
                     .nick("Processing latency")
                     .blurb(
-                        "How long processing one window may take, in ms, for the latency query \
-                         (0 = automatic: measured in embeddings mode, a window in transcription \
-                         mode)",
+                        "How long processing one window (low latency: one step) may take, in ms, \
+                         for the latency query (0 = automatic: measured in embeddings mode, a \
+                         window in whole-window transcription, the step bound in low latency)",
                     )
                     .default_value(defaults.latency_ms)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("latency-mode", defaults.latency_mode)
+                    .nick("Latency mode")
+                    .blurb(
+                        "Transcription: low (a window sliding with the live edge, words committed \
+                         once stable, captions within seconds), full (whole 10.24 s windows, least \
+                         compute) or auto (low when upstream is live)",
+                    )
                     .mutable_ready()
                     .build(),
             ]
@@ -1074,6 +1400,7 @@ impl ObjectImpl for WhisperEncNpu {
             "beam-size" => settings.beam_size = value.get().unwrap(),
             "previous-text-prompt" => settings.previous_text_prompt = value.get().unwrap(),
             "latency" => settings.latency_ms = value.get().unwrap(),
+            "latency-mode" => settings.latency_mode = value.get().unwrap(),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -1091,6 +1418,7 @@ impl ObjectImpl for WhisperEncNpu {
             "beam-size" => settings.beam_size.to_value(),
             "previous-text-prompt" => settings.previous_text_prompt.to_value(),
             "latency" => settings.latency_ms.to_value(),
+            "latency-mode" => settings.latency_mode.to_value(),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -1199,9 +1527,7 @@ impl ElementImpl for WhisperEncNpu {
                 let key = self.loaded_key.lock().unwrap().take();
                 if let (Some(mut processor), Some(loaded), Some(key)) = (processor, loaded, key) {
                     if let Processor::Transcription(text) = &mut processor {
-                        text.transcriber.reset(0);
-                        text.base_pts = None;
-                        text.position = None;
+                        text.reset();
                     }
                     *self.prepared.lock().unwrap() = Some(Prepared {
                         key,

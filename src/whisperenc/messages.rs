@@ -75,3 +75,20 @@ pub(super) fn segment_message(
         .field("words", words)
         .build()
 }
+
+/// After a low-latency step, for applications that show interim text: `text` is the hypothesis
+/// not yet committed (it may still change) from `start` to `end`; `committed` the words already
+/// committed (pushed downstream) in the segment still open.
+pub(super) fn partial_message(
+    text: &str,
+    committed: &str,
+    start: gst::ClockTime,
+    end: gst::ClockTime,
+) -> gst::Structure {
+    gst::Structure::builder("whisperencnpu-partial")
+        .field("text", text)
+        .field("committed", committed)
+        .field("start", start)
+        .field("end", end)
+        .build()
+}

@@ -61,6 +61,24 @@ pub enum Task {
     Translate = 1,
 }
 
+/// How transcription walks a stream (issue 9): whole windows, or a window sliding with the live edge.
+#[derive(Debug, Eq, PartialEq, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstWhisperEncNpuLatencyMode")]
+pub enum LatencyMode {
+    /// `low` when upstream is live (as its latency query says), `full` otherwise.
+    #[default]
+    #[enum_value(name = "Auto: low for a live source, full otherwise", nick = "auto")]
+    Auto = 0,
+    /// Every step, the window ending at the live edge is decoded again and words are committed
+    /// once they are stable: captions within seconds.
+    #[enum_value(name = "Low: a window sliding with the live edge", nick = "low")]
+    Low = 1,
+    /// Whole 10.24 s windows, each decoded once: least compute, for files.
+    #[enum_value(name = "Full: whole windows", nick = "full")]
+    Full = 2,
+}
+
 glib::wrapper! {
     pub struct WhisperEncNpu(ObjectSubclass<imp::WhisperEncNpu>) @extends gst::Element, gst::Object;
 }
@@ -70,6 +88,8 @@ pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     Backend::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     Precision::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     Task::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    LatencyMode::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    imp::install_logger();
     gst::Element::register(
         Some(plugin),
         "whisperencnpu",

@@ -1,0 +1,146 @@
+//! Where each word of the emitted segments is: the window's text aligned with its audio through
+//! the decoder's alignment heads (OpenAI's word timestamps, [`super::alignment`]).
+
+use super::loudness::Span;
+use super::options::{Task, Word, SAMPLES_PER_TIMESTAMP};
+use super::{alignment, Emit, Transcriber};
+use crate::model::decoder::CrossKv;
+use crate::model::tokenizer::Tokenizer;
+
+impl Transcriber {
+    /// Sets where the words of each segment of `emit` are, by aligning all the text of the
+    /// window's decoded `tokens` with its audio (`n` samples from `window_start`) through the
+    /// decoder's alignment heads. The segments are, in order, pieces of `tokens[from..]`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn align_words(
+        &self,
+        cross: &CrossKv,
+        language: Option<u32>,
+        window_start: u64,
+        n: usize,
+        tokens: &[u32],
+        from: usize,
+        emit: &mut [Emit],
+    ) {
+        let heads = &self.alignment_heads;
+        if heads.is_empty() || emit.is_empty() {
+            return;
+        }
+        let is_text = |t: &&u32| self.tokenizer.is_text(**t);
+        let text: Vec<u32> = tokens.iter().filter(is_text).copied().collect();
+        if text.is_empty() || text.len() + 8 > self.decoder.n_text_ctx() {
+            return;
+        }
+        let sp = self.tokenizer.special();
+        let mut seq = vec![sp.sot];
+        if self.tokenizer.is_multilingual() {
+            seq.extend(language);
+            let task = match self.options.task {
+                Task::Transcribe => sp.transcribe,
+                Task::Translate => sp.translate,
+            };
+            seq.extend(task);
+        }
+        let prefix = seq.len();
+        seq.push(sp.no_timestamps);
+        seq.extend_from_slice(&text);
+        seq.push(sp.eot);
+        let scores = self.decoder.cross_attention_scores(cross, &seq, heads);
+        let positions = n / SAMPLES_PER_TIMESTAMP as usize;
+        let Some(starts) = alignment::token_positions(&scores, prefix, text.len(), positions)
+        else {
+            return;
+        };
+        let at = |p: usize| window_start + p as u64 * SAMPLES_PER_TIMESTAMP;
+        let mut cursor = tokens[..from.min(tokens.len())]
+            .iter()
+            .filter(is_text)
+            .count();
+        for e in emit.iter_mut() {
+            let seg: Vec<u32> = e.tokens.iter().filter(is_text).copied().collect();
+            if seg.is_empty() {
+                continue;
+            }
+            let Some(i) = text[cursor.min(text.len())..]
+                .windows(seg.len())
+                .position(|w| w == seg.as_slice())
+            else {
+                continue;
+            };
+            let first = cursor + i;
+            cursor = first + seg.len();
+            // The end of the text is where <|endoftext|> takes over, which the attention places
+            // late (it spreads over what follows); the timestamp is better there.
+            let end = if cursor == text.len() {
+                e.end
+            } else {
+                at(starts[cursor])
+            };
+            e.words = Some(Span::new(at(starts[first]), end));
+            e.word_list = words_of(
+                &self.tokenizer,
+                &text[first..cursor],
+                &starts[first..=cursor],
+                &at,
+                end,
+            );
+            {
+                log::debug!(
+                    target: super::LOG_TARGET,
+                    "  words at {:.2}-{:.2} s (timestamps {:.2}-{:.2} s)",
+                    at(starts[first]) as f64 / 16000.0,
+                    at(starts[cursor]) as f64 / 16000.0,
+                    e.start as f64 / 16000.0,
+                    e.end as f64 / 16000.0
+                );
+            }
+        }
+    }
+}
+
+/// Splits aligned text tokens into words: a word starts at a token that begins with a space
+/// (or the first), and tokens without letters or digits stay with the word before them.
+/// `starts` has one more entry than `tokens` (where the last ends); the last word ends at `end`.
+fn words_of(
+    tokenizer: &Tokenizer,
+    tokens: &[u32],
+    starts: &[usize],
+    at: &dyn Fn(usize) -> u64,
+    end: u64,
+) -> Vec<Word> {
+    /// A word's bytes and its tokens `first..end` of `tokens`.
+    struct TokenWord {
+        bytes: Vec<u8>,
+        first: usize,
+        end: usize,
+    }
+    let mut words: Vec<TokenWord> = Vec::new();
+    for (i, &t) in tokens.iter().enumerate() {
+        let bytes = tokenizer.token_bytes(t);
+        let text = String::from_utf8_lossy(bytes);
+        let new_word = text.starts_with(' ') && text.chars().any(char::is_alphanumeric);
+        match words.last_mut() {
+            Some(w) if !new_word => {
+                w.bytes.extend_from_slice(bytes);
+                w.end = i + 1;
+            }
+            _ => words.push(TokenWord {
+                bytes: bytes.to_vec(),
+                first: i,
+                end: i + 1,
+            }),
+        }
+    }
+    words
+        .into_iter()
+        .map(|w| Word {
+            text: String::from_utf8_lossy(&w.bytes).trim().to_string(),
+            start_sample: at(starts[w.first]),
+            end_sample: if w.end == tokens.len() {
+                end
+            } else {
+                at(starts[w.end])
+            },
+        })
+        .collect()
+}

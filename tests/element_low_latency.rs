@@ -1,0 +1,255 @@
+//! The element in transcription mode with `latency-mode=low` (and `auto` on a live source): words
+//! come out as they are committed, once each, with the latency the element promises.
+
+mod common;
+
+use std::time::Duration;
+
+use gst::prelude::*;
+use gst_check::Harness;
+
+use common::{f32_buffer, init_gst as init, jfk_samples, model_dir, words, JFK_WORDS};
+use gstwhisperencnpu::transcribe::streaming::StreamOptions;
+
+const F32_CAPS: &str = "audio/x-raw,format=F32LE,rate=16000,channels=1,layout=interleaved";
+
+fn transcriber(model: &str, latency_mode: &str) -> gst::Element {
+    init();
+    gst::ElementFactory::make("whisperencnpu")
+        .property("model", model_dir(model).to_str().unwrap())
+        .property_from_str("mode", "transcription")
+        .property_from_str("latency-mode", latency_mode)
+        .property("language", "en")
+        .build()
+        .unwrap()
+}
+
+/// What came out: text buffers (PTS, duration, text), GAP events, final-transcript events, and
+/// the segment and partial messages.
+#[derive(Default)]
+struct Output {
+    texts: Vec<(gst::ClockTime, gst::ClockTime, String)>,
+    gaps: Vec<(gst::ClockTime, gst::ClockTime)>,
+    finals: usize,
+    segments: Vec<gst::Structure>,
+    partials: Vec<gst::Structure>,
+}
+
+/// Pushes `audio` in 20 ms buffers as a live source brings it (the harness answers the latency
+/// query as a live source), then EOS.
+fn run(el: &gst::Element, audio: &[f32]) -> Output {
+    let bus = gst::Bus::new();
+    el.set_bus(Some(&bus));
+    let mut h = Harness::with_element(el, Some("sink"), Some("src"));
+    h.set_src_caps_str(F32_CAPS);
+    h.set_upstream_latency(gst::ClockTime::from_mseconds(20));
+    h.play();
+    for (i, chunk) in audio.chunks(320).enumerate() {
+        h.push(f32_buffer(
+            chunk,
+            gst::ClockTime::from_mseconds(20 * i as u64),
+        ))
+        .unwrap();
+    }
+    h.push_event(gst::event::Eos::new());
+
+    let mut out = Output::default();
+    loop {
+        match h.pull_until_eos() {
+            Ok(Some(b)) => {
+                let text = String::from_utf8(b.map_readable().unwrap().to_vec()).expect("UTF-8");
+                out.texts
+                    .push((b.pts().unwrap(), b.duration().unwrap(), text));
+            }
+            Ok(None) => break,
+            Err(e) => panic!("no EOS: {e}"),
+        }
+    }
+    while let Some(ev) = h.try_pull_event() {
+        match ev.view() {
+            gst::EventView::Gap(g) => {
+                let (pts, duration) = g.get();
+                out.gaps.push((pts, duration.unwrap()));
+            }
+            gst::EventView::CustomDownstream(c)
+                if c.structure()
+                    .is_some_and(|s| s.name() == "rstranscribe/final-transcript") =>
+            {
+                out.finals += 1
+            }
+            _ => {}
+        }
+    }
+    while let Some(msg) = bus.pop() {
+        if let gst::MessageView::Element(e) = msg.view() {
+            let s = e.structure().unwrap();
+            match s.name().as_str() {
+                "whisperencnpu-segment" => out.segments.push(s.to_owned()),
+                "whisperencnpu-partial" => out.partials.push(s.to_owned()),
+                _ => {}
+            }
+        }
+    }
+    el.set_bus(None);
+    out
+}
+
+fn jfk() -> Vec<f32> {
+    jfk_samples().iter().map(|&s| s as f32 / 32768.0).collect()
+}
+
+/// jfk.wav, live: the sentence once, in several committed pieces, each with a PTS at or after the
+/// end of the one before; segments close with a message and a final-transcript event each, and
+/// their text is the committed text.
+#[test]
+fn jfk_live_is_committed_once_in_pieces() {
+    for latency_mode in ["low", "auto"] {
+        let out = run(&transcriber("base", latency_mode), &jfk());
+        let texts: Vec<&str> = out.texts.iter().map(|(_, _, t)| t.as_str()).collect();
+        println!("{latency_mode}: {texts:?}");
+        assert_eq!(
+            words(&texts.join(" ")),
+            JFK_WORDS,
+            "{latency_mode}: {texts:?}"
+        );
+        assert!(
+            out.texts.len() >= 3,
+            "{latency_mode}: words come out as they are committed, not in one piece: {texts:?}"
+        );
+        let mut last_end = gst::ClockTime::ZERO;
+        for (i, (pts, duration, text)) in out.texts.iter().enumerate() {
+            assert!(
+                !text.trim().is_empty(),
+                "{latency_mode}: buffer {i} is empty"
+            );
+            assert!(
+                *pts >= last_end,
+                "{latency_mode}: buffer {i} {text:?} overlaps the one before"
+            );
+            last_end = *pts + *duration;
+        }
+        assert!(
+            last_end <= gst::ClockTime::from_mseconds(11_100),
+            "{latency_mode}: {last_end}"
+        );
+
+        assert!(
+            !out.segments.is_empty(),
+            "{latency_mode}: no segment closed"
+        );
+        assert_eq!(
+            out.finals,
+            out.segments.len(),
+            "{latency_mode}: one final-transcript per segment"
+        );
+        let segment_text: Vec<&str> = out
+            .segments
+            .iter()
+            .map(|s| s.get::<&str>("text").unwrap())
+            .collect();
+        assert_eq!(
+            words(&segment_text.join(" ")),
+            JFK_WORDS,
+            "{latency_mode}: {segment_text:?}"
+        );
+        assert!(
+            !out.partials.is_empty(),
+            "{latency_mode}: no partial hypothesis posted"
+        );
+        for p in &out.partials {
+            let (start, end) = (
+                p.get::<gst::ClockTime>("start").unwrap(),
+                p.get::<gst::ClockTime>("end").unwrap(),
+            );
+            assert!(start <= end, "{latency_mode}: partial {p}");
+            p.get::<&str>("text").unwrap();
+        }
+    }
+}
+
+/// 30 s of silence live: no text, and GAP events keep downstream's time moving over it.
+#[test]
+fn silence_live_gives_no_text_but_gaps() {
+    let out = run(&transcriber("tiny.en", "low"), &vec![0.0; 30 * 16_000]);
+    assert!(out.texts.is_empty(), "{:?}", out.texts);
+    let covered: u64 = out.gaps.iter().map(|(_, d)| d.nseconds()).sum();
+    assert!(covered >= 29_000_000_000, "gaps cover only {covered} ns");
+}
+
+/// 30 s of white noise live: no text.
+#[test]
+fn noise_live_gives_no_text() {
+    let mut x: u32 = 12345;
+    let noise: Vec<f32> = (0..30 * 16_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x as f32 / u32::MAX as f32 - 0.5) * 0.2
+        })
+        .collect();
+    let out = run(&transcriber("base", "low"), &noise);
+    assert!(out.texts.is_empty(), "{:?}", out.texts);
+}
+
+/// The latency query in PAUSED, before any data, from a source that is not live (fakesrc): `auto`
+/// is the whole-window mode there, `low` stays low (tests/live_latency.rs has the live rows).
+/// `latency` (the processing part) is set so the expectation does not depend on this machine.
+#[test]
+fn latency_query_behind_a_source_that_is_not_live() {
+    let low = |processing_ms: u64| {
+        let bound = StreamOptions::default().delay_bound(Duration::from_millis(processing_ms));
+        gst::ClockTime::from_nseconds(bound.as_nanos() as u64)
+    };
+    // A window, a 0.1 s chunk and the processing time.
+    let full = |processing_ms: u64| gst::ClockTime::from_mseconds(10_240 + 100 + processing_ms);
+    struct Case {
+        latency_mode: &'static str,
+        live: bool,
+        processing_ms: u32,
+        expected: gst::ClockTime,
+    }
+    let cases = [
+        Case {
+            latency_mode: "auto",
+            live: false,
+            processing_ms: 500,
+            expected: full(500),
+        },
+        Case {
+            latency_mode: "low",
+            live: false,
+            processing_ms: 400,
+            expected: low(400),
+        },
+        Case {
+            latency_mode: "full",
+            live: false,
+            processing_ms: 4000,
+            expected: full(4000),
+        },
+    ];
+    for c in cases {
+        let el = transcriber("tiny.en", c.latency_mode);
+        el.set_property("latency", c.processing_ms);
+        let src = gst::ElementFactory::make("fakesrc")
+            .property("is-live", c.live)
+            .build()
+            .unwrap();
+        let pipeline = gst::Pipeline::new();
+        pipeline.add_many([&src, &el]).unwrap();
+        src.link(&el).unwrap();
+        el.set_state(gst::State::Paused).unwrap();
+        src.set_state(gst::State::Paused).unwrap();
+        let mut q = gst::query::Latency::new();
+        assert!(
+            el.static_pad("src").unwrap().query(&mut q),
+            "{}",
+            c.latency_mode
+        );
+        let (live, min, _) = q.result();
+        pipeline.set_state(gst::State::Null).unwrap();
+        assert_eq!(live, c.live, "{} live={}", c.latency_mode, c.live);
+        assert_eq!(min, c.expected, "{} live={}", c.latency_mode, c.live);
+    }
+}

@@ -1,0 +1,149 @@
+//! The streaming (low-latency) transcriber with the real base model: jfk.wav pushed in 20 ms
+//! pieces gives the sentence once, word times in order and inside the speech; 30 s of silence and
+//! of noise give no text, committed or interim.
+mod common;
+
+use gstwhisperencnpu::model::WhisperModel;
+use gstwhisperencnpu::npu::{BackendChoice, Precision};
+use gstwhisperencnpu::transcribe::streaming::{StepResult, StreamOptions, StreamingTranscriber};
+use gstwhisperencnpu::transcribe::text::{normalize_english, read_wav};
+use gstwhisperencnpu::transcribe::{TranscribeOptions, Transcriber};
+use gstwhisperencnpu::window::EncoderOptions;
+
+const JFK: &str = "And so my fellow Americans, ask not what your country can do for you, ask what \
+                   you can do for your country.";
+/// 20 ms at 16 kHz: what a live source brings at a time.
+const PIECE: usize = 320;
+
+fn streaming(model: &str) -> StreamingTranscriber {
+    let model = WhisperModel::load(&common::model_dir(model)).unwrap();
+    let enc = EncoderOptions {
+        backend: BackendChoice::Cpu,
+        precision: Precision::F32,
+        threads: 0,
+    };
+    let options = TranscribeOptions {
+        language: Some("en".into()),
+        ..TranscribeOptions::default()
+    };
+    let core = Transcriber::new(&model, &enc, options).unwrap();
+    StreamingTranscriber::new(core, StreamOptions::default())
+}
+
+/// Pushes `audio` in 20 ms pieces, steps whenever a step is due, then finishes the stream.
+fn run(st: &mut StreamingTranscriber, audio: &[f32]) -> Vec<StepResult> {
+    let mut steps = Vec::new();
+    for piece in audio.chunks(PIECE) {
+        st.push_audio(piece);
+        if st.wants_step() {
+            steps.push(st.step());
+        }
+    }
+    steps.push(st.finish());
+    steps
+}
+
+fn wav(rel: &str) -> Vec<f32> {
+    let (audio, rate) = read_wav(&std::fs::read(common::shared_file(rel)).unwrap()).unwrap();
+    assert_eq!(rate, 16_000);
+    audio
+}
+
+/// First and last sample of the 20 ms frames louder than -40 dBFS.
+fn speech_span(audio: &[f32]) -> (u64, u64) {
+    let loud: Vec<usize> = audio
+        .chunks(PIECE)
+        .enumerate()
+        .filter(|(_, c)| {
+            let ms = c.iter().map(|&x| x * x).sum::<f32>() / c.len() as f32;
+            10.0 * ms.max(1e-12).log10() > -40.0
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let (a, b) = (loud[0], loud[loud.len() - 1]);
+    ((a * PIECE) as u64, ((b + 1) * PIECE) as u64)
+}
+
+#[test]
+fn jfk_once_with_word_times_in_the_speech() {
+    let mut st = streaming("base");
+    let audio = wav("audio/jfk.wav");
+    let steps = run(&mut st, &audio);
+    let words: Vec<_> = steps.iter().flat_map(|s| s.committed.clone()).collect();
+    let text: Vec<&str> = words.iter().map(|w| w.text.as_str()).collect();
+    let text = text.join(" ");
+    assert_eq!(
+        normalize_english(&text),
+        normalize_english(JFK),
+        "committed words: {text:?}"
+    );
+    // The closed segments say the same, once.
+    let segments: Vec<String> = steps
+        .iter()
+        .flat_map(|s| s.closed.iter().map(|c| c.text.clone()))
+        .collect();
+    assert_eq!(
+        normalize_english(&segments.join(" ")),
+        normalize_english(JFK),
+        "segments: {segments:?}"
+    );
+    let (first, last) = speech_span(&audio);
+    // The aligned times may reach a little past the loud frames (soft onsets, trailing sounds).
+    let slack = 8000;
+    let mut prev_end = 0;
+    for w in &words {
+        assert!(
+            w.start_sample >= prev_end && w.end_sample >= w.start_sample,
+            "word {:?} at {}-{} after {prev_end}",
+            w.text,
+            w.start_sample,
+            w.end_sample
+        );
+        assert!(
+            w.start_sample + slack >= first && w.end_sample <= last + slack,
+            "word {:?} at {}-{} outside the speech {first}-{last}",
+            w.text,
+            w.start_sample,
+            w.end_sample
+        );
+        prev_end = w.end_sample;
+    }
+    // Nothing is left uncommitted at the end, and a step's partial never repeats committed text.
+    assert!(
+        steps.last().unwrap().partial.is_none(),
+        "partial after finish"
+    );
+    for s in &steps {
+        assert!(s.settled <= s.live_edge, "settled past the live edge");
+    }
+}
+
+#[test]
+fn silence_and_noise_give_no_text() {
+    let mut st = streaming("base");
+    // Uniform white noise at -20 dBFS RMS, seeded (as tests/transcribe.rs).
+    let mut state = 0x1234_5678_9abc_def0u64;
+    let noise: Vec<f32> = (0..30 * 16000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.346
+        })
+        .collect();
+    for (name, audio) in [("silence", vec![0.0f32; 30 * 16000]), ("noise", noise)] {
+        st.reset(0);
+        let steps = run(&mut st, &audio);
+        for (i, s) in steps.iter().enumerate() {
+            assert!(
+                s.committed.is_empty() && s.closed.is_empty() && s.partial.is_none(),
+                "{name}: step {i} gave text: {s:?}"
+            );
+        }
+        assert_eq!(
+            steps.last().unwrap().settled,
+            audio.len() as u64,
+            "{name}: all of it settled at the end"
+        );
+    }
+}
