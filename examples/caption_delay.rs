@@ -10,6 +10,8 @@
 //!     --buffer-ms MS       audio per buffer (default 20, as pulsesrc's default latency-time is 10
 //!                          to 20 ms)
 //!     --json PATH          also append the result as a JSON line to PATH
+//!     --segments PATH      write the text buffers (start, end in seconds of audio, text) as TSV,
+//!                          which `long_join --segments` checks for repeats
 //!     --verbose            every text buffer with its delay
 //! ```
 //!
@@ -22,7 +24,9 @@
 //! latency the element reports is asked of its source pad in PLAYING before data flows: a whole
 //! pipeline's query would end at `appsink sync=false`, which answers "not live". A syncing sink
 //! shows a buffer at PTS + that latency, so a buffer arriving later than it would be late there.
-//! Per-minute means (by PTS) show whether the delay drifts over a long run.
+//! Per-minute means (by PTS, without the buffers EOS flushed) show whether the delay drifts over a
+//! long run. Where the element posts `whisperencnpu-partial` messages (low mode's interim text),
+//! how long after their first and last word they are posted is reported too.
 //!
 //! The last line of the output is the result as one JSON object.
 mod support;
@@ -42,13 +46,14 @@ struct Args {
     gap: f64,
     buffer_ms: u64,
     json: Option<PathBuf>,
+    segments: Option<PathBuf>,
     verbose: bool,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: caption_delay [--loop-to SECONDS] [--gap SECONDS] [--buffer-ms MS] [--json PATH] \
-         [--verbose] INPUT... [prop=value ...]"
+         [--segments PATH] [--verbose] INPUT... [prop=value ...]"
     );
     std::process::exit(2)
 }
@@ -61,6 +66,7 @@ fn parse_args() -> Args {
         gap: 1.0,
         buffer_ms: 20,
         json: None,
+        segments: None,
         verbose: false,
     };
     let mut it = std::env::args().skip(1);
@@ -71,6 +77,7 @@ fn parse_args() -> Args {
             "--gap" => a.gap = value().parse().unwrap_or_else(|_| usage()),
             "--buffer-ms" => a.buffer_ms = value().parse().unwrap_or_else(|_| usage()),
             "--json" => a.json = Some(PathBuf::from(value())),
+            "--segments" => a.segments = Some(PathBuf::from(value())),
             "--verbose" | "-v" => a.verbose = true,
             "--help" | "-h" => usage(),
             s if s.starts_with("--") => usage(),
@@ -162,6 +169,16 @@ struct Run {
     processing: Vec<f64>,
     /// The slowest window: its PTS, processing and decoder time (all temperatures tried).
     slowest: Option<(f64, f64, f64)>,
+    /// `whisperencnpu-partial` messages (low mode's uncommitted hypothesis): running time when
+    /// posted, and their `start` and `end`.
+    partials: Vec<Partial>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Partial {
+    posted: gst::ClockTime,
+    start: gst::ClockTime,
+    end: gst::ClockTime,
 }
 
 fn run_live(audio: Vec<i16>, args: &Args) -> Result<Run, String> {
@@ -243,6 +260,34 @@ fn run_live(audio: Vec<i16>, args: &Args) -> Result<Run, String> {
         upstream: latency_of(src.upcast_ref()).map_or(gst::ClockTime::ZERO, |(_, min, _)| min),
     });
 
+    // Interim text is stamped where it is posted (the element's thread), not when this thread
+    // gets to it.
+    let partials = Arc::new(Mutex::new(Vec::new()));
+    {
+        let partials = partials.clone();
+        let clock = clock.clone();
+        bus.set_sync_handler(move |_, msg| {
+            if let gst::MessageView::Element(e) = msg.view() {
+                if let Some(s) = e
+                    .structure()
+                    .filter(|s| s.name() == "whisperencnpu-partial")
+                {
+                    let posted = clock.time().saturating_sub(base_time);
+                    if let (Ok(start), Ok(end)) = (
+                        s.get::<gst::ClockTime>("start"),
+                        s.get::<gst::ClockTime>("end"),
+                    ) {
+                        partials
+                            .lock()
+                            .unwrap()
+                            .push(Partial { posted, start, end });
+                    }
+                }
+            }
+            gst::BusSyncReply::Pass
+        });
+    }
+
     // The capture thread: every buffer goes out when the clock reaches its end.
     let buffer_samples = (RATE as u64 * args.buffer_ms / 1000) as usize;
     let audio_start = clock.time() - base_time;
@@ -313,6 +358,7 @@ fn run_live(audio: Vec<i16>, args: &Args) -> Result<Run, String> {
         return Err(f);
     }
     let arrivals = std::mem::take(&mut *arrivals.lock().unwrap());
+    let partials = std::mem::take(&mut *partials.lock().unwrap());
     Ok(Run {
         arrivals,
         reported,
@@ -320,6 +366,7 @@ fn run_live(audio: Vec<i16>, args: &Args) -> Result<Run, String> {
         eos_at,
         processing,
         slowest,
+        partials,
     })
 }
 
@@ -404,7 +451,8 @@ fn main() {
     let reported = run.reported.map(|r| secs(r.min));
     let late = reported.map(|l| delays.iter().filter(|&&d| d > l).count());
 
-    // Means by minute of the audio (by PTS), and the first and the last full minute.
+    // Means by minute of the audio (by PTS), and the first and the last full minute; without the
+    // buffers EOS flushed, which come early and would make the last minute look better.
     let minute = |a: &Arrival| ((secs(a.pts) - secs(run.audio_start)).max(0.0) / 60.0) as usize;
     let minutes = run.arrivals.iter().map(minute).max().map_or(0, |m| m + 1);
     let minute_means: Vec<f64> = (0..minutes)
@@ -412,7 +460,7 @@ fn main() {
             let d: Vec<f64> = run
                 .arrivals
                 .iter()
-                .filter(|a| minute(a) == m)
+                .filter(|a| minute(a) == m && a.arrival < run.eos_at)
                 .map(delay)
                 .collect();
             mean(&d)
@@ -425,6 +473,21 @@ fn main() {
         .and_then(|m| minute_means.get(m).copied())
         .unwrap_or(f64::NAN);
 
+    if let Some(path) = &args.segments {
+        let tsv: String = run
+            .arrivals
+            .iter()
+            .map(|a| {
+                let start = secs(a.pts) - secs(run.audio_start);
+                let end = start + secs(a.duration);
+                format!("{start:.6}\t{end:.6}\t{}\n", a.text.trim())
+            })
+            .collect();
+        if let Err(e) = std::fs::write(path, tsv) {
+            eprintln!("caption_delay: {}: {e}", path.display());
+            std::process::exit(1);
+        }
+    }
     if args.verbose {
         for (a, d) in run.arrivals.iter().zip(&delays) {
             println!(
@@ -474,7 +537,7 @@ fn main() {
         late.map_or("-".into(), |l| l.to_string())
     );
     println!(
-        "  minute means            {}",
+        "  minute means before EOS {}",
         minute_means
             .iter()
             .enumerate()
@@ -489,6 +552,32 @@ fn main() {
             s(last_mean),
             last + 1,
             s(last_mean - first_mean)
+        );
+    }
+    // Interim text: how far behind the live edge its first and last words are when it is posted.
+    let partial_start: Vec<f64> = run
+        .partials
+        .iter()
+        .map(|p| secs(p.posted) - secs(p.start))
+        .collect();
+    let partial_end: Vec<f64> = run
+        .partials
+        .iter()
+        .map(|p| secs(p.posted) - secs(p.end))
+        .collect();
+    let partial_start_stats = stats(&partial_start);
+    let partial_end_stats = stats(&partial_end);
+    if !run.partials.is_empty() {
+        println!(
+            "  partial hypotheses      {}: posted {} / {} / {} after their first word, {} / {} / {} \
+             after their last",
+            run.partials.len(),
+            s(partial_start_stats.mean),
+            s(partial_start_stats.p95),
+            s(partial_start_stats.max),
+            s(partial_end_stats.mean),
+            s(partial_end_stats.p95),
+            s(partial_end_stats.max)
         );
     }
     let processing_max = run.processing.iter().copied().fold(f64::NAN, f64::max);
@@ -529,6 +618,9 @@ fn main() {
         "reported_live": run.reported.map(|r| r.live),
         "upstream_latency_s": run.reported.map(|r| json_number(secs(r.upstream))),
         "late": late,
+        // Every buffer's delay, in arrival order, for other thresholds later (e.g. transcriberbin's
+        // latency=3000 makes the element report 14.26 s).
+        "delays_s": delays.iter().map(|&d| json_number(d)).collect::<Vec<_>>(),
         "minute_means_s": minute_means.iter().map(|&v| json_number(v)).collect::<Vec<_>>(),
         "first_minute_mean_s": json_number(first_mean),
         "last_full_minute_mean_s": json_number(last_mean),
@@ -538,6 +630,13 @@ fn main() {
         "slowest_window": run.slowest.map(|(pts, p, d)| serde_json::json!({
             "pts_s": json_number(pts), "processing_s": json_number(p), "decoder_s": json_number(d),
         })),
+        "partials": {
+            "n": run.partials.len(),
+            "after_first_word_mean_s": json_number(partial_start_stats.mean),
+            "after_first_word_p95_s": json_number(partial_start_stats.p95),
+            "after_last_word_mean_s": json_number(partial_end_stats.mean),
+            "after_last_word_p95_s": json_number(partial_end_stats.p95),
+        },
         "loadavg_start": load_start,
         "loadavg_end": load_end,
     });

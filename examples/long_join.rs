@@ -7,6 +7,9 @@
 //!     --rounds 1,2,7   the joins to build and check (default 2: 343 s; 7 is the 20-minute run)
 //!     --build-only     write the joins and their reference text, run nothing
 //!     --recheck        check the segments an earlier run with the same properties wrote
+//!     --segments PATH  check these segments instead (start, end, text a line; one --rounds
+//!                      value), e.g. the live run `caption_delay --segments PATH
+//!                      target/long-join/join-2x.wav latency-mode=low` wrote
 //!     prop=value       set on whisperencnpu after mode=transcription language=en, e.g.
 //!                      previous-text-prompt=false latency-mode=low model=tiny.en
 //! ```
@@ -55,13 +58,15 @@ struct Args {
     recheck: bool,
     props: ElementProps,
     json: Option<PathBuf>,
+    /// Check these segments (e.g. from `caption_delay --segments`) instead of transcribing.
+    segments: Option<PathBuf>,
     verbose: bool,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: long_join [--rounds N,N,...] [--build-only] [--recheck] [--json PATH] [--verbose] \
-         [prop=value ...]"
+        "usage: long_join [--rounds N,N,...] [--build-only] [--recheck] [--segments PATH] \
+         [--json PATH] [--verbose] [prop=value ...]"
     );
     std::process::exit(2)
 }
@@ -73,6 +78,7 @@ fn parse_args() -> Args {
         recheck: false,
         props: ElementProps::default(),
         json: None,
+        segments: None,
         verbose: false,
     };
     let mut it = std::env::args().skip(1);
@@ -91,10 +97,14 @@ fn parse_args() -> Args {
             "--build-only" => a.build_only = true,
             "--recheck" => a.recheck = true,
             "--json" => a.json = Some(PathBuf::from(value())),
+            "--segments" => a.segments = Some(PathBuf::from(value())),
             "--verbose" | "-v" => a.verbose = true,
             s if a.props.take(s) => {}
             _ => usage(),
         }
+    }
+    if a.segments.is_some() && a.rounds.len() != 1 {
+        usage();
     }
     a.props.set_default("language", "en");
     a.props.set_default("mode", "transcription");
@@ -312,8 +322,8 @@ fn best_fit(hyp: &[String], reference: &[String]) -> (usize, std::ops::Range<usi
     let (m, n) = (hyp.len(), reference.len());
     let mut cost = vec![vec![0usize; n + 1]; m + 1];
     let mut from = vec![vec![0usize; n + 1]; m + 1];
-    for j in 0..=n {
-        from[0][j] = j;
+    for (j, start) in from[0].iter_mut().enumerate() {
+        *start = j;
     }
     for i in 1..=m {
         cost[i][0] = i;
@@ -514,8 +524,11 @@ fn main() {
         if args.build_only {
             continue;
         }
-        let tsv_path = segments_path(&wav, &args.props);
-        let (segments, wall) = if args.recheck {
+        let tsv_path = args
+            .segments
+            .clone()
+            .unwrap_or_else(|| segments_path(&wav, &args.props));
+        let (segments, wall) = if args.recheck || args.segments.is_some() {
             (
                 read_segments(&tsv_path).unwrap_or_else(|e| fail(e)),
                 f64::NAN,
