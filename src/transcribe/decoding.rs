@@ -344,7 +344,8 @@ pub(crate) fn decode(
     finish(tok, best, no_speech_prob, p.temperature)
 }
 
-fn argmax(v: &[f32]) -> u32 {
+/// The index of the largest value (the first of equals): greedy decoding's token.
+pub(super) fn argmax(v: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &x) in v.iter().enumerate() {
         if x > v[best] {

@@ -562,6 +562,23 @@ impl Transcriber {
         }
     }
 
+    /// Speech the model answered with earlier text (`why`) is decoded again from `at` without the
+    /// prompt that led it astray: whether it will be (once per position, so the stream always
+    /// moves on).
+    fn retry_without_prompt(&mut self, at: u64, why: &str) -> bool {
+        if self.retried_at == Some(at) {
+            return false;
+        }
+        log::debug!(
+            target: LOG_TARGET,
+            "  {why}: again from {:.2} s without the prompt",
+            at as f64 / 16000.0
+        );
+        self.retried_at = Some(at);
+        self.history.clear();
+        true
+    }
+
     fn process(&mut self, at_end: bool) -> WindowResult {
         let available = (self.pushed_end() - self.seek) as usize;
         let last = at_end && available <= WINDOW_SAMPLES;
@@ -625,14 +642,8 @@ impl Transcriber {
                 // The model said again what was said before, over speech: once more from there
                 // without the prompt (the stream is then not done yet).
                 if let Some(at) = untranscribed.map(|at| at.max(self.seek)) {
-                    if self.retried_at != Some(at) {
-                        log::debug!(
-                            target: LOG_TARGET,
-                            "  look-back repeated earlier text over speech: again from {:.2} s without the prompt",
-                            at as f64 / 16000.0
-                        );
-                        self.retried_at = Some(at);
-                        self.history.clear();
+                    if self.retry_without_prompt(at, "look-back repeated earlier text over speech")
+                    {
                         out.next_seek = at;
                         out.last = false;
                     }
@@ -761,14 +772,7 @@ impl Transcriber {
             let at = at
                 .saturating_sub(u64::from(SAMPLE_RATE))
                 .clamp(start, out.next_seek);
-            if self.retried_at != Some(at) {
-                log::debug!(
-                    target: LOG_TARGET,
-                    "  repeated the prompt over speech: again from {:.2} s without it",
-                    at as f64 / 16000.0
-                );
-                self.retried_at = Some(at);
-                self.history.clear();
+            if self.retry_without_prompt(at, "repeated the prompt over speech") {
                 out.next_seek = at;
             }
         }

@@ -754,7 +754,7 @@ fn continue_text(
     let mut repetition = false;
     for _ in 0..sample_len {
         decoding::apply_filters(&mut logits, &seq, p, tok);
-        let next = argmax(&logits);
+        let next = decoding::argmax(&logits);
         let lse = log_sum_exp(logits.iter().copied());
         sum_logprob += f64::from(logits[next as usize] - lse);
         sampled += 1;
@@ -800,16 +800,6 @@ fn log_sum_exp(v: impl Iterator<Item = f32> + Clone) -> f32 {
         return max;
     }
     max + v.map(|x| f64::from(x - max).exp()).sum::<f64>().ln() as f32
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 /// Token ranges of the words of a decoded tail: a word starts at a token that begins with a space
