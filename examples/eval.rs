@@ -213,8 +213,8 @@ fn transcribe(
 
 /// What walks the clips, as the element's `latency-mode` says.
 enum Engine {
-    Full(Transcriber),
-    Low(StreamingTranscriber),
+    Full(Box<Transcriber>),
+    Low(Box<StreamingTranscriber>),
 }
 
 /// Transcribes a file with the low-latency mode's streaming transcriber, the audio pushed in 20 ms
@@ -586,8 +586,11 @@ fn main() {
     // The low-latency mode walks the clips with the streaming transcriber (on the same prepared
     // model); its text is the committed words.
     let mut engine = match args.latency_mode {
-        LatencyMode::Low => Engine::Low(StreamingTranscriber::new(t, StreamOptions::default())),
-        LatencyMode::Full => Engine::Full(t),
+        LatencyMode::Low => Engine::Low(Box::new(StreamingTranscriber::new(
+            t,
+            StreamOptions::default(),
+        ))),
+        LatencyMode::Full => Engine::Full(Box::new(t)),
     };
     for &(file, reference) in &clips {
         let path = base.join(file);

@@ -528,7 +528,7 @@ impl WhisperEncNpu {
                         other => gst::error_msg!(gst::LibraryError::Settings, ("{other}")),
                     })?;
                 Processor::Transcription(Box::new(TextOutput {
-                    engine: Some(TextEngine::Full(transcriber)),
+                    engine: Some(TextEngine::Full(Box::new(transcriber))),
                     stream_options: Default::default(),
                     clock: TextClock::default(),
                 }))

@@ -33,7 +33,7 @@ const STEPS_BEFORE_ADAPTING: u64 = 3;
 /// How the stream is walked, as `latency-mode` resolved at the stream's first chunk.
 pub(super) enum TextEngine {
     /// Whole windows from the seek position.
-    Full(Transcriber),
+    Full(Box<Transcriber>),
     /// A window sliding with the live edge, words committed once stable.
     Low {
         transcriber: Box<StreamingTranscriber>,
@@ -82,12 +82,12 @@ impl TextOutput {
     fn use_low_latency(&mut self, low: bool) {
         self.engine = match (self.engine.take().expect("engine"), low) {
             (TextEngine::Full(t), true) => Some(TextEngine::Low {
-                transcriber: Box::new(StreamingTranscriber::new(t, self.stream_options.clone())),
+                transcriber: Box::new(StreamingTranscriber::new(*t, self.stream_options.clone())),
                 unstepped: 0,
                 steps: 0,
             }),
             (TextEngine::Low { transcriber, .. }, false) => {
-                Some(TextEngine::Full(transcriber.into_inner()))
+                Some(TextEngine::Full(Box::new(transcriber.into_inner())))
             }
             (engine, _) => Some(engine),
         };
