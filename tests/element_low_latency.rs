@@ -7,9 +7,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use gst::prelude::*;
-use gst_check::Harness;
 
-use common::{f32_buffer, init_gst as init, jfk_samples, model_dir, white_noise, words, JFK_WORDS};
+use common::{
+    init_gst as init, jfk_samples, model_dir, run_text_harness, white_noise, words, TextOutput,
+    JFK_WORDS,
+};
 use gstwhisperencnpu::transcribe::streaming::StreamOptions;
 
 const F32_CAPS: &str = "audio/x-raw,format=F32LE,rate=16000,channels=1,layout=interleaved";
@@ -25,74 +27,10 @@ fn transcriber(model: &str, latency_mode: &str) -> gst::Element {
         .unwrap()
 }
 
-/// What came out: text buffers (PTS, duration, text), GAP events, final-transcript events, and
-/// the segment and partial messages.
-#[derive(Default)]
-struct Output {
-    texts: Vec<(gst::ClockTime, gst::ClockTime, String)>,
-    gaps: Vec<(gst::ClockTime, gst::ClockTime)>,
-    finals: usize,
-    segments: Vec<gst::Structure>,
-    partials: Vec<gst::Structure>,
-}
-
 /// Pushes `audio` in 20 ms buffers as a live source brings it (the harness answers the latency
 /// query as a live source), then EOS.
-fn run(el: &gst::Element, audio: &[f32]) -> Output {
-    let bus = gst::Bus::new();
-    el.set_bus(Some(&bus));
-    let mut h = Harness::with_element(el, Some("sink"), Some("src"));
-    h.set_src_caps_str(F32_CAPS);
-    h.set_upstream_latency(gst::ClockTime::from_mseconds(20));
-    h.play();
-    for (i, chunk) in audio.chunks(320).enumerate() {
-        h.push(f32_buffer(
-            chunk,
-            gst::ClockTime::from_mseconds(20 * i as u64),
-        ))
-        .unwrap();
-    }
-    h.push_event(gst::event::Eos::new());
-
-    let mut out = Output::default();
-    loop {
-        match h.pull_until_eos() {
-            Ok(Some(b)) => {
-                let text = String::from_utf8(b.map_readable().unwrap().to_vec()).expect("UTF-8");
-                out.texts
-                    .push((b.pts().unwrap(), b.duration().unwrap(), text));
-            }
-            Ok(None) => break,
-            Err(e) => panic!("no EOS: {e}"),
-        }
-    }
-    while let Some(ev) = h.try_pull_event() {
-        match ev.view() {
-            gst::EventView::Gap(g) => {
-                let (pts, duration) = g.get();
-                out.gaps.push((pts, duration.unwrap()));
-            }
-            gst::EventView::CustomDownstream(c)
-                if c.structure()
-                    .is_some_and(|s| s.name() == "rstranscribe/final-transcript") =>
-            {
-                out.finals += 1
-            }
-            _ => {}
-        }
-    }
-    while let Some(msg) = bus.pop() {
-        if let gst::MessageView::Element(e) = msg.view() {
-            let s = e.structure().unwrap();
-            match s.name().as_str() {
-                "whisperencnpu-segment" => out.segments.push(s.to_owned()),
-                "whisperencnpu-partial" => out.partials.push(s.to_owned()),
-                _ => {}
-            }
-        }
-    }
-    el.set_bus(None);
-    out
+fn run(el: &gst::Element, audio: &[f32]) -> TextOutput {
+    run_text_harness(el, audio, 320, Some(gst::ClockTime::from_mseconds(20)))
 }
 
 fn jfk() -> Vec<f32> {

@@ -8,8 +8,8 @@ use gst::prelude::*;
 use gst_check::Harness;
 
 use common::{
-    f32_buffer, init_gst as init, jfk_samples, model_dir, pause_error, white_noise, words,
-    JFK_WORDS,
+    f32_buffer, init_gst as init, jfk_samples, model_dir, pause_error, run_text_harness,
+    white_noise, words, TextOutput, JFK_WORDS,
 };
 
 const F32_CAPS: &str = "audio/x-raw,format=F32LE,rate=16000,channels=1,layout=interleaved";
@@ -25,77 +25,13 @@ fn transcriber(model: &str) -> gst::Element {
         .unwrap()
 }
 
-/// Everything that came out of the harness: text buffers, GAP events, final-transcript events.
-struct Output {
-    texts: Vec<(gst::ClockTime, gst::ClockTime, String)>,
-    gaps: Vec<(gst::ClockTime, gst::ClockTime)>,
-    finals: usize,
-    caps: Option<gst::Caps>,
-    segments: Vec<gst::Structure>,
-}
-
-fn run(model: &str, audio: &[f32]) -> Output {
+fn run(model: &str, audio: &[f32]) -> TextOutput {
     run_element(&transcriber(model), audio)
 }
 
-fn run_element(el: &gst::Element, audio: &[f32]) -> Output {
-    let bus = gst::Bus::new();
-    el.set_bus(Some(&bus));
-    let mut h = Harness::with_element(el, Some("sink"), Some("src"));
-    h.set_src_caps_str(F32_CAPS);
-    h.play();
-    for (i, chunk) in audio.chunks(16_000).enumerate() {
-        h.push(f32_buffer(chunk, gst::ClockTime::from_seconds(i as u64)))
-            .unwrap();
-    }
-    h.push_event(gst::event::Eos::new());
-
-    let mut out = Output {
-        texts: Vec::new(),
-        gaps: Vec::new(),
-        finals: 0,
-        caps: None,
-        segments: Vec::new(),
-    };
-    let mut buffers = Vec::new();
-    loop {
-        match h.pull_until_eos() {
-            Ok(Some(b)) => buffers.push(b),
-            Ok(None) => break,
-            Err(e) => panic!("no EOS: {e}"),
-        }
-    }
-    for b in buffers {
-        let text = String::from_utf8(b.map_readable().unwrap().to_vec()).expect("UTF-8 text");
-        out.texts
-            .push((b.pts().unwrap(), b.duration().unwrap(), text));
-    }
-    while let Some(ev) = h.try_pull_event() {
-        match ev.view() {
-            gst::EventView::Gap(g) => {
-                let (pts, duration) = g.get();
-                out.gaps.push((pts, duration.unwrap()));
-            }
-            gst::EventView::CustomDownstream(c)
-                if c.structure()
-                    .is_some_and(|s| s.name() == "rstranscribe/final-transcript") =>
-            {
-                out.finals += 1
-            }
-            gst::EventView::Caps(c) => out.caps = Some(c.caps_owned()),
-            _ => {}
-        }
-    }
-    while let Some(msg) = bus.pop() {
-        if let gst::MessageView::Element(e) = msg.view() {
-            let s = e.structure().unwrap();
-            if s.name() == "whisperencnpu-segment" {
-                out.segments.push(s.to_owned());
-            }
-        }
-    }
-    el.set_bus(None);
-    out
+/// `audio` in 1 s buffers, then EOS.
+fn run_element(el: &gst::Element, audio: &[f32]) -> TextOutput {
+    run_text_harness(el, audio, 16_000, None)
 }
 
 #[test]

@@ -121,16 +121,7 @@ fn jfk_once_with_word_times_in_the_speech() {
 #[test]
 fn silence_and_noise_give_no_text() {
     let mut st = streaming("base");
-    // Uniform white noise at -20 dBFS RMS, seeded (as tests/transcribe.rs).
-    let mut state = 0x1234_5678_9abc_def0u64;
-    let noise: Vec<f32> = (0..30 * 16000)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.346
-        })
-        .collect();
+    let noise = common::white_noise(30);
     for (name, audio) in [("silence", vec![0.0f32; 30 * 16000]), ("noise", noise)] {
         st.reset(0);
         let steps = run(&mut st, &audio);

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use gst::prelude::*;
+
 /// `../shared` beside the project (WHISPERENCNPU_SHARED overrides).
 pub fn shared_dir() -> PathBuf {
     std::env::var_os("WHISPERENCNPU_SHARED")
@@ -166,4 +168,81 @@ pub fn white_noise(seconds: usize) -> Vec<f32> {
             ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * AMPLITUDE
         })
         .collect()
+}
+
+/// What a transcription element gave: text buffers (PTS, duration, text), GAP events,
+/// final-transcript events, the caps, and the segment and partial messages.
+#[derive(Default)]
+pub struct TextOutput {
+    pub texts: Vec<(gst::ClockTime, gst::ClockTime, String)>,
+    pub gaps: Vec<(gst::ClockTime, gst::ClockTime)>,
+    pub finals: usize,
+    pub caps: Option<gst::Caps>,
+    pub segments: Vec<gst::Structure>,
+    pub partials: Vec<gst::Structure>,
+}
+
+/// Runs `el` in a gst-check Harness (which answers the latency query as a live source, with
+/// `upstream_latency` if given): `audio` (float32) in buffers of `chunk` samples, then EOS; collects
+/// all it pushed and posted.
+pub fn run_text_harness(
+    el: &gst::Element,
+    audio: &[f32],
+    chunk: usize,
+    upstream_latency: Option<gst::ClockTime>,
+) -> TextOutput {
+    let bus = gst::Bus::new();
+    el.set_bus(Some(&bus));
+    let mut h = gst_check::Harness::with_element(el, Some("sink"), Some("src"));
+    h.set_src_caps_str("audio/x-raw,format=F32LE,rate=16000,channels=1,layout=interleaved");
+    if let Some(latency) = upstream_latency {
+        h.set_upstream_latency(latency);
+    }
+    h.play();
+    for (i, piece) in audio.chunks(chunk).enumerate() {
+        let pts = gst::ClockTime::from_nseconds((i * chunk) as u64 * 1_000_000_000 / 16_000);
+        h.push(f32_buffer(piece, pts)).unwrap();
+    }
+    h.push_event(gst::event::Eos::new());
+
+    let mut out = TextOutput::default();
+    loop {
+        match h.pull_until_eos() {
+            Ok(Some(b)) => {
+                let text = String::from_utf8(b.map_readable().unwrap().to_vec()).expect("UTF-8");
+                out.texts
+                    .push((b.pts().unwrap(), b.duration().unwrap(), text));
+            }
+            Ok(None) => break,
+            Err(e) => panic!("no EOS: {e}"),
+        }
+    }
+    while let Some(ev) = h.try_pull_event() {
+        match ev.view() {
+            gst::EventView::Gap(g) => {
+                let (pts, duration) = g.get();
+                out.gaps.push((pts, duration.unwrap()));
+            }
+            gst::EventView::CustomDownstream(c)
+                if c.structure()
+                    .is_some_and(|s| s.name() == "rstranscribe/final-transcript") =>
+            {
+                out.finals += 1
+            }
+            gst::EventView::Caps(c) => out.caps = Some(c.caps_owned()),
+            _ => {}
+        }
+    }
+    while let Some(msg) = bus.pop() {
+        if let gst::MessageView::Element(e) = msg.view() {
+            let s = e.structure().unwrap();
+            match s.name().as_str() {
+                "whisperencnpu-segment" => out.segments.push(s.to_owned()),
+                "whisperencnpu-partial" => out.partials.push(s.to_owned()),
+                _ => {}
+            }
+        }
+    }
+    el.set_bus(None);
+    out
 }
