@@ -184,3 +184,63 @@ fn latency_query_behind_a_source_that_is_not_live() {
         assert_eq!(min, c.expected, "{}", c.latency_mode);
     }
 }
+
+/// A flush (a flushing seek) in the low-latency mode drops what was pending and starts again: the
+/// speech pushed after it comes out once, at the new timestamps, and nothing of before the flush
+/// follows it.
+#[test]
+fn flush_restarts_the_low_latency_stream() {
+    let el = transcriber("base", "low");
+    let audio = jfk();
+    let mut h = gst_check::Harness::with_element(&el, Some("sink"), Some("src"));
+    h.set_src_caps_str("audio/x-raw,format=F32LE,rate=16000,channels=1,layout=interleaved");
+    h.set_upstream_latency(gst::ClockTime::from_mseconds(20));
+    h.play();
+    let push = |h: &mut gst_check::Harness, samples: &[f32], from: gst::ClockTime| {
+        for (i, piece) in samples.chunks(320).enumerate() {
+            let pts = from + gst::ClockTime::from_mseconds(20 * i as u64);
+            h.push(common::f32_buffer(piece, pts)).unwrap();
+        }
+    };
+    // The first 5 s, then a flush, then the whole of jfk from 100 s.
+    push(&mut h, &audio[..5 * 16_000], gst::ClockTime::ZERO);
+    h.push_event(gst::event::FlushStart::new());
+    h.push_event(gst::event::FlushStop::new(true));
+    let mut segment = gst::FormattedSegment::<gst::ClockTime>::new();
+    segment.set_start(gst::ClockTime::from_seconds(100));
+    segment.set_time(gst::ClockTime::from_seconds(100));
+    h.push_event(gst::event::Segment::new(&segment));
+    let after = gst::ClockTime::from_seconds(100);
+    push(&mut h, &audio, after);
+    h.push_event(gst::event::Eos::new());
+
+    let mut texts = Vec::new();
+    loop {
+        match h.pull_until_eos() {
+            Ok(Some(b)) => {
+                let text = String::from_utf8(b.map_readable().unwrap().to_vec()).unwrap();
+                texts.push((b.pts().unwrap(), text));
+            }
+            Ok(None) => break,
+            Err(e) => panic!("no EOS: {e}"),
+        }
+    }
+    // Buffers the flush did not catch may come first; what follows the first buffer stamped
+    // after the flush is the second stream only.
+    let first_after = texts
+        .iter()
+        .position(|(pts, _)| *pts >= after)
+        .expect("text after the flush");
+    let rest: Vec<&str> = texts[first_after..]
+        .iter()
+        .map(|(_, t)| t.as_str())
+        .collect();
+    assert_eq!(
+        words(&rest.join(" ")),
+        JFK_WORDS,
+        "after the flush: {texts:?}"
+    );
+    for (pts, text) in &texts[first_after..] {
+        assert!(*pts >= after, "{text:?} at {pts}, before the restart");
+    }
+}
