@@ -21,8 +21,9 @@ use crate::window::WindowEncoder;
 const MAX_MERGED_STEPS: u32 = 4;
 /// How long one low-latency step may take for the latency query when the `latency` property does
 /// not say, in warm-up windows (the encoder's time at load): a step encodes one window and decodes
-/// a few tokens, which took half to one encoder time again on base and tiny.en.
-const STEP_PROCESSING_WARMUPS: u32 = 3;
+/// a few tokens, which took half to one encoder time again on base and tiny.en; the slowest steps
+/// of a 10-minute live run (0.72 s against 0.28 s on average) took 4 warm-ups and more.
+const STEP_PROCESSING_WARMUPS: u32 = 4;
 /// A step slower than the bound raises it to this many times its own time, with a latency message.
 const STEP_BOUND_MARGIN: f64 = 1.25;
 /// A caption lasts at least this long a word (a fast speaker's pace).
