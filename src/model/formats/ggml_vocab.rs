@@ -98,12 +98,18 @@ pub fn tokenizer(tokens: &[Vec<u8>], n_vocab: usize) -> Result<Tokenizer, String
         "<|startoftranscript|>".to_string(),
     ];
     names.extend(LANGUAGES[..n_langs].iter().map(|l| format!("<|{l}|>")));
+    // Tokenizers before large-v3 (and whisper.cpp's) name the no-speech token `<|nocaptions|>`.
+    let no_speech = if n_langs < LANGUAGES.len() {
+        "nocaptions"
+    } else {
+        "nospeech"
+    };
     for n in [
         "translate",
         "transcribe",
         "startoflm",
         "startofprev",
-        "nospeech",
+        no_speech,
         "notimestamps",
     ] {
         names.push(format!("<|{n}|>"));

@@ -1,0 +1,282 @@
+//! The other model formats, written by the tests from the fetched CTranslate2 tiny.en
+//! (tests/convert): Hugging Face safetensors (single file in float16, sharded in float32) and
+//! whisper.cpp ggml (f16, q8_0) load to the same internal model, give the CTranslate2 encoder
+//! output (to 1e-6 relative where the weights are the same, within the int8 bound for q8_0) and
+//! transcribe jfk.wav word for word the same.
+//!
+//! Needs the models installed by scripts/fetch-models and ../shared; fails (never skips) without.
+mod common;
+mod convert;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use gstwhisperencnpu::model::formats::ggml_vocab;
+use gstwhisperencnpu::model::tokenizer::Tokenizer;
+use gstwhisperencnpu::model::{Encoder, Format, WhisperModel};
+use gstwhisperencnpu::npu::{BackendChoice, CpuF32Engine, Precision};
+use gstwhisperencnpu::transcribe::{TranscribeOptions, Transcriber};
+use gstwhisperencnpu::window::EncoderOptions;
+use ndarray::Array2;
+
+use convert::{GgmlType, StDtype};
+
+/// Encoder output of the same weights through another format: relative L2 error at most this.
+const SAME_WEIGHTS_REL: f64 = 1e-6;
+/// CTranslate2's own int8 encoder differs from its float32 one by 0.058 (tiny.en, jfk;
+/// ../shared/golden/README.md): the bound a q8_0 model must stay within.
+const INT8_REL_BOUND: f64 = 0.058;
+
+fn tiny_en() -> PathBuf {
+    common::model_dir("tiny.en")
+}
+
+fn load(path: &Path) -> (WhisperModel, f64) {
+    let t = Instant::now();
+    let m = WhisperModel::load(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (m, t.elapsed().as_secs_f64() * 1e3)
+}
+
+fn encode(model: &WhisperModel) -> Array2<f32> {
+    let mel = common::read_npy_2d("golden/mel_jfk.npy");
+    let mut enc = Encoder::new(model, Arc::new(CpuF32Engine::new()), 0).unwrap();
+    enc.forward(mel.view())
+}
+
+/// Relative L2 error and largest element difference relative to the reference's largest value.
+fn errors(ours: &Array2<f32>, reference: &Array2<f32>) -> (f64, f64) {
+    let l2 = common::relative_l2(ours.as_slice().unwrap(), reference.as_slice().unwrap());
+    let max_ref = reference.iter().fold(0f64, |m, &v| m.max((v as f64).abs()));
+    let max_diff = ours
+        .iter()
+        .zip(reference.iter())
+        .fold(0f64, |m, (&a, &b)| m.max((a as f64 - b as f64).abs()));
+    (l2, max_diff / max_ref)
+}
+
+fn transcribe(model: &WhisperModel) -> String {
+    let enc = EncoderOptions {
+        backend: BackendChoice::Cpu,
+        precision: Precision::F32,
+        threads: 0,
+    };
+    let mut t = Transcriber::new(model, &enc, TranscribeOptions::default()).unwrap();
+    let audio = common::wav_f32("audio/jfk.wav");
+    let mut text = String::new();
+    t.push_audio(&audio);
+    while let Some(w) = t.next_window() {
+        for s in w.segments {
+            text.push_str(&s.text);
+        }
+    }
+    for w in t.finish() {
+        for s in w.segments {
+            text.push_str(&s.text);
+        }
+    }
+    common::words(&text)
+}
+
+/// Every tensor the CTranslate2 model has (floats) has the same values in `other`.
+fn same_tensors(ct2: &WhisperModel, other: &WhisperModel) {
+    let mut names: Vec<&str> = ct2.weights().names().collect();
+    names.sort();
+    let mut compared = 0;
+    for name in names {
+        let t = ct2.weights().info(name).unwrap();
+        if !t.is_float() {
+            continue;
+        }
+        let a = ct2.weights().to_f32_vec(name).unwrap();
+        let b = other
+            .weights()
+            .to_f32_vec(name)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(a == b, "{name} differs");
+        compared += 1;
+    }
+    assert!(compared > 50, "only {compared} tensors compared");
+}
+
+/// The text tokens of a model's tokenizer (ids below `<|endoftext|>`), as a ggml file keeps them.
+fn text_tokens(model: &WhisperModel) -> Vec<Vec<u8>> {
+    let tok = model.tokenizer().unwrap();
+    (0..tok.eot())
+        .map(|id| tok.token_bytes(id).to_vec())
+        .collect()
+}
+
+#[test]
+fn safetensors_single_float16_is_the_same_model() {
+    let (ct2, ct2_ms) = load(&tiny_en());
+    let tmp = tempfile::tempdir().unwrap();
+    convert::write_hf(&tiny_en(), tmp.path(), StDtype::F16, 1);
+    let (hf, ms) = load(tmp.path());
+    println!("load: CTranslate2 {ct2_ms:.1} ms, safetensors {ms:.1} ms");
+    assert_eq!(hf.format(), Format::HfSafetensors);
+    assert_eq!(hf.dims(), ct2.dims());
+    assert_eq!(hf.config(), ct2.config());
+    same_tensors(&ct2, &hf);
+    let (l2, max) = errors(&encode(&hf), &encode(&ct2));
+    println!("safetensors f16 encoder vs CTranslate2: relative L2 {l2:.3e}, max {max:.3e}");
+    assert!(l2 <= SAME_WEIGHTS_REL && max <= SAME_WEIGHTS_REL);
+    // The safetensors file itself also loads (its folder gives the JSON files).
+    let (m, _) = load(&tmp.path().join("model.safetensors"));
+    assert_eq!(m.dims(), ct2.dims());
+}
+
+#[test]
+fn safetensors_sharded_float32_transcribes_jfk() {
+    let (ct2, _) = load(&tiny_en());
+    let tmp = tempfile::tempdir().unwrap();
+    convert::write_hf(&tiny_en(), tmp.path(), StDtype::F32, 3);
+    assert!(!tmp.path().join("model.safetensors").exists());
+    let (hf, ms) = load(tmp.path());
+    println!("sharded safetensors load: {ms:.1} ms");
+    same_tensors(&ct2, &hf);
+    let (l2, max) = errors(&encode(&hf), &encode(&ct2));
+    println!(
+        "safetensors f32 (3 shards) encoder vs CTranslate2: relative L2 {l2:.3e}, max {max:.3e}"
+    );
+    assert!(l2 <= SAME_WEIGHTS_REL && max <= SAME_WEIGHTS_REL);
+    let (a, b) = (transcribe(&ct2), transcribe(&hf));
+    println!("CTranslate2: {a}\nsafetensors: {b}");
+    assert_eq!(a, common::JFK_WORDS);
+    assert_eq!(b, a);
+    // The index given as a file loads the same model.
+    let (m, _) = load(&tmp.path().join("model.safetensors.index.json"));
+    assert_eq!(m.dims(), ct2.dims());
+}
+
+#[test]
+fn ggml_f16_is_the_same_model_and_transcribes_jfk() {
+    let (ct2, _) = load(&tiny_en());
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("ggml-tiny.en.bin");
+    let filters = gstwhisperencnpu::mel::mel_filterbank(80, 16_000, 400);
+    convert::write_ggml(
+        &tiny_en(),
+        &path,
+        GgmlType::F16,
+        &text_tokens(&ct2),
+        &filters,
+    );
+    let (g, ms) = load(&path);
+    println!(
+        "ggml f16 load: {ms:.1} ms ({} MB)",
+        std::fs::metadata(&path).unwrap().len() >> 20
+    );
+    assert_eq!(g.format(), Format::Ggml);
+    assert_eq!(g.dims(), ct2.dims());
+    assert_eq!(g.mel_filters(), Some(&filters));
+    // The weights were float16 in CTranslate2 too: the same values.
+    same_tensors(&ct2, &g);
+    let (l2, max) = errors(&encode(&g), &encode(&ct2));
+    println!("ggml f16 encoder vs CTranslate2: relative L2 {l2:.3e}, max {max:.3e}");
+    assert!(l2 <= SAME_WEIGHTS_REL && max <= SAME_WEIGHTS_REL);
+
+    // The tokenizer rebuilt from the file's vocabulary is tokenizer.json's.
+    let (a, b) = (ct2.tokenizer().unwrap(), g.tokenizer().unwrap());
+    assert_eq!(a.special(), b.special());
+    for text in [
+        " And so my fellow Americans, ask not what your country can do for you",
+        " l'été dernier, 12345 naïve coöperation — ça va? 東京",
+    ] {
+        assert_eq!(a.encode(text), b.encode(text), "{text}");
+    }
+    same_vocabulary(&a, &b);
+
+    let (ta, tb) = (transcribe(&ct2), transcribe(&g));
+    println!("ggml f16: {tb}");
+    assert_eq!(tb, ta);
+}
+
+#[test]
+fn ggml_q8_0_within_the_int8_bound() {
+    let (ct2, _) = load(&tiny_en());
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("ggml-tiny.en-q8_0.bin");
+    let filters = gstwhisperencnpu::mel::mel_filterbank(80, 16_000, 400);
+    convert::write_ggml(
+        &tiny_en(),
+        &path,
+        GgmlType::Q8_0,
+        &text_tokens(&ct2),
+        &filters,
+    );
+    let (g, ms) = load(&path);
+    println!(
+        "ggml q8_0 load: {ms:.1} ms ({} MB)",
+        std::fs::metadata(&path).unwrap().len() >> 20
+    );
+    assert_eq!(g.dims(), ct2.dims());
+    // Every value within its block's q8_0 bound (blocks are 32 values along a row, as stored).
+    let mut quantized = 0;
+    let mut worst = 0f64;
+    for name in ct2.weights().names() {
+        if !ct2.weights().info(name).unwrap().is_float() {
+            continue;
+        }
+        let t = g.weights().info(name).unwrap();
+        let a = ct2.weights().to_f32_vec(name).unwrap();
+        let b = g.weights().to_f32_vec(name).unwrap();
+        if t.stored_type() != gstwhisperencnpu::model::StoredType::Q8_0 {
+            assert!(a == b, "{name} ({}) differs", t.stored_type());
+            continue;
+        }
+        quantized += 1;
+        for (ba, bb) in a.chunks(32).zip(b.chunks(32)) {
+            let bound = convert::q8_0_bound(ba);
+            for (x, y) in ba.iter().zip(bb) {
+                let e = (x - y).abs();
+                assert!(e <= bound, "{name}: {x} became {y}, bound {bound}");
+                worst = worst.max((e / bound) as f64);
+            }
+        }
+    }
+    println!("{quantized} q8_0 tensors; worst error {worst:.3} of the bound");
+    assert!(quantized >= 8 * 4, "only {quantized} quantized tensors");
+    let (l2, max) = errors(&encode(&g), &encode(&ct2));
+    println!("ggml q8_0 encoder vs CTranslate2: relative L2 {l2:.3e}, max {max:.3e}");
+    assert!(l2 <= INT8_REL_BOUND, "{l2}");
+    let text = transcribe(&g);
+    println!("ggml q8_0: {text}");
+    assert_eq!(text, common::JFK_WORDS);
+}
+
+#[test]
+fn ggml_vocabulary_of_the_multilingual_base() {
+    // The whole vocabulary of base (multilingual: languages, <|endoftext|> at 50257) rebuilt
+    // from its text tokens as a ggml file stores them matches tokenizer.json.
+    let (base, _) = load(&common::model_dir("base"));
+    let a = base.tokenizer().unwrap();
+    let b = ggml_vocab::tokenizer(&text_tokens(&base), base.dims().n_vocab).unwrap();
+    assert_eq!(a.special(), b.special());
+    assert_eq!(a.languages(), b.languages());
+    assert!(b.is_multilingual() && b.languages().len() == 99);
+    for text in [" Ich bin ein Berliner.", " 我们 ask what you can do"] {
+        assert_eq!(a.encode(text), b.encode(text), "{text}");
+    }
+    same_vocabulary(&a, &b);
+}
+
+/// The same text tokens, special tokens and language tokens (Hebrew may be `iw` or `he`).
+fn same_vocabulary(a: &Tokenizer, b: &Tokenizer) {
+    assert_eq!(a.n_vocab(), b.n_vocab());
+    for id in 0..a.eot() {
+        assert_eq!(a.token_bytes(id), b.token_bytes(id), "token {id}");
+    }
+    assert_eq!(a.special(), b.special());
+    let langs = |t: &Tokenizer| -> Vec<(String, u32)> {
+        let sot = t.sot();
+        (sot + 1..t.special().translate.unwrap_or(sot + 1))
+            .map(|id| {
+                let code = t.language_code(id).unwrap_or("?");
+                (if code == "iw" { "he" } else { code }.to_string(), id)
+            })
+            .collect()
+    };
+    assert_eq!(langs(a), langs(b));
+    assert_eq!(langs(a).len(), 99);
+}
