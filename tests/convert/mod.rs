@@ -7,6 +7,8 @@
 //! `convert-pt-to-ggml.py` layout and ggml's reference q8_0 quantizer).
 #![allow(dead_code)]
 
+pub mod synthetic;
+
 use std::path::Path;
 
 use gstwhisperencnpu::model::Ct2File;

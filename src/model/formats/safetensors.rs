@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use safetensors::{Dtype, SafeTensors};
+use safetensors::{Dtype, SafeTensorError, SafeTensors};
 
 use super::layout::{Mapper, Stored, HF_NAMES};
 use super::{read_json, Format, Loaded, TokenizerSource, SAFETENSORS_FILE, SAFETENSORS_INDEX};
@@ -34,7 +34,7 @@ fn invalid(path: &Path, reason: impl Into<String>) -> ModelError {
 fn read_file(path: &Path, out: &mut HashMap<String, Stored>) -> Result<(), ModelError> {
     let blob = Arc::new(Blob::open(path)?);
     let (header_len, meta) =
-        SafeTensors::read_metadata(blob.bytes()).map_err(|e| invalid(path, e.to_string()))?;
+        SafeTensors::read_metadata(blob.bytes()).map_err(|e| invalid(path, explain(&e, &blob)))?;
     let data_start = HEADER_LEN_BYTES + header_len;
     for (name, info) in meta.tensors() {
         let ty = match info.dtype {
@@ -64,6 +64,28 @@ fn read_file(path: &Path, out: &mut HashMap<String, Stored>) -> Result<(), Model
         );
     }
     Ok(())
+}
+
+/// The crate's error, with what it means for this file.
+fn explain(e: &SafeTensorError, blob: &Blob) -> String {
+    let len = blob.bytes().len();
+    let stated = blob
+        .get(0, HEADER_LEN_BYTES)
+        .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]));
+    match (e, stated) {
+        (SafeTensorError::HeaderTooSmall, _) => {
+            format!("truncated: {len} bytes, not even the {HEADER_LEN_BYTES}-byte header length")
+        }
+        (SafeTensorError::InvalidHeaderLength, Some(n)) => format!(
+            "truncated or not safetensors: the header length says {n} bytes, {} follow",
+            len.saturating_sub(HEADER_LEN_BYTES)
+        ),
+        (SafeTensorError::MetadataIncompleteBuffer, _) => format!(
+            "truncated or padded: the tensors' data does not end where the file ends ({len} \
+             bytes)"
+        ),
+        (e, _) => format!("bad header: {e}"),
+    }
 }
 
 /// The shard files named by a `model.safetensors.index.json`.
