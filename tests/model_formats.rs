@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use gstwhisperencnpu::model::formats::ggml_vocab;
+use gstwhisperencnpu::model::formats::{ggml_vocab, whisper_defaults};
 use gstwhisperencnpu::model::tokenizer::Tokenizer;
 use gstwhisperencnpu::model::{Encoder, Format, WhisperModel};
 use gstwhisperencnpu::npu::{BackendChoice, CpuF32Engine, Precision};
@@ -176,6 +176,14 @@ fn ggml_f16_is_the_same_model_and_transcribes_jfk() {
     println!("ggml f16 encoder vs CTranslate2: relative L2 {l2:.3e}, max {max:.3e}");
     assert!(l2 <= SAME_WEIGHTS_REL && max <= SAME_WEIGHTS_REL);
 
+    // OpenAI's defaults for the shapes and vocabulary are what the CTranslate2 config says.
+    assert_eq!(g.config().suppress_ids, ct2.config().suppress_ids);
+    assert_eq!(
+        g.config().suppress_ids_begin,
+        ct2.config().suppress_ids_begin
+    );
+    assert_eq!(g.config().alignment_heads, ct2.config().alignment_heads);
+
     // The tokenizer rebuilt from the file's vocabulary is tokenizer.json's.
     let (a, b) = (ct2.tokenizer().unwrap(), g.tokenizer().unwrap());
     assert_eq!(a.special(), b.special());
@@ -259,6 +267,14 @@ fn ggml_vocabulary_of_the_multilingual_base() {
         assert_eq!(a.encode(text), b.encode(text), "{text}");
     }
     same_vocabulary(&a, &b);
+    let defaults = whisper_defaults::config(base.dims(), &b);
+    assert_eq!(defaults.suppress_ids, base.config().suppress_ids);
+    assert_eq!(
+        defaults.suppress_ids_begin,
+        base.config().suppress_ids_begin
+    );
+    assert_eq!(defaults.alignment_heads, base.config().alignment_heads);
+    assert_eq!(defaults.lang_ids, base.config().lang_ids);
 }
 
 /// The same text tokens, special tokens and language tokens (Hebrew may be `iw` or `he`).

@@ -60,10 +60,12 @@ impl SearchPaths {
         }
         ggml_dirs.push(PathBuf::from("/usr/local/share/whisper.cpp/models"));
         ggml_dirs.push(PathBuf::from("/usr/share/whisper.cpp/models"));
+        // Relative folders as absolute ones, so that a "not found" message says where.
+        let cwd = std::env::current_dir().unwrap_or_default();
         SearchPaths {
-            ours: super::default_models_root(),
-            hf_hub,
-            ggml_dirs,
+            ours: cwd.join(super::default_models_root()),
+            hf_hub: cwd.join(hf_hub),
+            ggml_dirs: ggml_dirs.into_iter().map(|d| cwd.join(d)).collect(),
         }
     }
 }

@@ -135,6 +135,20 @@ impl WhisperModel {
                 });
             }
         }
+        let mut config = loaded.config;
+        if loaded.default_config {
+            if let TokenizerSource::Built(tok) = &loaded.tokenizer {
+                config = formats::whisper_defaults::config(&dims, tok);
+            }
+            if config.alignment_heads.is_empty() {
+                log::warn!(
+                    target: "whisperencnpu",
+                    "{}: no alignment heads known for a model of these shapes (large-v1 and \
+                     -v2 cannot be told apart): word timings are off",
+                    path.display()
+                );
+            }
+        }
         log::info!(
             target: "whisperencnpu",
             "loaded {} model {} in {:.0} ms: {dims:?}",
@@ -148,7 +162,7 @@ impl WhisperModel {
             weights: loaded.weights,
             dims,
             config_json: loaded.config_json,
-            config: loaded.config,
+            config,
             tokenizer: loaded.tokenizer,
             mel_filters: loaded.mel_filters,
         })

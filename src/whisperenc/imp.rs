@@ -891,10 +891,12 @@ impl ObjectImpl for WhisperEncNpu {
             let defaults = Settings::default();
             vec![
                 glib::ParamSpecString::builder("model")
-                    .nick("Model directory")
+                    .nick("Model")
                     .blurb(
-                        "Whisper model in CTranslate2 format (model.bin, config.json, \
-                         tokenizer.json); scripts/fetch-models installs base and tiny.en",
+                        "Whisper model: a directory or file in CTranslate2, Hugging Face \
+                         safetensors or whisper.cpp ggml format, or a name looked up offline \
+                         (base, tiny.en, openai/whisper-base, ggml-base.en.bin; see the README); \
+                         scripts/fetch-models installs base and tiny.en",
                     )
                     .default_value(Some(defaults.model.to_string_lossy().as_ref()))
                     .mutable_ready()

@@ -21,6 +21,7 @@ pub mod ggml_quant;
 pub mod ggml_vocab;
 pub mod layout;
 pub mod safetensors;
+pub mod whisper_defaults;
 
 /// A model file format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +71,9 @@ pub(crate) struct Loaded {
     /// [`Dims`](super::Dims) field, value)`, checked against the shapes, and the file stating them.
     pub stated: Vec<(&'static str, &'static str, usize)>,
     pub stated_in: PathBuf,
+    /// The file has no decoder configuration: use OpenAI's defaults for its shapes
+    /// ([`whisper_defaults`]).
+    pub default_config: bool,
 }
 
 /// First bytes of a whisper.cpp ggml file: `GGML_FILE_MAGIC` 0x67676d6c ("ggml") as a little-endian
