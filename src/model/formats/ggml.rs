@@ -304,6 +304,7 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, ModelError> {
             h.n_mels
         )));
     }
+    check_filterbank(path, &file.mel_filters);
     let tensors = Mapper {
         path,
         stored: &file.tensors,
@@ -331,6 +332,42 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, ModelError> {
         default_config: true,
         stated_in: path.to_path_buf(),
     })
+}
+
+/// Largest difference tolerated between the file's filterbank and the one the front end
+/// computes, relative to the largest weight (whisper.cpp's converter stores OpenAI's
+/// `mel_filters.npz`, which the computed one matches to about 1e-7).
+const FILTERBANK_TOLERANCE: f32 = 1e-4;
+
+/// The front end computes Whisper's filterbank itself; a file whose own differs is transcribed
+/// with the standard one, and says so.
+fn check_filterbank(path: &Path, filters: &Array2<f32>) {
+    if filters.ncols() != crate::mel::N_BINS {
+        log::warn!(
+            target: "whisperencnpu",
+            "{}: the file's mel filterbank has {} frequency bins, not {}; the standard \
+             filterbank is used",
+            path.display(),
+            filters.ncols(),
+            crate::mel::N_BINS
+        );
+        return;
+    }
+    let ours =
+        crate::mel::mel_filterbank(filters.nrows(), crate::mel::SAMPLE_RATE, crate::mel::N_FFT);
+    let max = ours.iter().fold(0f32, |m, &v| m.max(v.abs()));
+    let diff = ours
+        .iter()
+        .zip(filters.iter())
+        .fold(0f32, |m, (&a, &b)| m.max((a - b).abs()));
+    if diff > FILTERBANK_TOLERANCE * max {
+        log::warn!(
+            target: "whisperencnpu",
+            "{}: the file's mel filterbank differs from Whisper's by up to {diff:.2e} (largest \
+             weight {max:.2e}); the standard filterbank is used",
+            path.display()
+        );
+    }
 }
 
 /// The hyper-parameters the file states, to check against the weights' shapes.
