@@ -296,3 +296,44 @@ fn same_vocabulary(a: &Tokenizer, b: &Tokenizer) {
     assert_eq!(langs(a), langs(b));
     assert_eq!(langs(a).len(), 99);
 }
+
+#[test]
+fn base_as_safetensors_and_ggml_q8_0() {
+    let base_dir = common::model_dir("base");
+    let (ct2, _) = load(&base_dir);
+    let reference = encode(&ct2);
+    let tmp = tempfile::tempdir().unwrap();
+
+    convert::write_hf(&base_dir, &tmp.path().join("hf"), StDtype::F16, 1);
+    let (hf, ms) = load(&tmp.path().join("hf"));
+    assert_eq!(hf.dims(), ct2.dims());
+    assert_eq!(hf.config(), ct2.config());
+    let (l2, max) = errors(&encode(&hf), &reference);
+    println!("base safetensors f16 ({ms:.1} ms): relative L2 {l2:.3e}, max {max:.3e}");
+    assert!(l2 <= SAME_WEIGHTS_REL && max <= SAME_WEIGHTS_REL);
+
+    let path = tmp.path().join("ggml-base-q8_0.bin");
+    let filters = gstwhisperencnpu::mel::mel_filterbank(80, 16_000, 400);
+    convert::write_ggml(
+        &base_dir,
+        &path,
+        GgmlType::Q8_0,
+        &text_tokens(&ct2),
+        &filters,
+    );
+    let (g, ms) = load(&path);
+    assert_eq!(g.dims(), ct2.dims());
+    assert_eq!(g.config().suppress_ids, ct2.config().suppress_ids);
+    assert_eq!(g.config().alignment_heads, ct2.config().alignment_heads);
+    let (l2, max) = errors(&encode(&g), &reference);
+    println!("base ggml q8_0 ({ms:.1} ms): relative L2 {l2:.3e}, max {max:.3e}");
+    assert!(l2 <= INT8_REL_BOUND, "{l2}");
+
+    let want = transcribe(&ct2);
+    assert_eq!(want, common::JFK_WORDS);
+    for (name, m) in [("safetensors f16", &hf), ("ggml q8_0", &g)] {
+        let got = transcribe(m);
+        println!("base {name}: {got}");
+        assert_eq!(got, want, "{name}");
+    }
+}
