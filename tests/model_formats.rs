@@ -337,3 +337,47 @@ fn base_as_safetensors_and_ggml_q8_0() {
         assert_eq!(got, want, "{name}");
     }
 }
+
+#[test]
+fn ctranslate2_int8_weights_load() {
+    // Models converted with --quantization int8 (faster-whisper's int8 downloads) used to be
+    // refused; their rows are now dequantized on use.
+    let (ct2, _) = load(&tiny_en());
+    let tmp = tempfile::tempdir().unwrap();
+    convert::write_ct2_int8(&tiny_en(), tmp.path());
+    let (q, ms) = load(tmp.path());
+    println!(
+        "CTranslate2 int8 load: {ms:.1} ms ({} MB)",
+        std::fs::metadata(tmp.path().join("model.bin"))
+            .unwrap()
+            .len()
+            >> 20
+    );
+    assert_eq!(q.dims(), ct2.dims());
+    let mut quantized = 0;
+    for name in ct2.weights().names() {
+        let t = q.weights().info(name).unwrap();
+        if t.stored_type() != gstwhisperencnpu::model::StoredType::I8 || !t.is_float() {
+            continue;
+        }
+        quantized += 1;
+        let a = ct2.weights().to_f32_vec(name).unwrap();
+        let b = q.weights().to_f32_vec(name).unwrap();
+        let cols = t.shape[1];
+        for (ra, rb) in a.chunks(cols).zip(b.chunks(cols)) {
+            // Half a step of 127 / max |w|, and float32 rounding of the division.
+            let amax = ra.iter().fold(0f32, |m, &x| m.max(x.abs()));
+            let bound = amax / 127.0 * 0.5 * (1.0 + 1e-5) + 1e-12;
+            for (x, y) in ra.iter().zip(rb) {
+                assert!((x - y).abs() <= bound, "{name}: {x} became {y}");
+            }
+        }
+    }
+    assert!(quantized > 30, "{quantized}");
+    let (l2, max) = errors(&encode(&q), &encode(&ct2));
+    println!("CTranslate2 int8 weights, encoder vs float16: relative L2 {l2:.3e}, max {max:.3e}");
+    assert!(l2 <= INT8_REL_BOUND, "{l2}");
+    let text = transcribe(&q);
+    println!("CTranslate2 int8: {text}");
+    assert_eq!(text, common::JFK_WORDS);
+}

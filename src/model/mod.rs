@@ -384,8 +384,8 @@ fn check_encoder_variables(w: &Weights, d: &Dims) -> Result<(), ModelError> {
                 path: w.path().to_path_buf(),
                 name,
                 dtype: info.stored_type().name().to_string(),
-                reason: "the float32 encoder needs float32, float16 or bfloat16 weights \
-                         (int8-quantized models are not supported)"
+                reason: "the encoder needs float weights (float32, float16, bfloat16), \
+                         ggml-quantized ones, or int8 rows with their weight_scale"
                     .to_string(),
             });
         }

@@ -93,6 +93,14 @@ pub(crate) enum Part {
     },
     /// `numel` zeros.
     Zeros(usize),
+    /// CTranslate2's int8 weights: `scales.len()` rows of int8 values at `offset`, row `r` worth
+    /// `q / scales[r]` (CTranslate2 quantizes each row with scale 127 / max |w|).
+    ScaledI8 {
+        blob: Arc<Blob>,
+        offset: usize,
+        numel: usize,
+        scales: Arc<[f32]>,
+    },
 }
 
 impl Part {
@@ -120,9 +128,40 @@ impl Part {
         })
     }
 
+    /// CTranslate2 int8 rows with their scales, checking the sizes.
+    pub(crate) fn scaled_i8(
+        blob: &Arc<Blob>,
+        offset: usize,
+        numel: usize,
+        scales: Vec<f32>,
+    ) -> Result<Part, String> {
+        if scales.is_empty() || numel % scales.len() != 0 {
+            return Err(format!(
+                "{} scales for {numel} int8 values (one per row expected)",
+                scales.len()
+            ));
+        }
+        if scales.iter().any(|s| !s.is_finite() || *s == 0.0) {
+            return Err("a row scale is zero or not finite".into());
+        }
+        if blob.get(offset, numel).is_none() {
+            return Err(format!(
+                "{numel} bytes at offset {offset} run past the end of the file"
+            ));
+        }
+        Ok(Part::ScaledI8 {
+            blob: blob.clone(),
+            offset,
+            numel,
+            scales: scales.into(),
+        })
+    }
+
     fn numel(&self) -> usize {
         match self {
-            Part::Stored { numel, .. } | Part::Zeros(numel) => *numel,
+            Part::Stored { numel, .. } | Part::Zeros(numel) | Part::ScaledI8 { numel, .. } => {
+                *numel
+            }
         }
     }
 }
@@ -170,6 +209,7 @@ impl Tensor {
             .iter()
             .find_map(|p| match p {
                 Part::Stored { ty, .. } => Some(*ty),
+                Part::ScaledI8 { .. } => Some(StoredType::I8),
                 Part::Zeros(_) => None,
             })
             .unwrap_or(StoredType::F32)
@@ -179,7 +219,7 @@ impl Tensor {
     pub fn is_float(&self) -> bool {
         self.parts.iter().all(|p| match p {
             Part::Stored { ty, .. } => ty.is_float(),
-            Part::Zeros(_) => true,
+            Part::Zeros(_) | Part::ScaledI8 { .. } => true,
         })
     }
 }
@@ -270,6 +310,23 @@ impl Weights {
         for part in &t.parts {
             match part {
                 Part::Zeros(n) => out.resize(out.len() + n, 0.0),
+                Part::ScaledI8 {
+                    blob,
+                    offset,
+                    numel,
+                    scales,
+                } => {
+                    let bytes = blob
+                        .get(*offset, *numel)
+                        .ok_or_else(|| ModelError::Malformed {
+                            path: blob.path().to_path_buf(),
+                            reason: format!("data of {} lies outside the file", t.source),
+                        })?;
+                    let cols = numel / scales.len();
+                    for (row, &scale) in bytes.chunks_exact(cols).zip(scales.iter()) {
+                        out.extend(row.iter().map(|&q| f32::from(q as i8) / scale));
+                    }
+                }
                 Part::Stored {
                     blob,
                     offset,

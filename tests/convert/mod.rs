@@ -528,3 +528,75 @@ pub fn write_ggml(
     }
     std::fs::write(out, b).unwrap();
 }
+
+/// Writes the CTranslate2 model `ct2_dir` again into `out` with its matrices quantized to int8 as
+/// CTranslate2's converter does (`--quantization int8`): per row, scale = 127 / max |w|,
+/// q = rint(w * scale), stored as `weight` (int8) and `weight_scale` (float32).
+pub fn write_ct2_int8(ct2_dir: &Path, out: &Path) {
+    use gstwhisperencnpu::model::ct2::writer::{write, Var};
+    use gstwhisperencnpu::model::DType;
+    std::fs::create_dir_all(out).unwrap();
+    let f = Ct2File::open(&ct2_dir.join("model.bin")).unwrap();
+    let mut vars = Vec::new();
+    for v in f.variables() {
+        let shape: Vec<u32> = v.shape.iter().map(|&d| d as u32).collect();
+        if v.name.ends_with("/weight") && v.shape.len() == 2 && v.dtype.is_float() {
+            let values = f.to_f32_vec(&v.name).unwrap();
+            let cols = v.shape[1];
+            let mut q = Vec::with_capacity(values.len());
+            let mut scales = Vec::with_capacity(v.shape[0]);
+            for row in values.chunks(cols) {
+                let amax = row.iter().fold(0f32, |m, &x| m.max(x.abs()));
+                let scale = if amax == 0.0 { 1.0 } else { 127.0 / amax };
+                q.extend(
+                    row.iter()
+                        .map(|&x| (x * scale).round_ties_even() as i8 as u8),
+                );
+                scales.push(scale);
+            }
+            vars.push(Var {
+                name: v.name.clone(),
+                shape,
+                dtype: 1,
+                data: q,
+            });
+            vars.push(Var::f32(
+                &format!("{}_scale", v.name),
+                &[v.shape[0] as u32],
+                &scales,
+            ));
+        } else {
+            vars.push(Var {
+                name: v.name.clone(),
+                shape,
+                dtype: match v.dtype {
+                    DType::F32 => 0,
+                    DType::I8 => 1,
+                    DType::I16 => 2,
+                    DType::I32 => 3,
+                    DType::F16 => 4,
+                    DType::BF16 => 5,
+                },
+                data: f.raw_bytes(&v.name).unwrap().to_vec(),
+            });
+        }
+    }
+    let aliases: Vec<(String, String)> = f
+        .aliases()
+        .iter()
+        .map(|(a, t)| (a.clone(), t.clone()))
+        .collect();
+    let aliases: Vec<(&str, &str)> = aliases
+        .iter()
+        .map(|(a, t)| (a.as_str(), t.as_str()))
+        .collect();
+    let spec = f.spec().unwrap().to_string();
+    std::fs::write(
+        out.join("model.bin"),
+        write(&spec, f.spec_revision(), &vars, &aliases),
+    )
+    .unwrap();
+    for name in ["config.json", "tokenizer.json"] {
+        std::fs::copy(ct2_dir.join(name), out.join(name)).unwrap();
+    }
+}

@@ -1,5 +1,7 @@
 //! CTranslate2 models (`model.bin` read by [`Ct2File`], `config.json`, `tokenizer.json`) onto the
 //! internal model: the names are already the internal ones, so each variable becomes one tensor.
+//! Weights quantized to int8 (`--quantization int8`, `int8_float16`, ...) are int8 rows with a
+//! `weight_scale` per row, converted to float on use like the other stored types.
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -45,12 +47,19 @@ pub(crate) fn load(dir: &Path, bin: &Path) -> Result<Loaded, ModelError> {
     }
     let mut tensors = HashMap::with_capacity(file.variables().len() + file.aliases().len());
     for v in file.variables() {
-        let part = Part::stored(file.blob(), v.offset, v.numel(), stored_type(v.dtype)).map_err(
-            |reason| ModelError::Malformed {
-                path: file.path().to_path_buf(),
-                reason: format!("variable {:?}: {reason}", v.name),
-            },
-        )?;
+        let malformed = |reason: String| ModelError::Malformed {
+            path: file.path().to_path_buf(),
+            reason: format!("variable {:?}: {reason}", v.name),
+        };
+        // int8 weights (quantization int8, int8_float16, ...) come with one scale per row.
+        let scale_name = format!("{}_scale", v.name);
+        let part = if v.dtype == DType::I8 && file.contains(&scale_name) {
+            let scales = file.to_f32_vec(&scale_name)?;
+            Part::scaled_i8(file.blob(), v.offset, v.numel(), scales).map_err(malformed)?
+        } else {
+            Part::stored(file.blob(), v.offset, v.numel(), stored_type(v.dtype))
+                .map_err(malformed)?
+        };
         let t = Tensor::new(v.shape.clone(), v.name.clone(), vec![part]).map_err(|reason| {
             ModelError::Malformed {
                 path: file.path().to_path_buf(),
