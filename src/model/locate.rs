@@ -116,6 +116,33 @@ pub fn resolve_in(path: &Path, places: &SearchPaths) -> Result<PathBuf, ModelErr
     })
 }
 
+/// What a prepared model depends on on disk: the path `path` resolves to and the size and time of
+/// each file of the model (a model replaced on disk, or a name that now resolves elsewhere, gives
+/// another fingerprint). Empty if nothing is found.
+pub fn fingerprint(path: &Path) -> String {
+    let Ok(resolved) = resolve(path) else {
+        return String::new();
+    };
+    let stamp = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| format!("{} {} {:?}", p.display(), m.len(), m.modified().ok()))
+            .unwrap_or_default()
+    };
+    if !resolved.is_dir() {
+        return stamp(&resolved);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&resolved)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    files.retain(|f| f.is_file());
+    files.sort();
+    files
+        .iter()
+        .map(|f| stamp(f))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// One place a name may be.
 enum Candidate {
     /// A file or directory.

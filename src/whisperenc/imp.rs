@@ -206,7 +206,7 @@ struct Prepared {
     loaded: Loaded,
 }
 
-/// The settings a prepared model depends on, and the model file's size and time (a model replaced
+/// The settings a prepared model depends on, and the model files' sizes and times (a model replaced
 /// on disk is loaded again).
 fn prepare_key(settings: &Settings) -> String {
     let settings = Settings {
@@ -214,9 +214,7 @@ fn prepare_key(settings: &Settings) -> String {
         latency_mode: LatencyMode::default(),
         ..settings.clone()
     };
-    let file = std::fs::metadata(settings.model.join("model.bin"))
-        .map(|m| format!("{} {:?}", m.len(), m.modified().ok()))
-        .unwrap_or_default();
+    let file = crate::model::locate::fingerprint(&settings.model);
     format!("{settings:?} {file}")
 }
 
