@@ -149,3 +149,28 @@ fn the_element_transcribes_with_a_hugging_face_name() {
     println!("{all:?}");
     assert_eq!(words(&all.join(" ")), JFK_WORDS);
 }
+
+/// Not a check: fills the Hugging Face cache `$WHISPERENCNPU_HF_HOME_OUT` with `openai/whisper-base`
+/// and `openai/whisper-tiny.en` converted from the fetched models, to try the element by hand:
+/// `WHISPERENCNPU_HF_HOME_OUT=/tmp/hf cargo test --release --test model_names -- --ignored`, then
+/// `HF_HOME=/tmp/hf gst-launch-1.0 ... ! whisperencnpu model=openai/whisper-base ! ...`.
+#[test]
+#[ignore]
+fn fill_a_hugging_face_cache() {
+    let Some(out) = std::env::var_os("WHISPERENCNPU_HF_HOME_OUT") else {
+        panic!("set WHISPERENCNPU_HF_HOME_OUT to the HF_HOME to fill");
+    };
+    for name in ["base", "tiny.en"] {
+        let repo = PathBuf::from(&out).join(format!("hub/models--openai--whisper-{name}"));
+        let rev = "0000000000000000000000000000000000000000";
+        convert::write_hf(
+            &common::model_dir(name),
+            &repo.join("snapshots").join(rev),
+            StDtype::F16,
+            1,
+        );
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs/main"), rev).unwrap();
+        println!("{}", repo.display());
+    }
+}
