@@ -68,7 +68,7 @@ impl StoredType {
             StoredType::I8 => (1, 1),
             q => ggml_quant::block_layout(q)?,
         };
-        if numel % block != 0 {
+        if !numel.is_multiple_of(block) {
             return None;
         }
         (numel / block).checked_mul(bytes)
@@ -135,7 +135,7 @@ impl Part {
         numel: usize,
         scales: Vec<f32>,
     ) -> Result<Part, String> {
-        if scales.is_empty() || numel % scales.len() != 0 {
+        if scales.is_empty() || !numel.is_multiple_of(scales.len()) {
             return Err(format!(
                 "{} scales for {numel} int8 values (one per row expected)",
                 scales.len()

@@ -297,7 +297,7 @@ pub fn safetensors_bytes(tensors: &[&Tensor], dtype: StDtype) -> Vec<u8> {
         );
     }
     let mut h = serde_json::to_vec(&serde_json::Value::Object(header)).unwrap();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();

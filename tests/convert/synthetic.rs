@@ -43,7 +43,7 @@ fn rand(rng: &mut Rng, name: String, shape: &[usize], scale: f32, vars: &mut Vec
 /// Writes the synthetic model (model.bin, config.json, tokenizer.json) into `dir`.
 pub fn write_ct2(dir: &Path, n_mels: usize) {
     std::fs::create_dir_all(dir).unwrap();
-    let mut rng = Rng(0x5eed_0f_70_2026 ^ n_mels as u64);
+    let mut rng = Rng(0x5eed_0f70_2026 ^ n_mels as u64);
     let d = D_MODEL;
     let mut vars = Vec::new();
     let ones = |name: String, vars: &mut Vec<Var>| {

@@ -40,7 +40,7 @@ fn half(b: &[u8], at: usize) -> f32 {
 /// Appends the values of the whole blocks in `bytes` to `out`.
 pub fn dequantize_into(ty: StoredType, bytes: &[u8], out: &mut Vec<f32>) -> Result<(), String> {
     let (_, size) = block_layout(ty).ok_or_else(|| format!("{ty} is not a ggml quantization"))?;
-    if bytes.len() % size != 0 {
+    if !bytes.len().is_multiple_of(size) {
         return Err(format!(
             "{} bytes are not a whole number of {size}-byte {ty} blocks",
             bytes.len()

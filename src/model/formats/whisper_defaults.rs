@@ -4,11 +4,14 @@
 use crate::model::tokenizer::Tokenizer;
 use crate::model::{Dims, WhisperConfig};
 
-/// `(decoder layers, d_model, vocabulary, heads)` of each released model whose shapes are its own.
-/// The (layer, head) pairs are those OpenAI published with the models (`_ALIGNMENT_HEADS` in
-/// openai-whisper's `__init__.py`), as whisper.cpp lists them (`g_aheads_*` in whisper.cpp).
-/// large-v1 and large-v2 have the same shapes, so neither is listed: word timings are then off.
-const ALIGNMENT_HEADS: &[(usize, usize, usize, &[(usize, usize)])] = &[
+/// `(decoder layers, d_model, n_vocab, (layer, head) pairs)`.
+type HeadsBySize = (usize, usize, usize, &'static [(usize, usize)]);
+
+/// The alignment heads of each released model whose shapes are its own: the (layer, head) pairs
+/// OpenAI published with the models (`_ALIGNMENT_HEADS` in openai-whisper's `__init__.py`), as
+/// whisper.cpp lists them (`g_aheads_*` in whisper.cpp). large-v1 and large-v2 have the same
+/// shapes, so neither is listed: word timings are then off.
+const ALIGNMENT_HEADS: &[HeadsBySize] = &[
     // tiny.en, tiny
     (
         4,
