@@ -180,6 +180,18 @@ fn foreign_and_mismatched_transformers_models() {
     let e = load_err(&dir);
     assert!(e.to_string().contains("encoder_attention_heads"), "{e}");
 
+    // An older Transformers checkpoint: a pickle, refused with what to use instead.
+    let dir = m.hf_copy("pickle");
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("pytorch_model.bin"), b"PK\x03\x04").unwrap();
+    let e = load_err(&dir);
+    println!("{e}");
+    assert!(
+        matches!(e, ModelError::UnknownFormat { ref path, .. } if path.ends_with("pytorch_model.bin")),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("safetensors"), "{e}");
+
     // No config.json at all.
     let dir = m.hf_copy("noconfig");
     std::fs::remove_file(dir.join("config.json")).unwrap();

@@ -9,8 +9,11 @@ use std::f64::consts::PI;
 use std::sync::Arc;
 
 use gstwhisperencnpu::mel::{LogMel, WINDOW_SAMPLES};
+use gstwhisperencnpu::model::decoder::Decoder;
 use gstwhisperencnpu::model::{Encoder, Format, WhisperModel};
-use gstwhisperencnpu::npu::CpuF32Engine;
+use gstwhisperencnpu::npu::{BackendChoice, CpuF32Engine, Precision};
+use gstwhisperencnpu::transcribe::{TranscribeOptions, Transcriber};
+use gstwhisperencnpu::window::EncoderOptions;
 use ndarray::Array2;
 
 use convert::synthetic;
@@ -138,10 +141,10 @@ fn log_mel_at_128_bands_matches_a_float64_reference() {
 }
 
 #[test]
-fn a_128_band_two_layer_model_loads_and_runs_in_every_format() {
+fn a_128_band_model_with_2_encoder_and_1_decoder_layers_runs_in_every_format() {
     let tmp = tempfile::tempdir().unwrap();
     let ct2_dir = tmp.path().join("ct2");
-    synthetic::write_ct2(&ct2_dir, 128);
+    synthetic::write_ct2_layers(&ct2_dir, 128, 2, 1);
     let ct2 = WhisperModel::load(&ct2_dir).unwrap();
     let d = ct2.dims();
     assert_eq!(
@@ -152,7 +155,7 @@ fn a_128_band_two_layer_model_loads_and_runs_in_every_format() {
             d.d_model,
             d.n_vocab
         ),
-        (128, 2, 2, synthetic::D_MODEL, synthetic::N_VOCAB)
+        (128, 2, 1, synthetic::D_MODEL, synthetic::N_VOCAB)
     );
 
     convert::write_hf(&ct2_dir, &tmp.path().join("hf"), StDtype::F32, 2);
@@ -203,4 +206,86 @@ fn a_128_band_two_layer_model_loads_and_runs_in_every_format() {
     let f16 = common::relative_l2(c.as_slice().unwrap(), a.as_slice().unwrap());
     println!("128-band synthetic, ggml f16 vs CTranslate2 f32: relative L2 {f16:.3e}");
     assert!(f16 <= 1e-3, "{f16}");
+
+    // The decoder (one layer) on that encoder output: the same logits from the same weights.
+    let logits = |m: &WhisperModel, encoded: &Array2<f32>| -> Vec<f32> {
+        let dec = Decoder::new(m, Arc::new(CpuF32Engine::new()), 0).unwrap();
+        let cross = dec.cross_kv(encoded.view());
+        let mut cache = dec.new_cache();
+        let tok = m.tokenizer().unwrap();
+        let prompt = [tok.sot(), tok.special().no_timestamps, 72, 105];
+        let hidden = dec.forward(&mut cache, &cross, &prompt, prompt.len());
+        dec.logits(hidden.view()).iter().copied().collect()
+    };
+    let la = logits(&ct2, &a);
+    assert_eq!(la.len(), 4 * synthetic::N_VOCAB);
+    assert_eq!(logits(&hf, &b), la);
+    let lc = logits(&ggml, &c);
+    let err = common::relative_l2(&lc, &la);
+    println!("128-band synthetic, ggml f16 decoder logits: relative L2 {err:.3e}");
+    assert!(err <= 1e-3, "{err}");
+
+    // The whole transcriber (128-band front end) runs to the end on it.
+    let enc = EncoderOptions {
+        backend: BackendChoice::Cpu,
+        precision: Precision::F32,
+        threads: 0,
+    };
+    let options = TranscribeOptions {
+        temperatures: vec![0.0],
+        ..TranscribeOptions::default()
+    };
+    let mut t = Transcriber::new(&ggml, &enc, options).unwrap();
+    t.push_audio(&audio[..2 * 16_000]);
+    assert!(!t.finish().is_empty());
+}
+
+#[test]
+fn bfloat16_and_unprefixed_transformers_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ct2_dir = tmp.path().join("ct2");
+    synthetic::write_ct2(&ct2_dir, 80);
+    let ct2 = WhisperModel::load(&ct2_dir).unwrap();
+
+    // bfloat16 (common for fine-tunes): every value within bfloat16 rounding (8 bits).
+    convert::write_hf(&ct2_dir, &tmp.path().join("bf16"), StDtype::BF16, 1);
+    let bf = WhisperModel::load(&tmp.path().join("bf16")).unwrap();
+    for name in ct2.weights().names() {
+        if !ct2.weights().info(name).unwrap().is_float() {
+            continue;
+        }
+        let x = ct2.weights().to_f32_vec(name).unwrap();
+        let y = bf.weights().to_f32_vec(name).unwrap();
+        for (p, q) in x.iter().zip(&y) {
+            assert!((p - q).abs() <= p.abs() / 256.0, "{name}: {p} became {q}");
+        }
+    }
+
+    // Saved from `WhisperModel` rather than `WhisperForConditionalGeneration`: no `model.` prefix.
+    let dir = tmp.path().join("unprefixed");
+    convert::write_hf(&ct2_dir, &dir, StDtype::F32, 1);
+    let (tensors, _) = convert::openai_tensors(&ct2_dir, convert::Names::Hf);
+    let renamed: Vec<convert::Tensor> = tensors
+        .into_iter()
+        .map(|t| convert::Tensor {
+            name: t.name.strip_prefix("model.").unwrap().to_string(),
+            ..t
+        })
+        .collect();
+    let refs: Vec<&convert::Tensor> = renamed.iter().collect();
+    std::fs::write(
+        dir.join("model.safetensors"),
+        convert::safetensors_bytes(&refs, StDtype::F32),
+    )
+    .unwrap();
+    let m = WhisperModel::load(&dir).unwrap();
+    assert_eq!(m.dims(), ct2.dims());
+    assert_eq!(
+        m.weights()
+            .to_f32_vec("decoder/layer_1/attention/linear_1/weight")
+            .unwrap(),
+        ct2.weights()
+            .to_f32_vec("decoder/layer_1/attention/linear_1/weight")
+            .unwrap()
+    );
 }

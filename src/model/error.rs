@@ -7,9 +7,9 @@ use std::path::PathBuf;
 /// what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    /// The model directory does not exist (or is not a directory).
+    /// The model directory or file does not exist.
     #[error(
-        "Whisper model directory {} does not exist (install the models with scripts/fetch-models, \
+        "Whisper model {} does not exist (install the models with scripts/fetch-models, \
          or point WHISPERENCNPU_MODELS at them)",
         path.display()
     )]

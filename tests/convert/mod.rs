@@ -272,6 +272,7 @@ pub fn openai_tensors(dir: &Path, names: Names) -> (Vec<Tensor>, serde_json::Val
 pub enum StDtype {
     F32,
     F16,
+    BF16,
 }
 
 /// One safetensors file (`tensors` in order), header padded to 8 bytes as the spec advises.
@@ -285,12 +286,17 @@ pub fn safetensors_bytes(tensors: &[&Tensor], dtype: StDtype) -> Vec<u8> {
             match dtype {
                 StDtype::F32 => data.extend_from_slice(&v.to_le_bytes()),
                 StDtype::F16 => data.extend_from_slice(&half::f16::from_f32(v).to_le_bytes()),
+                StDtype::BF16 => data.extend_from_slice(&half::bf16::from_f32(v).to_le_bytes()),
             }
         }
         header.insert(
             t.name.clone(),
             json!({
-                "dtype": match dtype { StDtype::F32 => "F32", StDtype::F16 => "F16" },
+                "dtype": match dtype {
+                    StDtype::F32 => "F32",
+                    StDtype::F16 => "F16",
+                    StDtype::BF16 => "BF16",
+                },
                 "shape": t.shape,
                 "data_offsets": [start, data.len()],
             }),
@@ -359,7 +365,11 @@ pub fn write_hf(ct2_dir: &Path, out: &Path, dtype: StDtype, shards: usize) {
         "vocab_size": embed.shape[0],
         "max_source_positions": 1500,
         "max_target_positions": 448,
-        "torch_dtype": match dtype { StDtype::F32 => "float32", StDtype::F16 => "float16" },
+        "torch_dtype": match dtype {
+            StDtype::F32 => "float32",
+            StDtype::F16 => "float16",
+            StDtype::BF16 => "bfloat16",
+        },
     });
     std::fs::write(
         out.join("config.json"),

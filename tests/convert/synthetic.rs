@@ -14,6 +14,7 @@ pub const N_TEXT: usize = 256;
 pub const N_VOCAB: usize = N_TEXT + 8 + 99 + 1501;
 pub const D_MODEL: usize = 64;
 pub const HEADS: usize = 4;
+/// Encoder and decoder layers of [`write_ct2`] (large-v3-turbo too has fewer decoder layers).
 pub const LAYERS: usize = 2;
 pub const N_AUDIO_CTX: usize = 1500;
 pub const N_TEXT_CTX: usize = 448;
@@ -40,8 +41,14 @@ fn rand(rng: &mut Rng, name: String, shape: &[usize], scale: f32, vars: &mut Vec
     vars.push(Var::f32(&name, &s, &rng.values(n, scale)));
 }
 
-/// Writes the synthetic model (model.bin, config.json, tokenizer.json) into `dir`.
+/// Writes the synthetic model (model.bin, config.json, tokenizer.json) into `dir`, with
+/// [`LAYERS`] encoder and decoder layers.
 pub fn write_ct2(dir: &Path, n_mels: usize) {
+    write_ct2_layers(dir, n_mels, LAYERS, LAYERS)
+}
+
+/// [`write_ct2`] with the given numbers of encoder and decoder layers.
+pub fn write_ct2_layers(dir: &Path, n_mels: usize, enc_layers: usize, dec_layers: usize) {
     std::fs::create_dir_all(dir).unwrap();
     let mut rng = Rng(0x5eed_0f70_2026 ^ n_mels as u64);
     let d = D_MODEL;
@@ -89,8 +96,8 @@ pub fn write_ct2(dir: &Path, n_mels: usize) {
     ones("encoder/layer_norm/gamma".into(), &mut vars);
     zeros("encoder/layer_norm/beta".into(), &mut vars);
     let w = 1.0 / (d as f32).sqrt();
-    for side in ["encoder", "decoder"] {
-        for l in 0..LAYERS {
+    for (side, layers) in [("encoder", enc_layers), ("decoder", dec_layers)] {
+        for l in 0..layers {
             let p = format!("{side}/layer_{l}");
             ones(format!("{p}/self_attention/layer_norm/gamma"), &mut vars);
             zeros(format!("{p}/self_attention/layer_norm/beta"), &mut vars);
@@ -232,7 +239,7 @@ pub fn write_ct2(dir: &Path, n_mels: usize) {
         "suppress_ids": [1, 2],
         "suppress_ids_begin": [N_TEXT],
         "lang_ids": [],
-        "alignment_heads": [[1, 0], [1, 2]],
+        "alignment_heads": [[dec_layers - 1, 0], [dec_layers - 1, 2]],
     });
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     std::fs::write(dir.join("tokenizer.json"), tokenizer_json().to_string()).unwrap();

@@ -129,6 +129,8 @@ fn sniff(path: &Path) -> Result<Option<Format>, ModelError> {
 pub const SAFETENSORS_INDEX: &str = "model.safetensors.index.json";
 /// The single-file safetensors model.
 pub const SAFETENSORS_FILE: &str = "model.safetensors";
+/// Transformers' older checkpoint file (a Python pickle).
+const PYTORCH_FILE: &str = "pytorch_model.bin";
 
 /// Loads the model at `path`: a model directory, or one of its files.
 pub(crate) fn load(path: &Path) -> Result<Loaded, ModelError> {
@@ -149,6 +151,15 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, ModelError> {
         }
         // Nothing recognisable: name the file a CTranslate2 directory lacks, unless config.json
         // says it is a Transformers model.
+        if path.join(PYTORCH_FILE).is_file() {
+            return Err(ModelError::UnknownFormat {
+                path: path.join(PYTORCH_FILE),
+                reason: "a PyTorch pickle, not read since loading one can run code: use the \
+                         repository's model.safetensors, or save the model with \
+                         safe_serialization=True"
+                    .into(),
+            });
+        }
         if is_hf_config(&path.join("config.json")) {
             return Err(ModelError::FileNotFound {
                 path: path.join(SAFETENSORS_FILE),
