@@ -124,6 +124,44 @@ fn safetensors_single_float16_is_the_same_model() {
     // The safetensors file itself also loads (its folder gives the JSON files).
     let (m, _) = load(&tmp.path().join("model.safetensors"));
     assert_eq!(m.dims(), ct2.dims());
+
+    // Saved with the slow tokenizer (vocab.json, merges.txt, added_tokens.json; no
+    // tokenizer.json): the same tokenizer.
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("tokenizer.json")).unwrap()).unwrap();
+    std::fs::remove_file(tmp.path().join("tokenizer.json")).unwrap();
+    std::fs::write(
+        tmp.path().join("vocab.json"),
+        json["model"]["vocab"].to_string(),
+    )
+    .unwrap();
+    let merges: Vec<&str> = json["model"]["merges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    std::fs::write(
+        tmp.path().join("merges.txt"),
+        format!("#version: 0.2\n{}\n", merges.join("\n")),
+    )
+    .unwrap();
+    let added: serde_json::Map<String, serde_json::Value> = json["added_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["content"].as_str().unwrap().to_string(), t["id"].clone()))
+        .collect();
+    std::fs::write(
+        tmp.path().join("added_tokens.json"),
+        serde_json::Value::Object(added).to_string(),
+    )
+    .unwrap();
+    let (slow, _) = load(tmp.path());
+    let (a, b) = (ct2.tokenizer().unwrap(), slow.tokenizer().unwrap());
+    same_vocabulary(&a, &b);
+    let text = " And so my fellow Americans, ask not what your country can do for you";
+    assert_eq!(a.encode(text), b.encode(text));
 }
 
 #[test]

@@ -207,6 +207,7 @@ impl WhisperModel {
         match &self.tokenizer {
             TokenizerSource::Json(path) => tokenizer::Tokenizer::load(path, self.dims.n_vocab),
             TokenizerSource::Built(t) => Ok((**t).clone()),
+            TokenizerSource::HfFiles(dir) => formats::hf_tokenizer::load(dir, self.dims.n_vocab),
         }
     }
 

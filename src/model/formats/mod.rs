@@ -19,6 +19,7 @@ pub mod ct2;
 pub mod ggml;
 pub mod ggml_quant;
 pub mod ggml_vocab;
+pub mod hf_tokenizer;
 pub mod layout;
 pub mod safetensors;
 pub mod whisper_defaults;
@@ -54,6 +55,9 @@ pub enum TokenizerSource {
     Json(PathBuf),
     /// Built from the vocabulary inside the weights file (ggml).
     Built(Box<Tokenizer>),
+    /// A slow Transformers tokenizer's `vocab.json`, `merges.txt`, `added_tokens.json` in this
+    /// folder (no `tokenizer.json`).
+    HfFiles(PathBuf),
 }
 
 /// What a format reader gives the model.

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use safetensors::{Dtype, SafeTensorError, SafeTensors};
 
 use super::layout::{Mapper, Stored, HF_NAMES};
-use super::{read_json, Format, Loaded, TokenizerSource, SAFETENSORS_FILE, SAFETENSORS_INDEX};
+use super::{
+    hf_tokenizer, read_json, Format, Loaded, TokenizerSource, SAFETENSORS_FILE, SAFETENSORS_INDEX,
+};
 use crate::model::blob::Blob;
 use crate::model::weights::{StoredType, Weights};
 use crate::model::{ModelError, WhisperConfig};
@@ -200,7 +202,11 @@ fn load_files(dir: &Path, files: &[PathBuf]) -> Result<Loaded, ModelError> {
         stated_in: config_path,
         config_json: Some(config_json),
         config,
-        tokenizer: TokenizerSource::Json(dir.join("tokenizer.json")),
+        tokenizer: if !dir.join("tokenizer.json").is_file() && hf_tokenizer::present(dir) {
+            TokenizerSource::HfFiles(dir.to_path_buf())
+        } else {
+            TokenizerSource::Json(dir.join("tokenizer.json"))
+        },
         mel_filters: None,
     })
 }
