@@ -135,7 +135,7 @@ impl Part {
         numel: usize,
         scales: Vec<f32>,
     ) -> Result<Part, String> {
-        if scales.is_empty() || !numel.is_multiple_of(scales.len()) {
+        if scales.is_empty() || numel == 0 || !numel.is_multiple_of(scales.len()) {
             return Err(format!(
                 "{} scales for {numel} int8 values (one per row expected)",
                 scales.len()

@@ -27,6 +27,9 @@ pub const LANGUAGES: [&str; 100] = [
 
 /// Timestamp tokens `<|0.00|>` .. `<|30.00|>`.
 const N_TIMESTAMPS: usize = 1501;
+/// Longest token whose merge is recovered (Whisper's longest is well under this): bounds the
+/// quadratic search on a corrupt file.
+const MAX_MERGED_LEN: usize = 256;
 /// Special tokens other than languages and timestamps: endoftext, startoftranscript, translate,
 /// transcribe, startoflm, startofprev, nospeech, notimestamps.
 const N_FIXED_SPECIALS: usize = 8;
@@ -81,7 +84,7 @@ pub fn tokenizer(tokens: &[Vec<u8>], n_vocab: usize) -> Result<Tokenizer, String
     }
     let mut merges: Vec<(usize, Value)> = Vec::new();
     for (id, t) in tokens.iter().enumerate() {
-        if t.len() < 2 || rank.get(t.as_slice()) != Some(&id) {
+        if t.len() < 2 || t.len() > MAX_MERGED_LEN || rank.get(t.as_slice()) != Some(&id) {
             continue;
         }
         if let Some(cut) = last_merge(t, &rank, id) {
