@@ -2,6 +2,7 @@
 //! an error naming the file and the fault, never a panic (as tests/model_errors.rs checks for
 //! CTranslate2's model.bin). Uses the synthetic two-layer model (tests/convert/synthetic.rs), so
 //! nothing needs to be installed.
+mod common;
 mod convert;
 
 use std::path::{Path, PathBuf};
@@ -338,4 +339,32 @@ fn foreign_and_mismatched_ggml_files() {
     println!("{e}");
     assert!(matches!(e, ModelError::UnknownFormat { .. }), "{e:?}");
     assert!(e.to_string().contains("picture.png"));
+}
+
+#[test]
+fn broken_models_are_error_messages_on_the_bus() {
+    let m = Models::new();
+    let full = std::fs::read(m.ggml()).unwrap();
+    let cut = m.tmp.path().join("ggml-cut-short.bin");
+    std::fs::write(&cut, &full[..full.len() / 2]).unwrap();
+    let mismatched = m.hf_copy("bus");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(mismatched.join("config.json")).unwrap()).unwrap();
+    config["encoder_layers"] = 7.into();
+    std::fs::write(mismatched.join("config.json"), config.to_string()).unwrap();
+    common::init_gst();
+    for (model, expect) in [
+        (cut.clone(), ["ggml-cut-short.bin", "truncated"]),
+        (mismatched.clone(), ["config.json", "encoder_layers is 7"]),
+    ] {
+        let el = gst::ElementFactory::make("whisperencnpu")
+            .property("model", model.to_str().unwrap())
+            .build()
+            .unwrap();
+        let text = common::pause_error(&el);
+        println!("{text}");
+        for e in expect {
+            assert!(text.contains(e), "{e:?} not in {text}");
+        }
+    }
 }
