@@ -419,3 +419,62 @@ fn ctranslate2_int8_weights_load() {
     println!("CTranslate2 int8: {text}");
     assert_eq!(text, common::JFK_WORDS);
 }
+
+#[test]
+fn ggml_q5_and_q4_quantizations() {
+    // ggml's reference quantizers (tests/convert) written by the test, dequantized here: every
+    // value within its block's bound.
+    let (ct2, _) = load(&tiny_en());
+    let reference = encode(&ct2);
+    let tmp = tempfile::tempdir().unwrap();
+    let filters = gstwhisperencnpu::mel::mel_filterbank(80, 16_000, 400);
+    for (ty, tag) in [
+        (GgmlType::Q5_0, "q5_0"),
+        (GgmlType::Q5_1, "q5_1"),
+        (GgmlType::Q4_0, "q4_0"),
+        (GgmlType::Q4_1, "q4_1"),
+    ] {
+        let path = tmp.path().join(format!("ggml-tiny.en-{tag}.bin"));
+        convert::write_ggml(&tiny_en(), &path, ty, &text_tokens(&ct2), &filters);
+        let (g, ms) = load(&path);
+        let mut quantized = 0;
+        let mut worst = 0f64;
+        for name in ct2.weights().names() {
+            if !ct2.weights().info(name).unwrap().is_float() {
+                continue;
+            }
+            let t = g.weights().info(name).unwrap();
+            if t.stored_type().name() != tag {
+                continue;
+            }
+            quantized += 1;
+            let a = ct2.weights().to_f32_vec(name).unwrap();
+            let b = g.weights().to_f32_vec(name).unwrap();
+            for (ba, bb) in a.chunks(32).zip(b.chunks(32)) {
+                let bound = convert::q4_5_bound(ty, ba);
+                for (x, y) in ba.iter().zip(bb) {
+                    assert!(
+                        (x - y).abs() <= bound,
+                        "{tag} {name}: {x} became {y} (bound {bound})"
+                    );
+                    worst = worst.max(((x - y).abs() / bound) as f64);
+                }
+            }
+        }
+        assert!(quantized >= 32, "{tag}: {quantized}");
+        let (l2, _) = errors(&encode(&g), &reference);
+        let text = transcribe(&g);
+        println!(
+            "ggml {tag} ({ms:.0} ms, {} MB): worst {worst:.2} of the bound, encoder relative L2 \
+             {l2:.3e}: {text}",
+            std::fs::metadata(&path).unwrap().len() >> 20
+        );
+        // The words depend on how much the model suffers from 4 or 5 bits (tiny.en: about 1e-1
+        // relative error at the encoder's output): reported, not checked; the first sentence
+        // survives all of them.
+        assert!(
+            text.starts_with("and so my fellow americans ask not what your country can do"),
+            "{tag}: {text}"
+        );
+    }
+}

@@ -409,19 +409,122 @@ pub fn write_hf(ct2_dir: &Path, out: &Path, dtype: StDtype, shards: usize) {
 pub enum GgmlType {
     F16,
     Q8_0,
+    Q5_0,
+    Q5_1,
+    Q4_0,
+    Q4_1,
+}
+
+impl GgmlType {
+    /// (`ggml_ftype` of the file, `ggml_type` of its quantized matrices), from ggml.h:
+    /// `GGML_FTYPE_MOSTLY_{F16 = 1, Q4_0 = 2, Q4_1 = 3, Q8_0 = 7, Q5_0 = 8, Q5_1 = 9}`,
+    /// `GGML_TYPE_{F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8}`.
+    fn codes(self) -> (i32, i32) {
+        match self {
+            GgmlType::F16 => (1, 1),
+            GgmlType::Q4_0 => (2, 2),
+            GgmlType::Q4_1 => (3, 3),
+            GgmlType::Q8_0 => (7, 8),
+            GgmlType::Q5_0 => (8, 6),
+            GgmlType::Q5_1 => (9, 7),
+        }
+    }
+
+    fn quantize(self, values: &[f32]) -> Vec<u8> {
+        match self {
+            GgmlType::F16 => values
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                .collect(),
+            GgmlType::Q8_0 => quantize_q8_0(values),
+            q => values
+                .chunks(QK8_0)
+                .flat_map(|b| quantize_block_4_5(q, b))
+                .collect(),
+        }
+    }
+}
+
+/// ggml's reference quantizers of q4_0, q4_1, q5_0, q5_1 (`quantize_row_q*_ref` in
+/// ggml-quants.c) for one block of 32: the `_0` types scale by the signed value of largest
+/// magnitude (d = max / -8 or / -16, that value becomes the most negative step) and truncate
+/// x / d + 8.5 (16.5), clamped to 15 (31); the `_1` types map [min, max] onto 0..15 (31) with
+/// d = (max - min) / 15 (31), rounding half up. Low nibbles hold values 0..16, high ones 16..32;
+/// q5's fifth bits go to bit j of the u32 qh.
+fn quantize_block_4_5(ty: GgmlType, x: &[f32]) -> Vec<u8> {
+    let h = |v: f32| half::f16::from_f32(v).to_le_bytes();
+    let five = matches!(ty, GgmlType::Q5_0 | GgmlType::Q5_1);
+    let top: i32 = if five { 31 } else { 15 };
+    let mut out = Vec::new();
+    let q: Vec<i32> = match ty {
+        GgmlType::Q4_0 | GgmlType::Q5_0 => {
+            let max = x
+                .iter()
+                .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+            let d = max / if five { -16.0 } else { -8.0 };
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            out.extend(h(d));
+            let offset = if five { 16.5 } else { 8.5 };
+            x.iter()
+                .map(|&v| ((v * id + offset) as i8 as i32).min(top))
+                .collect()
+        }
+        _ => {
+            let min = x.iter().copied().fold(f32::INFINITY, f32::min);
+            let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let d = (max - min) / top as f32;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            out.extend(h(d));
+            out.extend(h(min));
+            x.iter()
+                .map(|&v| (((v - min) * id + 0.5) as u8 as i32).min(top))
+                .collect()
+        }
+    };
+    if five {
+        let mut qh = 0u32;
+        for (j, &v) in q.iter().enumerate() {
+            qh |= (((v >> 4) & 1) as u32) << j;
+        }
+        out.extend(qh.to_le_bytes());
+    }
+    out.extend((0..16).map(|j| ((q[j] & 0x0f) | ((q[j + 16] & 0x0f) << 4)) as u8));
+    out
+}
+
+/// The largest error of q4_0/q4_1/q5_0/q5_1 on a block: a step d of the clamped end (half a
+/// step elsewhere), plus the float16 rounding of d times the largest level, and of the offset.
+pub fn q4_5_bound(ty: GgmlType, block: &[f32]) -> f32 {
+    let f16_err = |v: f32| (v.abs() / 2048.0).max(2f32.powi(-25));
+    let levels = match ty {
+        GgmlType::Q5_0 | GgmlType::Q5_1 => 31.0,
+        _ => 15.0,
+    };
+    let (min, max) = block
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    match ty {
+        GgmlType::Q4_0 | GgmlType::Q5_0 => {
+            let amax = max.abs().max(min.abs());
+            let d = amax / (levels + 1.0) * 2.0;
+            d + (levels + 1.0) / 2.0 * f16_err(d) + 1e-12
+        }
+        _ => {
+            let d = (max - min) / levels;
+            d * 0.5 + levels * f16_err(d) + f16_err(min) + 1e-7 * max.abs().max(min.abs())
+        }
+    }
 }
 
 /// `GGML_FILE_MAGIC` (ggml.h).
 const GGML_MAGIC: u32 = 0x6767_6d6c;
 /// `GGML_QNT_VERSION` * `GGML_QNT_VERSION_FACTOR` (ggml.h), added to the ftype of quantized files.
 const QNT_VERSION_TERM: i32 = 2 * 1000;
-/// `ggml_ftype`: `GGML_FTYPE_MOSTLY_F16` = 1, `GGML_FTYPE_MOSTLY_Q8_0` = 7.
-const FTYPE_F16: i32 = 1;
-const FTYPE_Q8_0: i32 = 7;
-/// `ggml_type` codes.
+/// `ggml_type` codes of the unquantized tensors.
 const TYPE_F32: i32 = 0;
 const TYPE_F16: i32 = 1;
-const TYPE_Q8_0: i32 = 8;
 /// `QK8_0`.
 const QK8_0: usize = 32;
 
@@ -471,8 +574,8 @@ pub fn write_ggml(
     let d = meta["d_model"].as_u64().unwrap() as i32;
     let mut b = GGML_MAGIC.to_le_bytes().to_vec();
     let ftype = match ty {
-        GgmlType::F16 => FTYPE_F16,
-        GgmlType::Q8_0 => FTYPE_Q8_0 + QNT_VERSION_TERM,
+        GgmlType::F16 => ty.codes().0,
+        q => q.codes().0 + QNT_VERSION_TERM,
     };
     for v in [
         embed.shape[0] as i32,
@@ -502,7 +605,7 @@ pub fn write_ggml(
     for t in &tensors {
         // convert-pt-to-ggml.py: conv biases as d x 1; 1-D tensors, conv biases and the
         // positional embeddings in f32, the rest in f16; whisper.cpp's quantizer then turns the
-        // 2-D matrices (not the skipped ones) into q8_0.
+        // 2-D matrices (not the skipped ones) into the quantized type.
         let is_conv_bias = t.name.starts_with("encoder.conv") && t.name.ends_with(".bias");
         let shape = if is_conv_bias {
             vec![t.shape[0], 1]
@@ -512,8 +615,8 @@ pub fn write_ggml(
         let keep_f32 = shape.len() < 2 || is_conv_bias || t.name.ends_with("positional_embedding");
         let code = if keep_f32 {
             TYPE_F32
-        } else if ty == GgmlType::Q8_0 && shape.len() == 2 && shape[1] % QK8_0 == 0 {
-            TYPE_Q8_0
+        } else if ty != GgmlType::F16 && shape.len() == 2 && shape[1] % QK8_0 == 0 {
+            ty.codes().1
         } else {
             TYPE_F16
         };
@@ -533,7 +636,7 @@ pub fn write_ggml(
                 .values
                 .iter()
                 .for_each(|v| b.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes())),
-            _ => b.extend_from_slice(&quantize_q8_0(&t.values)),
+            _ => b.extend_from_slice(&ty.quantize(&t.values)),
         }
     }
     std::fs::write(out, b).unwrap();
