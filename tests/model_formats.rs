@@ -125,6 +125,17 @@ fn safetensors_single_float16_is_the_same_model() {
     let (m, _) = load(&tmp.path().join("model.safetensors"));
     assert_eq!(m.dims(), ct2.dims());
 
+    // Without generation_config.json (many fine-tunes): OpenAI's defaults for the shapes and the
+    // tokenizer, which are what the CTranslate2 config says.
+    std::fs::remove_file(tmp.path().join("generation_config.json")).unwrap();
+    let (bare, _) = load(tmp.path());
+    assert_eq!(bare.config().suppress_ids, ct2.config().suppress_ids);
+    assert_eq!(
+        bare.config().suppress_ids_begin,
+        ct2.config().suppress_ids_begin
+    );
+    assert_eq!(bare.config().alignment_heads, ct2.config().alignment_heads);
+
     // Saved with the slow tokenizer (vocab.json, merges.txt, added_tokens.json; no
     // tokenizer.json): the same tokenizer.
     let json: serde_json::Value =

@@ -135,20 +135,7 @@ impl WhisperModel {
                 });
             }
         }
-        let mut config = loaded.config;
-        if loaded.default_config {
-            if let TokenizerSource::Built(tok) = &loaded.tokenizer {
-                config = formats::whisper_defaults::config(&dims, tok);
-            }
-            if config.alignment_heads.is_empty() {
-                log::warn!(
-                    target: "whisperencnpu",
-                    "{}: no alignment heads known for a model of these shapes (large-v1 and \
-                     -v2 cannot be told apart): word timings are off",
-                    path.display()
-                );
-            }
-        }
+        let config = complete_config(loaded.config, &dims, &loaded.tokenizer, &path);
         log::info!(
             target: "whisperencnpu",
             "loaded {} model {} in {:.0} ms: {dims:?}",
@@ -234,6 +221,46 @@ pub fn default_models_root() -> PathBuf {
 /// The default model: [`default_models_root`]`/base`.
 pub fn default_model_dir() -> PathBuf {
     default_models_root().join("base")
+}
+
+/// Fills what a model's files do not say (whisper.cpp files say none of it; Transformers
+/// fine-tunes often lack `generation_config.json`) with OpenAI's defaults
+/// ([`formats::whisper_defaults`]): the alignment heads of the released model of these shapes,
+/// and the suppress lists computed from the tokenizer.
+fn complete_config(
+    mut config: WhisperConfig,
+    dims: &Dims,
+    tokenizer: &TokenizerSource,
+    path: &Path,
+) -> WhisperConfig {
+    if config.alignment_heads.is_empty() {
+        config.alignment_heads = formats::whisper_defaults::alignment_heads(dims);
+        if config.alignment_heads.is_empty() {
+            log::warn!(
+                target: "whisperencnpu",
+                "{}: the model names no alignment heads and its shapes are no released model's \
+                 (or large-v1/-v2, which share theirs): word timings are off",
+                path.display()
+            );
+        }
+    }
+    if config.suppress_ids.is_empty() && config.suppress_ids_begin.is_empty() {
+        let tok = match tokenizer {
+            TokenizerSource::Built(t) => Ok((**t).clone()),
+            TokenizerSource::Json(p) => tokenizer::Tokenizer::load(p, dims.n_vocab),
+            TokenizerSource::HfFiles(d) => formats::hf_tokenizer::load(d, dims.n_vocab),
+        };
+        // Without a tokenizer there is nothing to transcribe with anyway (embeddings mode).
+        if let Ok(tok) = tok {
+            let defaults = formats::whisper_defaults::config(dims, &tok);
+            config.suppress_ids = defaults.suppress_ids;
+            config.suppress_ids_begin = defaults.suppress_ids_begin;
+            if config.lang_ids.is_empty() {
+                config.lang_ids = defaults.lang_ids;
+            }
+        }
+    }
+    config
 }
 
 impl Dims {

@@ -93,7 +93,6 @@ pub(crate) fn load(dir: &Path, bin: &Path) -> Result<Loaded, ModelError> {
         tokenizer: TokenizerSource::Json(dir.join("tokenizer.json")),
         mel_filters: None,
         stated: Vec::new(),
-        default_config: false,
         stated_in: bin.to_path_buf(),
     })
 }

@@ -329,7 +329,6 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, ModelError> {
         tokenizer: TokenizerSource::Built(Box::new(tokenizer)),
         mel_filters: Some(file.mel_filters),
         stated: stated(&h),
-        default_config: true,
         stated_in: path.to_path_buf(),
     })
 }

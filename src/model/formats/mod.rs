@@ -75,9 +75,6 @@ pub(crate) struct Loaded {
     /// [`Dims`](super::Dims) field, value)`, checked against the shapes, and the file stating them.
     pub stated: Vec<(&'static str, &'static str, usize)>,
     pub stated_in: PathBuf,
-    /// The file has no decoder configuration: use OpenAI's defaults for its shapes
-    /// ([`whisper_defaults`]).
-    pub default_config: bool,
 }
 
 /// First bytes of a whisper.cpp ggml file: `GGML_FILE_MAGIC` 0x67676d6c ("ggml") as a little-endian

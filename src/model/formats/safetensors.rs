@@ -198,7 +198,6 @@ fn load_files(dir: &Path, files: &[PathBuf]) -> Result<Loaded, ModelError> {
         format: Format::HfSafetensors,
         weights,
         stated: stated_dims(&config_json),
-        default_config: false,
         stated_in: config_path,
         config_json: Some(config_json),
         config,
