@@ -83,7 +83,7 @@ pub fn dequantize_into(ty: StoredType, bytes: &[u8], out: &mut Vec<f32>) -> Resu
                     vals[j + QK / 2] = f32::from(i16::from((q >> 4) | hi1) - bias) * d + m;
                 }
             }
-            _ => unreachable!("block_layout accepted only quantized types"),
+            other => return Err(format!("{other} is not a ggml quantization")),
         }
         out.extend_from_slice(&vals);
     }

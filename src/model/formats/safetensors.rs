@@ -142,7 +142,10 @@ pub(crate) fn load_file(path: &Path) -> Result<Loaded, ModelError> {
 }
 
 fn load_files(dir: &Path, files: &[PathBuf]) -> Result<Loaded, ModelError> {
-    let main = files[0].clone();
+    let main = files
+        .first()
+        .cloned()
+        .ok_or_else(|| invalid(dir, "no safetensors file"))?;
     let mut stored = HashMap::new();
     for f in files {
         read_file(f, &mut stored)?;
