@@ -102,6 +102,7 @@ pub fn resolve_in(path: &Path, places: &SearchPaths) -> Result<PathBuf, ModelErr
     if is_written_as_path(s) || s.is_empty() {
         return Ok(path.to_path_buf());
     }
+    let s = s.trim_end_matches('/');
     let mut searched = Vec::new();
     for candidate in candidates(s, places) {
         if let Some(found) = candidate.existing() {
@@ -255,6 +256,7 @@ mod tests {
 
         let r = |s: &str| resolve_in(Path::new(s), &p);
         assert_eq!(r("openai/whisper-base").unwrap(), snap);
+        assert_eq!(r("openai/whisper-base/").unwrap(), snap);
         assert_eq!(r("base").unwrap(), snap);
         assert_eq!(r("tiny.en").unwrap(), p.ours.join("tiny.en"));
         assert_eq!(
