@@ -22,12 +22,12 @@
 //! converted to `f32`) on request. Every read is bounds-checked: any input, however corrupt, gives
 //! a [`ModelError`], never a panic.
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use memmap2::Mmap;
 use ndarray::{Array1, Array2, Array3, ArrayD, IxDyn};
 
+use super::blob::Blob;
 use super::error::ModelError;
 
 /// Newest binary format version this reader knows (CTranslate2 4.x writes 6).
@@ -119,24 +119,10 @@ impl VarInfo {
     }
 }
 
-enum Storage {
-    Mapped(Mmap),
-    Owned(Vec<u8>),
-}
-
-impl Storage {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Storage::Mapped(m) => m,
-            Storage::Owned(v) => v,
-        }
-    }
-}
-
 /// A parsed CTranslate2 model file.
 pub struct Ct2File {
     path: PathBuf,
-    storage: Storage,
+    blob: Arc<Blob>,
     binary_version: u32,
     spec: Option<String>,
     spec_revision: u32,
@@ -161,51 +147,27 @@ impl std::fmt::Debug for Ct2File {
 impl Ct2File {
     /// Memory-maps and parses `path`.
     pub fn open(path: &Path) -> Result<Ct2File, ModelError> {
-        let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
-        let meta = file.metadata().map_err(|e| ModelError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
-        if meta.is_dir() {
-            return Err(ModelError::Io {
-                path: path.to_path_buf(),
-                source: std::io::Error::other("is a directory"),
-            });
-        }
-        let storage = if meta.len() == 0 {
-            // Mapping an empty file is not portable; nothing to map anyway.
-            Storage::Owned(Vec::new())
-        } else {
-            // SAFETY: the map is read-only. Like every mmap-based model loader, this relies on
-            // nobody truncating or rewriting the file while it is mapped; the parser never trusts
-            // the contents, so a file *changed* under us can give wrong numbers but no UB beyond
-            // what any mmap of a file shared with other processes implies.
-            let map = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::Io {
-                path: path.to_path_buf(),
-                source: e,
-            })?;
-            Storage::Mapped(map)
-        };
-        Self::parse(path.to_path_buf(), storage)
+        Self::parse(Arc::new(Blob::open(path)?))
     }
 
     /// Parses a model held in memory; `path` is only used in error messages.
     pub fn from_bytes(bytes: Vec<u8>, path: impl Into<PathBuf>) -> Result<Ct2File, ModelError> {
-        Self::parse(path.into(), Storage::Owned(bytes))
+        Self::parse(Arc::new(Blob::from_bytes(bytes, path)))
     }
 
-    fn parse(path: PathBuf, storage: Storage) -> Result<Ct2File, ModelError> {
+    /// Parses the file held by `blob` (shared: the weight set points into it).
+    pub(crate) fn parse(blob: Arc<Blob>) -> Result<Ct2File, ModelError> {
         let header = {
             let mut r = Reader {
-                data: storage.bytes(),
+                data: blob.bytes(),
                 pos: 0,
-                path: &path,
+                path: blob.path(),
             };
             parse_layout(&mut r)?
         };
         Ok(Ct2File {
-            path,
-            storage,
+            path: blob.path().to_path_buf(),
+            blob,
             binary_version: header.binary_version,
             spec: header.spec,
             spec_revision: header.spec_revision,
@@ -217,6 +179,11 @@ impl Ct2File {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The file's bytes.
+    pub(crate) fn blob(&self) -> &Arc<Blob> {
+        &self.blob
     }
 
     pub fn binary_version(&self) -> u32 {
@@ -277,9 +244,8 @@ impl Ct2File {
     pub fn raw_bytes(&self, name: &str) -> Result<&[u8], ModelError> {
         let info = self.info(name)?;
         // Checked at parse time; `get` keeps this panic-free regardless.
-        self.storage
-            .bytes()
-            .get(info.offset..info.offset + info.len)
+        self.blob
+            .get(info.offset, info.len)
             .ok_or_else(|| ModelError::Malformed {
                 path: self.path.clone(),
                 reason: format!("data of {name:?} lies outside the file"),

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 /// what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    /// The model directory does not exist (or is not a directory).
+    /// The model directory or file does not exist.
     #[error(
-        "Whisper model directory {} does not exist (install the models with scripts/fetch-models, \
+        "Whisper model {} does not exist (install the models with scripts/fetch-models, \
          or point WHISPERENCNPU_MODELS at them)",
         path.display()
     )]
@@ -92,6 +92,40 @@ pub enum ModelError {
         path: PathBuf,
         #[source]
         source: serde_json::Error,
+    },
+
+    /// A Hugging Face safetensors or whisper.cpp ggml file that is cut short, corrupt, or not what
+    /// its name says.
+    #[error("{}: invalid {format} file: {reason}", path.display())]
+    Format {
+        path: PathBuf,
+        format: &'static str,
+        reason: String,
+    },
+
+    /// A file or directory that holds no model in a format this reader knows.
+    #[error(
+        "{}: not a Whisper model this element reads ({reason}); it reads CTranslate2 \
+         (model.bin), Hugging Face Transformers (model.safetensors + config.json) and whisper.cpp \
+         ggml (.bin) models",
+        path.display()
+    )]
+    UnknownFormat { path: PathBuf, reason: String },
+
+    /// The files of a model disagree with each other (config.json with the weights, say).
+    #[error("{}: {reason}", path.display())]
+    Mismatch { path: PathBuf, reason: String },
+
+    /// A model given by name was found nowhere.
+    #[error(
+        "no Whisper model {name:?} found; looked at: {}. Install it with scripts/fetch-models \
+         (CTranslate2), `huggingface-cli download` (Hugging Face) or whisper.cpp's \
+         models/download-ggml-model.sh, or give the model's path",
+        searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    NotFound {
+        name: String,
+        searched: Vec<PathBuf>,
     },
 
     /// The encoder's worker threads could not be started.

@@ -1,21 +1,31 @@
-//! The Whisper model: weights in CTranslate2 format and the encoder.
+//! The Whisper model: its weights, in whichever format they come, and the encoder and decoder.
 //!
-//! [`WhisperModel::load`] memory-maps `model.bin`, checks that it is a complete Whisper model and
-//! derives the hyper-parameters ([`Dims`]) from the weights' shapes, so any Whisper size loads.
-//! Weights stay in the map until a consumer (the [`Encoder`], later a decoder) converts the ones it
-//! needs.
+//! [`WhisperModel::load`] takes a model directory, a model file or a model name
+//! ([`locate`]), tells the format by the files' content ([`formats`]: CTranslate2, Hugging Face
+//! safetensors, whisper.cpp ggml), maps the tensors onto one internal set ([`Weights`]), checks
+//! that it is a complete Whisper model and derives the hyper-parameters ([`Dims`]) from the
+//! weights' shapes, so any Whisper size loads. Weights stay in the memory-mapped files until a
+//! consumer (the [`Encoder`], the decoder) converts the ones it needs.
+pub mod blob;
 pub mod ct2;
 pub mod decoder;
 pub mod encoder;
 mod error;
+pub mod formats;
+pub mod locate;
 mod ops;
 pub mod tokenizer;
+pub mod weights;
 
 use std::path::{Path, PathBuf};
+
+use ndarray::Array2;
 
 pub use ct2::{Ct2File, DType, VarInfo};
 pub use encoder::Encoder;
 pub use error::ModelError;
+pub use formats::{Format, TokenizerSource};
+pub use weights::{StoredType, Weights};
 
 /// Hyper-parameters of a Whisper model, as found in its weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,7 +70,7 @@ pub struct WhisperConfig {
 }
 
 impl WhisperConfig {
-    fn from_json(v: &serde_json::Value) -> WhisperConfig {
+    pub(crate) fn from_json(v: &serde_json::Value) -> WhisperConfig {
         let ids = |key: &str| -> Vec<i64> {
             v.get(key)
                 .and_then(|a| a.as_array())
@@ -88,91 +98,109 @@ impl WhisperConfig {
     }
 }
 
-/// A loaded Whisper model (CTranslate2 format).
+/// A loaded Whisper model.
 #[derive(Debug)]
 pub struct WhisperModel {
     dir: PathBuf,
-    weights: Ct2File,
+    format: Format,
+    weights: Weights,
     dims: Dims,
     config_json: Option<serde_json::Value>,
     config: WhisperConfig,
+    tokenizer: TokenizerSource,
+    mel_filters: Option<Array2<f32>>,
 }
 
 impl WhisperModel {
-    /// Loads the model in `dir` (`model.bin`, optionally `config.json`).
+    /// Loads the model `path` names: a model directory, a model file, or a model name looked up
+    /// offline ([`locate::resolve`]: `base`, `openai/whisper-base`, `ggml-base.en.bin`, ...).
     ///
-    /// Checks that every encoder variable is present with the shape and a float type the encoder
-    /// needs, so that [`Encoder::new`] only fails on resource problems.
-    pub fn load(dir: &Path) -> Result<WhisperModel, ModelError> {
-        if !dir.is_dir() {
-            return Err(ModelError::DirNotFound {
-                path: dir.to_path_buf(),
-            });
-        }
-        let weights = Ct2File::open(&dir.join("model.bin"))?;
-        match weights.spec() {
-            Some("WhisperSpec") => {}
-            other => {
-                return Err(ModelError::NotWhisper {
-                    path: weights.path().to_path_buf(),
-                    spec: other.unwrap_or("<none: binary version 1>").to_string(),
-                })
+    /// Checks that every encoder tensor is present with the shape and a type the encoder can
+    /// convert to float, so that [`Encoder::new`] only fails on resource problems.
+    pub fn load(path: &Path) -> Result<WhisperModel, ModelError> {
+        let path = locate::resolve(path)?;
+        let started = std::time::Instant::now();
+        let loaded = formats::load(&path)?;
+        let dims = derive_dims(&loaded.weights)?;
+        check_encoder_variables(&loaded.weights, &dims)?;
+        for &(label, key, value) in &loaded.stated {
+            let derived = dims.get(key).unwrap_or(value);
+            if derived != value {
+                return Err(ModelError::Mismatch {
+                    path: loaded.stated_in.clone(),
+                    reason: format!(
+                        "{label} is {value} but the weights have {derived} ({key}); the files \
+                         belong to different models"
+                    ),
+                });
             }
         }
-        let dims = derive_dims(&weights)?;
-        check_encoder_variables(&weights, &dims)?;
-
-        let config_path = dir.join("config.json");
-        let config_json = match std::fs::read(&config_path) {
-            Ok(bytes) => Some(serde_json::from_slice::<serde_json::Value>(&bytes).map_err(
-                |e| ModelError::Config {
-                    path: config_path.clone(),
-                    source: e,
-                },
-            )?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => {
-                return Err(ModelError::Io {
-                    path: config_path,
-                    source: e,
-                })
-            }
-        };
-        let config = config_json
-            .as_ref()
-            .map(WhisperConfig::from_json)
-            .unwrap_or_default();
+        let config = complete_config(loaded.config, &dims, &loaded.tokenizer, &path);
+        log::info!(
+            target: "whisperencnpu",
+            "loaded {} model {} in {:.0} ms: {dims:?}",
+            loaded.format,
+            path.display(),
+            started.elapsed().as_secs_f64() * 1e3
+        );
         Ok(WhisperModel {
-            dir: dir.to_path_buf(),
-            weights,
+            dir: loaded.dir,
+            format: loaded.format,
+            weights: loaded.weights,
             dims,
-            config_json,
+            config_json: loaded.config_json,
             config,
+            tokenizer: loaded.tokenizer,
+            mel_filters: loaded.mel_filters,
         })
     }
 
-    /// The directory the model was loaded from.
+    /// The directory the model was loaded from (the folder of the file, for a single file).
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The format the weights came in.
+    pub fn format(&self) -> Format {
+        self.format
     }
 
     pub fn dims(&self) -> &Dims {
         &self.dims
     }
 
-    /// All variables, encoder and decoder, memory-mapped.
-    pub fn weights(&self) -> &Ct2File {
+    /// All tensors, encoder and decoder, under the internal names, memory-mapped.
+    pub fn weights(&self) -> &Weights {
         &self.weights
     }
 
-    /// `config.json` as parsed JSON, if the directory has one.
+    /// `config.json` as parsed JSON, if the model has one.
     pub fn config_json(&self) -> Option<&serde_json::Value> {
         self.config_json.as_ref()
     }
 
-    /// The parts of `config.json` the decoder needs (empty lists without a `config.json`).
+    /// What the decoder needs from the model's configuration (empty lists without one).
     pub fn config(&self) -> &WhisperConfig {
         &self.config
+    }
+
+    /// Where the tokenizer comes from.
+    pub fn tokenizer_source(&self) -> &TokenizerSource {
+        &self.tokenizer
+    }
+
+    /// The model's tokenizer: its `tokenizer.json`, or the vocabulary inside a ggml file.
+    pub fn tokenizer(&self) -> Result<tokenizer::Tokenizer, ModelError> {
+        match &self.tokenizer {
+            TokenizerSource::Json(path) => tokenizer::Tokenizer::load(path, self.dims.n_vocab),
+            TokenizerSource::Built(t) => Ok((**t).clone()),
+            TokenizerSource::HfFiles(dir) => formats::hf_tokenizer::load(dir, self.dims.n_vocab),
+        }
+    }
+
+    /// The mel filterbank stored with the weights (whisper.cpp files carry one), `n_mels x 201`.
+    pub fn mel_filters(&self) -> Option<&Array2<f32>> {
+        self.mel_filters.as_ref()
     }
 }
 
@@ -195,36 +223,94 @@ pub fn default_model_dir() -> PathBuf {
     default_models_root().join("base")
 }
 
-fn malformed(w: &Ct2File, reason: String) -> ModelError {
-    ModelError::Malformed {
+/// Fills what a model's files do not say (whisper.cpp files say none of it; Transformers
+/// fine-tunes often lack `generation_config.json`) with OpenAI's defaults
+/// ([`formats::whisper_defaults`]): the alignment heads of the released model of these shapes,
+/// and the suppress lists computed from the tokenizer.
+fn complete_config(
+    mut config: WhisperConfig,
+    dims: &Dims,
+    tokenizer: &TokenizerSource,
+    path: &Path,
+) -> WhisperConfig {
+    if config.alignment_heads.is_empty() {
+        config.alignment_heads = formats::whisper_defaults::alignment_heads(dims);
+        if config.alignment_heads.is_empty() {
+            log::warn!(
+                target: "whisperencnpu",
+                "{}: the model names no alignment heads and its shapes are no released model's \
+                 (or large-v1/-v2, which share theirs): word timings are off",
+                path.display()
+            );
+        }
+    }
+    if config.suppress_ids.is_empty() && config.suppress_ids_begin.is_empty() {
+        let tok = match tokenizer {
+            TokenizerSource::Built(t) => Ok((**t).clone()),
+            TokenizerSource::Json(p) => tokenizer::Tokenizer::load(p, dims.n_vocab),
+            TokenizerSource::HfFiles(d) => formats::hf_tokenizer::load(d, dims.n_vocab),
+        };
+        // Without a tokenizer there is nothing to transcribe with anyway (embeddings mode).
+        if let Ok(tok) = tok {
+            let defaults = formats::whisper_defaults::config(dims, &tok);
+            config.suppress_ids = defaults.suppress_ids;
+            config.suppress_ids_begin = defaults.suppress_ids_begin;
+            if config.lang_ids.is_empty() {
+                config.lang_ids = defaults.lang_ids;
+            }
+        }
+    }
+    config
+}
+
+impl Dims {
+    /// A dimension by its field name (the keys format readers use to report what a file states).
+    fn get(&self, key: &str) -> Option<usize> {
+        Some(match key {
+            "n_mels" => self.n_mels,
+            "d_model" => self.d_model,
+            "n_audio_ctx" => self.n_audio_ctx,
+            "n_encoder_layers" => self.n_encoder_layers,
+            "n_heads" => self.n_heads,
+            "n_vocab" => self.n_vocab,
+            "n_text_ctx" => self.n_text_ctx,
+            "n_decoder_layers" => self.n_decoder_layers,
+            "n_decoder_heads" => self.n_decoder_heads,
+            _ => return None,
+        })
+    }
+}
+
+fn malformed(w: &Weights, reason: String) -> ModelError {
+    ModelError::Mismatch {
         path: w.path().to_path_buf(),
         reason,
     }
 }
 
 /// Number of consecutive `{prefix}/layer_N/` groups starting at 0.
-fn count_layers(w: &Ct2File, prefix: &str) -> usize {
-    let mut max: Option<usize> = None;
+fn count_layers(w: &Weights, prefix: &str) -> usize {
     let head = format!("{prefix}/layer_");
-    for v in w.variables() {
-        if let Some(rest) = v.name.strip_prefix(&head) {
-            if let Some(n) = rest.split('/').next().and_then(|n| n.parse::<usize>().ok()) {
-                max = Some(max.map_or(n, |m| m.max(n)));
-            }
-        }
-    }
-    max.map_or(0, |m| m + 1)
+    let found: std::collections::BTreeSet<usize> = w
+        .names()
+        .filter_map(|name| {
+            let rest = name.strip_prefix(&head)?;
+            rest.split('/').next()?.parse::<usize>().ok()
+        })
+        .collect();
+    (0..).take_while(|i| found.contains(i)).count()
 }
 
-fn positive_heads(w: &Ct2File, name: &str) -> Result<usize, ModelError> {
-    let n = w.scalar_int(name)?;
-    if n <= 0 || n > 4096 {
-        return Err(malformed(w, format!("{name} is {n}")));
+/// `[rows, d_model]` with rows > 0, else a shape error.
+fn rows_of(w: &Weights, name: &str, d_model: usize, what: &str) -> Result<usize, ModelError> {
+    let t = w.info(name)?;
+    match t.shape[..] {
+        [n, d] if d == d_model && n > 0 => Ok(n),
+        _ => Err(w.shape_error(name, format!("[{what}, {d_model}]"), &t.shape)),
     }
-    Ok(n as usize)
 }
 
-fn derive_dims(w: &Ct2File) -> Result<Dims, ModelError> {
+pub(crate) fn derive_dims(w: &Weights) -> Result<Dims, ModelError> {
     let conv1 = w.info("encoder/conv1/weight")?;
     let (d_model, n_mels) = match conv1.shape[..] {
         [d, m, 3] if d > 0 && m > 0 => (d, m),
@@ -236,23 +322,20 @@ fn derive_dims(w: &Ct2File) -> Result<Dims, ModelError> {
             ))
         }
     };
-    let pos = w.info("encoder/position_encodings/encodings")?;
-    let n_audio_ctx = match pos.shape[..] {
-        [n, d] if d == d_model && n > 0 => n,
-        _ => {
-            return Err(w.shape_error(
-                "encoder/position_encodings/encodings",
-                format!("[n_audio_ctx, {d_model}]"),
-                &pos.shape,
-            ))
+    let n_audio_ctx = rows_of(
+        w,
+        "encoder/position_encodings/encodings",
+        d_model,
+        "n_audio_ctx",
+    )?;
+    let (n_heads, n_decoder_heads) = w.heads();
+    for (heads, what) in [(n_heads, "encoder"), (n_decoder_heads, "decoder")] {
+        if heads == 0 || d_model % heads != 0 {
+            return Err(malformed(
+                w,
+                format!("d_model {d_model} is not a multiple of the {what}'s {heads} heads"),
+            ));
         }
-    };
-    let n_heads = positive_heads(w, "encoder/num_heads")?;
-    if d_model % n_heads != 0 {
-        return Err(malformed(
-            w,
-            format!("d_model {d_model} is not a multiple of encoder/num_heads {n_heads}"),
-        ));
     }
     let n_encoder_layers = count_layers(w, "encoder");
     if n_encoder_layers == 0 {
@@ -261,30 +344,13 @@ fn derive_dims(w: &Ct2File) -> Result<Dims, ModelError> {
             name: "encoder/layer_0/...".into(),
         });
     }
-
-    let emb = w.info("decoder/embeddings/weight")?;
-    let n_vocab = match emb.shape[..] {
-        [n, d] if d == d_model && n > 0 => n,
-        _ => {
-            return Err(w.shape_error(
-                "decoder/embeddings/weight",
-                format!("[n_vocab, {d_model}]"),
-                &emb.shape,
-            ))
-        }
-    };
-    let dpos = w.info("decoder/position_encodings/encodings")?;
-    let n_text_ctx = match dpos.shape[..] {
-        [n, d] if d == d_model && n > 0 => n,
-        _ => {
-            return Err(w.shape_error(
-                "decoder/position_encodings/encodings",
-                format!("[n_text_ctx, {d_model}]"),
-                &dpos.shape,
-            ))
-        }
-    };
-    let n_decoder_heads = positive_heads(w, "decoder/num_heads")?;
+    let n_vocab = rows_of(w, "decoder/embeddings/weight", d_model, "n_vocab")?;
+    let n_text_ctx = rows_of(
+        w,
+        "decoder/position_encodings/encodings",
+        d_model,
+        "n_text_ctx",
+    )?;
     let n_decoder_layers = count_layers(w, "decoder");
     Ok(Dims {
         n_mels,
@@ -338,16 +404,16 @@ pub(crate) fn encoder_variables(d: &Dims) -> Vec<(String, Vec<usize>)> {
     v
 }
 
-fn check_encoder_variables(w: &Ct2File, d: &Dims) -> Result<(), ModelError> {
+fn check_encoder_variables(w: &Weights, d: &Dims) -> Result<(), ModelError> {
     for (name, shape) in encoder_variables(d) {
         let info = w.info_shaped(&name, &shape)?;
-        if !info.dtype.is_float() {
+        if !info.is_float() {
             return Err(ModelError::UnsupportedDtype {
                 path: w.path().to_path_buf(),
                 name,
-                dtype: info.dtype.name().to_string(),
-                reason: "the float32 encoder needs float32, float16 or bfloat16 weights \
-                         (int8-quantized models are not supported)"
+                dtype: info.stored_type().name().to_string(),
+                reason: "the encoder needs float weights (float32, float16, bfloat16), \
+                         ggml-quantized ones, or int8 rows with their weight_scale"
                     .to_string(),
             });
         }
@@ -358,7 +424,7 @@ fn check_encoder_variables(w: &Ct2File, d: &Dims) -> Result<(), ModelError> {
 /// Prepares the linear layer `name` (`name/weight` n_out x n_in, `name/bias` if the model has one)
 /// on `engine`: the encoder and the decoder load theirs the same way.
 pub(crate) fn prepare_linear(
-    weights: &ct2::Ct2File,
+    weights: &Weights,
     engine: &dyn crate::npu::Engine,
     name: &str,
     n_out: usize,

@@ -19,7 +19,7 @@ use super::ModelError;
 pub const TIMESTAMP_STEP: f64 = 0.02;
 
 /// GPT-2's byte-to-unicode table: byte `b` is written as character `table[b]`.
-fn bytes_to_unicode() -> [char; 256] {
+pub(crate) fn bytes_to_unicode() -> [char; 256] {
     let mut table = ['\0'; 256];
     let printable = |b: u32| {
         (u32::from(b'!')..=u32::from(b'~')).contains(&b)

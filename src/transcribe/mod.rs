@@ -300,7 +300,7 @@ impl Transcriber {
         encoder: WindowEncoder,
         options: TranscribeOptions,
     ) -> Result<Transcriber, TranscribeError> {
-        let tokenizer = Tokenizer::load(&model.dir().join("tokenizer.json"), model.dims().n_vocab)?;
+        let tokenizer = model.tokenizer()?;
         let engine: std::sync::Arc<dyn npu::Engine> = match options.decoder_precision {
             npu::Precision::F32 => std::sync::Arc::new(npu::CpuF32Engine::new()),
             npu::Precision::Int8 => std::sync::Arc::new(npu::cpu_int8::CpuInt8Engine::new()),

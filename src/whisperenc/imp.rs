@@ -206,7 +206,7 @@ struct Prepared {
     loaded: Loaded,
 }
 
-/// The settings a prepared model depends on, and the model file's size and time (a model replaced
+/// The settings a prepared model depends on, and the model files' sizes and times (a model replaced
 /// on disk is loaded again).
 fn prepare_key(settings: &Settings) -> String {
     let settings = Settings {
@@ -214,9 +214,7 @@ fn prepare_key(settings: &Settings) -> String {
         latency_mode: LatencyMode::default(),
         ..settings.clone()
     };
-    let file = std::fs::metadata(settings.model.join("model.bin"))
-        .map(|m| format!("{} {:?}", m.len(), m.modified().ok()))
-        .unwrap_or_default();
+    let file = crate::model::locate::fingerprint(&settings.model);
     format!("{settings:?} {file}")
 }
 
@@ -891,10 +889,12 @@ impl ObjectImpl for WhisperEncNpu {
             let defaults = Settings::default();
             vec![
                 glib::ParamSpecString::builder("model")
-                    .nick("Model directory")
+                    .nick("Model")
                     .blurb(
-                        "Whisper model in CTranslate2 format (model.bin, config.json, \
-                         tokenizer.json); scripts/fetch-models installs base and tiny.en",
+                        "Whisper model: a directory or file in CTranslate2, Hugging Face \
+                         safetensors or whisper.cpp ggml format, or a name looked up offline \
+                         (base, tiny.en, openai/whisper-base, ggml-base.en.bin; see the README); \
+                         scripts/fetch-models installs base and tiny.en",
                     )
                     .default_value(Some(defaults.model.to_string_lossy().as_ref()))
                     .mutable_ready()
