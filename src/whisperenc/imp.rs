@@ -18,6 +18,7 @@ use gst::subclass::prelude::*;
 
 use super::messages::TimingReport;
 use super::{Backend, LatencyMode, Mode, Precision, Task};
+use crate::cancel::Cancel;
 use crate::mel::{SAMPLE_RATE, WINDOW_SAMPLES};
 use crate::model::WhisperModel;
 use crate::npu;
@@ -60,6 +61,10 @@ const TRANSCRIPTION_CHUNK_SAMPLES: usize = 1_600;
 const QUEUE_SAMPLES: usize = 2 * WINDOW_SAMPLES;
 /// A timestamp jump larger than this is a hole in the stream, filled with silence.
 const DISCONT_TOLERANCE: gst::ClockTime = gst::ClockTime::from_mseconds(40);
+/// A hole longer than this (a GAP or a timestamp jump) is not filled with silence: the audio
+/// before it is finished as at the end of a stream and the windows restart after it, so a hole of
+/// any length costs the same (a window of silence is 640 KiB; ten days would be 55 GB).
+const MAX_FILLED_HOLE_SAMPLES: u64 = WINDOW_SAMPLES as u64;
 
 fn window_duration() -> gst::ClockTime {
     samples_to_time(WINDOW_SAMPLES as u64)
@@ -116,20 +121,26 @@ impl Default for Settings {
 struct Window {
     index: u64,
     pts: gst::ClockTime,
-    /// float32 samples; shorter than a window only at the end of the stream.
+    /// float32 samples; shorter than a window only at the end of the stream (or before a hole
+    /// too long to fill).
     audio: gst::Buffer,
+    /// The first window since the start, a flush or a hole: not contiguous with the one before.
+    discont: bool,
 }
 
 enum Item {
     Window(Window),
     Event(gst::Event),
+    /// After a hole too long to fill, the stream goes on at this time: the audio before it is
+    /// finished as at the end of a stream.
+    Resume(gst::ClockTime),
 }
 
 impl Item {
     fn samples(&self) -> usize {
         match self {
             Item::Window(w) => w.audio.size() / std::mem::size_of::<f32>(),
-            Item::Event(_) => 0,
+            Item::Event(_) | Item::Resume(_) => 0,
         }
     }
 }
@@ -153,9 +164,13 @@ struct Stream {
     base_pts: Option<gst::ClockTime>,
     /// Samples received (real or silence for gaps) since `base_pts`.
     samples_in: u64,
-    /// Chunks handed to the src task since `base_pts`, and the samples in them.
+    /// Chunks handed to the src task since the start or the last flush (the window index), and
+    /// the samples in them since `base_pts`.
     windows_out: u64,
     samples_out: u64,
+    /// Bytes of a sample not complete at the end of the last buffer: the next buffer's first
+    /// bytes complete it (as an adapter would), so input is never misread by a byte.
+    partial: Vec<u8>,
 }
 
 impl Stream {
@@ -169,6 +184,33 @@ impl Stream {
         self.samples_in = 0;
         self.windows_out = 0;
         self.samples_out = 0;
+        self.partial.clear();
+    }
+
+    /// Whether `buffer` continues the incomplete sample of the buffer before it, as bytes of one
+    /// stream do. It does not when it is DISCONT, or when it is whole samples on its own (but not
+    /// with the pending bytes) and stamped at or before the pending sample's start: the first
+    /// byte of a continuation lies after that start (a lone 3-byte buffer before whole F32LE
+    /// samples would otherwise shift every sample after it).
+    fn continued_by(&self, buffer: &gst::BufferRef, bpf: usize) -> bool {
+        if buffer.flags().contains(gst::BufferFlags::DISCONT) {
+            return false;
+        }
+        let whole_alone = buffer.size() % bpf == 0;
+        let whole_with = (self.partial.len() + buffer.size()) % bpf == 0;
+        let stamped_at_start = buffer
+            .pts()
+            .zip(self.next_pts())
+            .is_some_and(|(pts, start)| pts <= start);
+        !(whole_alone && !whole_with && stamped_at_start)
+    }
+
+    /// After a hole too long to fill, samples are counted from `pts` (the adapter is drained).
+    fn resume_at(&mut self, pts: gst::ClockTime) {
+        self.base_pts = Some(pts);
+        self.samples_in = 0;
+        self.samples_out = 0;
+        self.partial.clear();
     }
 }
 
@@ -236,6 +278,9 @@ pub struct WhisperEncNpu {
     /// Low latency: how long a step may take, as the latency query last answered; raised when a
     /// step takes longer (see `adapt_step_bound`).
     step_bound: Mutex<Option<std::time::Duration>>,
+    /// Raised while flushing or stopping: decoding in progress stops at its next token, and
+    /// nothing more is posted for it.
+    cancel: Cancel,
 }
 
 impl Default for Queue {
@@ -270,6 +315,8 @@ impl WhisperEncNpu {
     }
 
     fn set_flushing(&self, flushing: bool) {
+        // First: the src task may be deep in a window, holding the locks below.
+        self.cancel.set(flushing);
         let mut q = self.queue.lock().unwrap();
         q.flushing = flushing;
         if flushing {
@@ -346,6 +393,7 @@ impl WhisperEncNpu {
                 })
             }
             Item::Window(window) => self.process(window),
+            Item::Resume(pts) => self.resume_text(pts),
         };
 
         if let Err(err) = flow {
@@ -408,7 +456,7 @@ impl WhisperEncNpu {
                     buffer.set_pts(window.pts);
                     buffer.set_duration(window_duration());
                     buffer.set_offset(window.index);
-                    if window.index == 0 {
+                    if window.discont {
                         buffer.set_flags(gst::BufferFlags::DISCONT);
                     }
                 }
@@ -419,6 +467,12 @@ impl WhisperEncNpu {
     }
 
     fn post(&self, s: gst::Structure) {
+        // A window finished while a flush or a stop began: its buffers are flushed, and so are
+        // its messages (an application would show a stale line after the seek).
+        if self.cancel.is_set() {
+            gst::debug!(CAT, imp = self, "flushing, not posted: {s:?}");
+            return;
+        }
         gst::debug!(CAT, imp = self, "{s:?}");
         let _ = self
             .obj()
@@ -435,7 +489,8 @@ impl WhisperEncNpu {
     /// for a latency query, NULL, PAUSED again once data comes), so a live source would lose
     /// that much audio each time. It is released with the element or when the settings change.
     fn load(&self) -> Result<(), gst::ErrorMessage> {
-        let settings = self.settings.lock().unwrap().clone();
+        let mut settings = self.settings.lock().unwrap().clone();
+        settings.threads = self.bounded_threads(settings.threads);
         let key = prepare_key(&settings);
         let prepared = self.prepared.lock().unwrap().take();
         if let Some(p) = prepared.filter(|p| p.key == key) {
@@ -474,6 +529,21 @@ impl WhisperEncNpu {
                 )
             )
         };
+        if settings.model.is_file() {
+            return Err(gst::error_msg!(
+                gst::ResourceError::NotFound,
+                (
+                    "The model property names a file, '{}': it names the model directory, which \
+                     holds model.bin, config.json and tokenizer.json{}",
+                    settings.model.display(),
+                    match settings.model.parent() {
+                        Some(dir) if dir.join("model.bin").is_file() =>
+                            format!(" (here: '{}')", dir.display()),
+                        _ => String::new(),
+                    }
+                )
+            ));
+        }
         let model = WhisperModel::load(&settings.model).map_err(|e| model_error(&e))?;
         let setup_error = |err: SetupError| match err {
             SetupError::Model(err) => model_error(&err),
@@ -521,12 +591,15 @@ impl WhisperEncNpu {
                     },
                     ..Default::default()
                 };
-                let transcriber = Transcriber::with_encoder(&model, encoder, transcribe_options)
-                    .map_err(|err| match err {
-                        TranscribeError::Setup(err) => setup_error(err),
-                        TranscribeError::Model(err) => model_error(&err),
-                        other => gst::error_msg!(gst::LibraryError::Settings, ("{other}")),
-                    })?;
+                let mut transcriber =
+                    Transcriber::with_encoder(&model, encoder, transcribe_options).map_err(
+                        |err| match err {
+                            TranscribeError::Setup(err) => setup_error(err),
+                            TranscribeError::Model(err) => model_error(&err),
+                            other => gst::error_msg!(gst::LibraryError::Settings, ("{other}")),
+                        },
+                    )?;
+                transcriber.set_cancel(self.cancel.clone());
                 Processor::Transcription(Box::new(TextOutput {
                     engine: Some(TextEngine::Full(Box::new(transcriber))),
                     stream_options: Default::default(),
@@ -538,6 +611,21 @@ impl WhisperEncNpu {
         *self.processor.lock().unwrap() = Some(processor);
         *self.loaded_key.lock().unwrap() = Some(key);
         Ok(())
+    }
+
+    /// `threads` as used: more threads than cores only compete for them (threads=1000 on 2 cores
+    /// took 248 s and 1.76 GB for what 2 threads do in 1 s), so they are capped, with a warning.
+    fn bounded_threads(&self, threads: u32) -> u32 {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        if threads > cores {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "threads={threads} is more than the {cores} cores of this machine: using {cores} threads"
+            );
+            return cores;
+        }
+        threads
     }
 
     fn src_caps(&self) -> Option<gst::Caps> {
@@ -611,18 +699,23 @@ impl WhisperEncNpu {
             );
             return Err(gst::FlowError::NotNegotiated);
         };
+        let bpf = info.bpf() as usize;
+
+        if !stream.partial.is_empty() && !stream.continued_by(&buffer, bpf) {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "dropping {} byte(s) of an incomplete sample: {buffer:?} starts a new one",
+                stream.partial.len()
+            );
+            stream.partial.clear();
+        }
 
         if let Some(pts) = buffer.pts() {
             match stream.next_pts() {
                 None => stream.base_pts = Some(pts),
                 Some(expected) if pts > expected + DISCONT_TOLERANCE => {
-                    gst::debug!(
-                        CAT,
-                        imp = self,
-                        "hole of {} before {pts}: filling with silence",
-                        pts - expected
-                    );
-                    self.push_silence(&mut stream, time_to_samples(pts - expected));
+                    stream = self.cover_hole(stream, expected, pts)?;
                 }
                 _ => {}
             }
@@ -630,20 +723,47 @@ impl WhisperEncNpu {
             stream.base_pts = Some(gst::ClockTime::ZERO);
         }
 
-        // The adapter holds F32LE: float input goes in as it is, without a copy.
-        let audio = match info.format() {
-            gst_audio::AudioFormat::S16le => {
-                let map = buffer.map_readable().map_err(|_| {
-                    gst::element_imp_error!(self, gst::StreamError::Failed, ("Can't map buffer"));
-                    gst::FlowError::Error
-                })?;
-                s16_to_f32le(&map)
-            }
-            _ => buffer,
+        let Some(audio) = self.whole_samples(&mut stream, buffer, info.format(), bpf)? else {
+            return Ok(gst::FlowSuccess::Ok);
         };
         stream.samples_in += (audio.size() / std::mem::size_of::<f32>()) as u64;
         stream.adapter.push(audio);
         self.queue_full_windows(stream)
+    }
+
+    /// The whole samples of `buffer`, after the bytes of an incomplete sample left by the buffer
+    /// before, as F32LE (the adapter's format); an incomplete sample at its end is kept for the
+    /// next buffer. `None` when no sample is complete yet.
+    fn whole_samples(
+        &self,
+        stream: &mut Stream,
+        buffer: gst::Buffer,
+        format: gst_audio::AudioFormat,
+        bpf: usize,
+    ) -> Result<Option<gst::Buffer>, gst::FlowError> {
+        let aligned = stream.partial.is_empty() && buffer.size() % bpf == 0;
+        // The common case: float input goes into the adapter as it is, without a copy.
+        if aligned && format == gst_audio::AudioFormat::F32le {
+            return Ok((buffer.size() > 0).then_some(buffer));
+        }
+        let map = buffer.map_readable().map_err(|_| {
+            gst::element_imp_error!(self, gst::StreamError::Failed, ("Can't map buffer"));
+            gst::FlowError::Error
+        })?;
+        if aligned {
+            return Ok((map.size() > 0).then(|| s16_to_f32le(&map)));
+        }
+        let mut bytes = std::mem::take(&mut stream.partial);
+        bytes.extend_from_slice(&map);
+        let whole = bytes.len() - bytes.len() % bpf;
+        stream.partial = bytes.split_off(whole);
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(match format {
+            gst_audio::AudioFormat::S16le => s16_to_f32le(&bytes),
+            _ => gst::Buffer::from_mut_slice(bytes),
+        }))
     }
 
     fn push_silence(&self, stream: &mut Stream, samples: u64) {
@@ -654,6 +774,45 @@ impl WhisperEncNpu {
                 .adapter
                 .push(gst::Buffer::from_mut_slice(vec![0u8; bytes]));
         }
+    }
+
+    /// Audio missing from `from` to `to` (a timestamp jump, a GAP): silence when the hole fits in
+    /// a window; otherwise the audio before it is handed on to be finished as at the end of a
+    /// stream, and the windows restart at `to`, so that a hole of any length costs the same.
+    fn cover_hole<'a>(
+        &'a self,
+        mut stream: std::sync::MutexGuard<'a, Stream>,
+        from: gst::ClockTime,
+        to: gst::ClockTime,
+    ) -> Result<std::sync::MutexGuard<'a, Stream>, gst::FlowError> {
+        // The bytes of a sample begun before the hole are not continued after it.
+        stream.partial.clear();
+        let samples = time_to_samples(to - from);
+        if samples <= MAX_FILLED_HOLE_SAMPLES {
+            gst::debug!(
+                CAT,
+                imp = self,
+                "hole of {} before {to}: filling with silence",
+                to - from
+            );
+            self.push_silence(&mut stream, samples);
+            return Ok(stream);
+        }
+        gst::info!(
+            CAT,
+            imp = self,
+            "hole of {} before {to}: the audio before it is finished, windows restart at {to}",
+            to - from
+        );
+        let rest = self.take_rest(&mut stream)?;
+        stream.resume_at(to);
+        // Never wait for the src task while holding the stream lock.
+        drop(stream);
+        if let Some(window) = rest {
+            self.enqueue(Item::Window(window))?;
+        }
+        self.enqueue(Item::Resume(to))?;
+        Ok(self.stream.lock().unwrap())
     }
 
     /// Hands every complete window in the adapter to the src task.
@@ -682,19 +841,41 @@ impl WhisperEncNpu {
         let index = stream.windows_out;
         let pts =
             stream.base_pts.unwrap_or(gst::ClockTime::ZERO) + samples_to_time(stream.samples_out);
+        let discont = stream.samples_out == 0;
         stream.windows_out += 1;
         stream.samples_out += (bytes / std::mem::size_of::<f32>()) as u64;
-        Ok(Window { index, pts, audio })
+        Ok(Window {
+            index,
+            pts,
+            audio,
+            discont,
+        })
+    }
+
+    /// The audio left in the adapter as a last, partial window (zero-padded by the encoder).
+    fn take_rest(&self, stream: &mut Stream) -> Result<Option<Window>, gst::FlowError> {
+        if !stream.partial.is_empty() {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "dropping {} byte(s) of an incomplete sample at the end of the stream",
+                stream.partial.len()
+            );
+            stream.partial.clear();
+        }
+        let rest = stream.adapter.available();
+        if rest == 0 {
+            return Ok(None);
+        }
+        self.take_window(stream, rest).map(Some)
     }
 
     /// At EOS: the last partial window is encoded too (zero-padded), so no audio is lost.
     fn drain(&self) -> Result<gst::FlowSuccess, gst::FlowError> {
         let mut stream = self.stream.lock().unwrap();
-        let rest = stream.adapter.available();
-        if rest == 0 {
+        let Some(window) = self.take_rest(&mut stream)? else {
             return Ok(gst::FlowSuccess::Ok);
-        }
-        let window = self.take_window(&mut stream, rest)?;
+        };
         drop(stream);
         self.enqueue(Item::Window(window))
     }
@@ -741,7 +922,19 @@ impl WhisperEncNpu {
                         return false;
                     }
                 };
-                self.stream.lock().unwrap().info = Some(info);
+                {
+                    let mut stream = self.stream.lock().unwrap();
+                    if !stream.partial.is_empty() {
+                        gst::warning!(
+                            CAT,
+                            imp = self,
+                            "dropping {} byte(s) of an incomplete sample: the format changed",
+                            stream.partial.len()
+                        );
+                        stream.partial.clear();
+                    }
+                    stream.info = Some(info);
+                }
                 let Some(caps) = self.src_caps() else {
                     gst::element_imp_error!(
                         self,
@@ -757,16 +950,15 @@ impl WhisperEncNpu {
             }
             EventView::Gap(gap) => {
                 let (pts, duration) = gap.get();
+                let end = pts + duration.unwrap_or(gst::ClockTime::ZERO);
                 let mut stream = self.stream.lock().unwrap();
-                match stream.next_pts() {
-                    None => stream.base_pts = Some(pts),
-                    Some(expected) if pts > expected => {
-                        self.push_silence(&mut stream, time_to_samples(pts - expected))
-                    }
-                    _ => {}
-                }
-                if let Some(duration) = duration {
-                    self.push_silence(&mut stream, time_to_samples(duration));
+                let expected =
+                    *stream.base_pts.get_or_insert(pts) + samples_to_time(stream.samples_in);
+                if end > expected {
+                    stream = match self.cover_hole(stream, expected, end) {
+                        Ok(stream) => stream,
+                        Err(_) => return false,
+                    };
                 }
                 self.queue_full_windows(stream).is_ok()
             }
@@ -881,6 +1073,7 @@ impl ObjectSubclass for WhisperEncNpu {
             loaded_key: Mutex::new(None),
             prepared: Mutex::new(None),
             step_bound: Mutex::new(None),
+            cancel: Cancel::new(),
         }
     }
 }
@@ -984,6 +1177,19 @@ impl ObjectImpl for WhisperEncNpu {
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        // Every property is read when the model is loaded (READY to PAUSED) or when a stream
+        // starts: a change while running is kept for the next start only, which the user should
+        // know (GStreamer itself does not enforce GST_PARAM_MUTABLE_READY).
+        let state = self.obj().current_state();
+        if state > gst::State::Ready {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "property '{}' set in {state:?}: it is changeable in NULL and READY only and takes \
+                 effect at the next start",
+                pspec.name()
+            );
+        }
         let mut settings = self.settings.lock().unwrap();
         match pspec.name() {
             "model" => {
