@@ -96,3 +96,9 @@ uninstall:
 	rm -f "$(USER_PLUGINDIR)/$(notdir $(PLUGIN))"
 	if [ -e "$(DESTDIR)$(PLUGINDIR)/$(notdir $(PLUGIN))" ]; then \
 		$(SUDO) rm -f "$(DESTDIR)$(PLUGINDIR)/$(notdir $(PLUGIN))"; fi
+
+# The element's random stress test for long (issue 10): CASES cases (default 5000) on a new seed
+# (SEED to repeat one); `make test` runs 200 of them on a fixed seed.
+.PHONY: stress
+stress: build
+	scripts/stress
