@@ -668,14 +668,16 @@ fn model_naming_a_file_says_so() {
 
 // ---- warnings through the debug category --------------------------------------------------------
 
-/// Warnings of the `whisperencnpu` category about the element named `name`.
-fn capture_warnings() -> Arc<Mutex<Vec<(String, String)>>> {
-    static CAPTURED: std::sync::OnceLock<Arc<Mutex<Vec<(String, String)>>>> =
-        std::sync::OnceLock::new();
+/// (element, message) of every warning of the `whisperencnpu` debug category.
+type Warnings = Arc<Mutex<Vec<(String, String)>>>;
+
+/// Starts collecting the warnings (once per process); all of them so far.
+fn capture_warnings() -> Warnings {
+    static CAPTURED: std::sync::OnceLock<Warnings> = std::sync::OnceLock::new();
     CAPTURED
         .get_or_init(|| {
             init_gst();
-            let captured: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+            let captured: Warnings = Arc::default();
             gst::log::set_active(true);
             gst::log::set_threshold_for_name("whisperencnpu", gst::DebugLevel::Warning);
             let c = captured.clone();

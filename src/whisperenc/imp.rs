@@ -196,8 +196,8 @@ impl Stream {
         if buffer.flags().contains(gst::BufferFlags::DISCONT) {
             return false;
         }
-        let whole_alone = buffer.size() % bpf == 0;
-        let whole_with = (self.partial.len() + buffer.size()) % bpf == 0;
+        let whole_alone = buffer.size().is_multiple_of(bpf);
+        let whole_with = (self.partial.len() + buffer.size()).is_multiple_of(bpf);
         let stamped_at_start = buffer
             .pts()
             .zip(self.next_pts())
@@ -741,7 +741,7 @@ impl WhisperEncNpu {
         format: gst_audio::AudioFormat,
         bpf: usize,
     ) -> Result<Option<gst::Buffer>, gst::FlowError> {
-        let aligned = stream.partial.is_empty() && buffer.size() % bpf == 0;
+        let aligned = stream.partial.is_empty() && buffer.size().is_multiple_of(bpf);
         // The common case: float input goes into the adapter as it is, without a copy.
         if aligned && format == gst_audio::AudioFormat::F32le {
             return Ok((buffer.size() > 0).then_some(buffer));
