@@ -222,14 +222,14 @@ impl WhisperEncNpu {
 
     /// Whether audio waits in the queue for the src task.
     fn audio_queued(&self) -> bool {
-        self.queue.lock().unwrap().samples > 0
+        self.queue.has_audio()
     }
 
     /// At EOS in transcription mode: decodes what is left and pushes all of it. The next stream
     /// (after a flush) starts afresh.
     pub(super) fn finish_transcription(&self) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let mut guard = self.processor.lock().unwrap();
-        let Some(Processor::Transcription(text)) = guard.as_mut() else {
+        let mut models = self.models.lock().unwrap();
+        let Some(Processor::Transcription(text)) = models.processor() else {
             return Ok(gst::FlowSuccess::Ok);
         };
         if text.clock.base_pts.is_none() {
@@ -247,8 +247,8 @@ impl WhisperEncNpu {
         &self,
         pts: gst::ClockTime,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let mut guard = self.processor.lock().unwrap();
-        let Some(Processor::Transcription(text)) = guard.as_mut() else {
+        let mut models = self.models.lock().unwrap();
+        let Some(Processor::Transcription(text)) = models.processor() else {
             return Ok(gst::FlowSuccess::Ok);
         };
         // Nothing came before the hole: the first chunk sets the clock.
