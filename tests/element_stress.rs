@@ -37,6 +37,22 @@ const HANG: Duration = Duration::from_secs(120);
 const DEFAULT_CASES: usize = 200;
 const DEFAULT_SEED: u64 = 0x5eed_2026_1201;
 
+/// What the case being run did so far, shared with the watchdog (which prints it on a hang).
+#[derive(Clone, Default)]
+struct Ops(Arc<Mutex<Vec<String>>>);
+
+impl Ops {
+    fn push(&self, op: String) {
+        self.0.lock().unwrap().push(op);
+    }
+    fn clear(&self) {
+        self.0.lock().unwrap().clear();
+    }
+    fn text(&self) -> String {
+        self.0.lock().unwrap().join("\n  ")
+    }
+}
+
 /// xorshift64*: small, seeded, the same on every machine.
 struct Rng(u64);
 
@@ -166,7 +182,7 @@ struct Stress {
     audio: Vec<f32>,
     audio_pos: usize,
     /// What happened in this case, for the failure message.
-    ops: Vec<String>,
+    ops: Ops,
     bytes_in: u64,
 }
 
@@ -254,7 +270,7 @@ impl Stress {
             transcription: mode == "transcription",
             audio,
             audio_pos: 0,
-            ops: Vec::new(),
+            ops: Ops::default(),
             bytes_in: 0,
         }
     }
@@ -282,7 +298,7 @@ impl Stress {
     fn fail(&self, seed: u64, case: usize, what: &str) -> ! {
         panic!(
             "seed {seed:#x}, case {case}: {what}\nops:\n  {}\noutput of the stream:\n  {:?}",
-            self.ops.join("\n  "),
+            self.ops.text(),
             &self.out.lock().unwrap()[self.run_start..]
         );
     }
@@ -534,27 +550,42 @@ fn env_number(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// Ends the process when nothing moves for `HANG` (a hang would otherwise never end the test).
-fn watchdog(progress: Arc<AtomicU64>) {
+/// Ends the process when nothing moves for `HANG` (a hang would otherwise never end the test),
+/// until the watchdog returned is dropped.
+fn watchdog(progress: Arc<AtomicU64>, ops: Ops) -> Watchdog {
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watching = done.clone();
     std::thread::spawn(move || {
         let mut last = (progress.load(Ordering::Relaxed), Instant::now());
-        loop {
+        while !watching.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_secs(1));
             let p = progress.load(Ordering::Relaxed);
             if p != last.0 {
                 last = (p, Instant::now());
             } else if last.1.elapsed() > HANG {
-                println!("element_stress: no progress for {HANG:?}: hang");
+                println!(
+                    "element_stress: no progress for {HANG:?}: hang in the case of\n  {}",
+                    ops.text()
+                );
                 std::process::exit(2);
             }
         }
     });
+    Watchdog(done)
+}
+
+struct Watchdog(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 fn run(mode: &str, latency_mode: &str, cases: usize, seed: u64) {
     let progress = Arc::new(AtomicU64::new(0));
-    watchdog(progress.clone());
-    let mut stress = Stress::new(mode, latency_mode, progress);
+    let mut stress = Stress::new(mode, latency_mode, progress.clone());
+    let _watchdog = watchdog(progress, stress.ops.clone());
     let mut rng = Rng(seed | 1);
     let started = Instant::now();
     for case in 0..cases {
