@@ -102,3 +102,10 @@ uninstall:
 .PHONY: stress
 stress: build
 	scripts/stress
+
+# Soak (issue 10): 60 minutes of embeddings and 20 of transcription (real speech, joined and
+# repeated) at full speed, resident memory every 10 s of audio; fails when it grows more than
+# 5 MiB after the first minute. SOAK_ARGS passes options and properties to examples/soak.rs.
+.PHONY: soak
+soak: setup
+	scripts/soak $(SOAK_ARGS)
