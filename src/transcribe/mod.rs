@@ -366,6 +366,10 @@ impl Transcriber {
         let mut out = Vec::new();
         // Less than 0.1 s left: nothing a word fits in.
         while self.pushed_end() > self.seek + u64::from(SAMPLE_RATE) / 10 {
+            // Abandoned (NULL, flush): no other window is encoded.
+            if self.cancel.is_set() {
+                break;
+            }
             let r = self.process(true);
             let last = r.last;
             out.push(r);
