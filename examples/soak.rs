@@ -135,6 +135,13 @@ fn report(name: &str, memory: &[f64], seconds: f64) -> bool {
         .fold(0.0, f64::max);
     let grew = last - first;
     let flat = grew <= FLAT_MIB;
+    // A warm-up (a larger cache once, the allocator's high-water mark) stops; a leak goes on: the
+    // second half tells them apart.
+    let half = memory[memory.len() / 2];
+    println!(
+        "{name}: second half {half:.1} -> {last:.1} MiB ({:+.1} MiB)",
+        last - half
+    );
     println!(
         "{name}: first minute {first:.1} MiB, last minute {last:.1} MiB, grew {grew:+.1} MiB: {}",
         if flat { "flat" } else { "GROWING" }
