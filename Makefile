@@ -5,7 +5,18 @@ SHARED ?= $(abspath ../shared)
 PLUGIN_PATH := $(abspath target/release)
 export WHISPERENCNPU_SHARED := $(SHARED)
 
-.PHONY: setup build demo test fmt
+.PHONY: setup build demo test fmt release install install-user uninstall
+
+# Installed as GStreamer plugins are (issue 10): `make install` into the system plugin directory
+# (pkg-config's pluginsdir; PLUGINDIR and DESTDIR override it), `make install-user` into the one
+# GStreamer searches for the user (XDG_DATA_HOME or ~/.local/share, then gstreamer-1.0/plugins);
+# gst-launch-1.0 finds the element without GST_PLUGIN_PATH. `make uninstall` removes both.
+# tests/install.rs runs them against a temporary directory.
+PLUGIN := target/release/libgstwhisperencnpu.so
+PLUGINDIR ?= $(shell pkg-config --variable=pluginsdir gstreamer-1.0)
+USER_PLUGINDIR ?= $(or $(XDG_DATA_HOME),$(HOME)/.local/share)/gstreamer-1.0/plugins
+# sudo only when the system directory is not ours to write.
+SUDO ?= $(shell [ "$$(id -u)" = 0 ] || [ -w "$(DESTDIR)$(PLUGINDIR)" ] || echo sudo)
 
 setup:
 	scripts/install-deps
@@ -69,3 +80,32 @@ JOIN_ARGS ?=
 .PHONY: long-join
 long-join: setup
 	scripts/long-join --rounds $(ROUNDS) $(JOIN_ARGS)
+
+# The plugin, built (cargo decides whether anything changed); `make -o release install` installs
+# the one built without looking.
+release:
+	cargo build --release --locked
+
+install: release
+	$(SUDO) install -D -m 644 $(PLUGIN) "$(DESTDIR)$(PLUGINDIR)/$(notdir $(PLUGIN))"
+
+install-user: release
+	install -D -m 644 $(PLUGIN) "$(USER_PLUGINDIR)/$(notdir $(PLUGIN))"
+
+uninstall:
+	rm -f "$(USER_PLUGINDIR)/$(notdir $(PLUGIN))"
+	if [ -e "$(DESTDIR)$(PLUGINDIR)/$(notdir $(PLUGIN))" ]; then \
+		$(SUDO) rm -f "$(DESTDIR)$(PLUGINDIR)/$(notdir $(PLUGIN))"; fi
+
+# The element's random stress test for long (issue 10): CASES cases (default 5000) on a new seed
+# (SEED to repeat one); `make test` runs 200 of them on a fixed seed.
+.PHONY: stress
+stress: build
+	scripts/stress
+
+# Soak (issue 10): 60 minutes of embeddings and 20 of transcription (real speech, joined and
+# repeated) at full speed, resident memory every 10 s of audio; fails when it grows more than
+# 5 MiB after the first minute. SOAK_ARGS passes options and properties to examples/soak.rs.
+.PHONY: soak
+soak: setup
+	scripts/soak $(SOAK_ARGS)

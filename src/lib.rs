@@ -4,6 +4,7 @@
 //! benchmarked and reused on its own; `whisperenc` is the element around it.
 #![allow(clippy::needless_range_loop)]
 
+pub mod cancel;
 pub mod mel;
 pub mod model;
 pub mod npu;

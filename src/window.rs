@@ -25,8 +25,6 @@ pub enum SetupError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Engine(#[from] npu::EngineError),
-    #[error("could not start {threads} encoder threads: {reason}")]
-    Threads { threads: usize, reason: String },
 }
 
 /// Time spent on one window.
@@ -56,11 +54,9 @@ impl WindowEncoder {
     pub fn new(model: &WhisperModel, options: &EncoderOptions) -> Result<Self, SetupError> {
         let engine = npu::open_engine(options.backend, options.precision)?;
         let (backend, precision) = (engine.backend(), engine.precision());
-        let encoder =
-            Encoder::new(model, engine, options.threads).map_err(|e| SetupError::Threads {
-                threads: options.threads,
-                reason: e.to_string(),
-            })?;
+        // A weight the encoder lacks is a model error as much as a thread pool that does not start
+        // (`ModelError::ThreadPool`): each says which.
+        let encoder = Encoder::new(model, engine, options.threads)?;
         Ok(Self {
             mel: LogMel::new(model.dims().n_mels),
             encoder,

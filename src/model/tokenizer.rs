@@ -17,6 +17,9 @@ use super::ModelError;
 
 /// Seconds per timestamp token.
 pub const TIMESTAMP_STEP: f64 = 0.02;
+/// Timestamp tokens of every Whisper model: `<|0.00|>` to `<|30.00|>` in [`TIMESTAMP_STEP`]s
+/// (OpenAI's `whisper/tokenizer.py`: `[f"<|{i * 0.02:.2f}|>" for i in range(1501)]`).
+pub const WHISPER_TIMESTAMPS: usize = 1501;
 
 /// GPT-2's byte-to-unicode table: byte `b` is written as character `table[b]`.
 pub(crate) fn bytes_to_unicode() -> [char; 256] {
@@ -90,7 +93,30 @@ impl Tokenizer {
                 path: path.to_path_buf(),
                 source: e,
             })?;
-        Self::from_json(&json, n_vocab).map_err(|reason| malformed(path, reason))
+        let tokenizer =
+            Self::from_json(&json, n_vocab).map_err(|reason| malformed(path, reason))?;
+        tokenizer
+            .check_weights()
+            .map_err(|reason| malformed(path, reason))?;
+        Ok(tokenizer)
+    }
+
+    /// Whether this tokenizer belongs to weights of `n_vocab` tokens: every Whisper model has
+    /// [`WHISPER_TIMESTAMPS`] timestamp tokens after its special tokens, so the vocabulary size
+    /// and `<|0.00|>` (one past `<|notimestamps|>`) must leave exactly that many. A tokenizer
+    /// of another model (tiny.en's with base's weights, or the other way round) is one token off.
+    fn check_weights(&self) -> Result<(), String> {
+        let timestamps = self.n_vocab as i64 - i64::from(self.special.timestamp_begin);
+        if timestamps == WHISPER_TIMESTAMPS as i64 {
+            return Ok(());
+        }
+        Err(format!(
+            "the tokenizer is from another model: the weights have {} tokens, so with its \
+             <|0.00|> at id {} (<|endoftext|> at {}) there would be {timestamps} timestamp tokens \
+             instead of Whisper's {WHISPER_TIMESTAMPS}; use the tokenizer.json converted with \
+             these weights",
+            self.n_vocab, self.special.timestamp_begin, self.special.eot
+        ))
     }
 
     /// Builds the tokenizer from parsed `tokenizer.json`.

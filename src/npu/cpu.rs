@@ -7,30 +7,7 @@
 //! kernel's epilogue ([`Linear::forward_gelu`]). Without AVX-512, and for the generic attention
 //! path's activation x activation products ([`matmul`]), the `gemm` crate runs them.
 //!
-//! How the choice was made (2-core Xeon with AVX-512, the base encoder's shapes 512 x 512 ->
-//! 1536 / 512 / 2048 and 512 x 2048 -> 512; GFLOPS, one thread by thread CPU time, two by wall
-//! time, machine shared, so ranges):
-//! - ndarray's `dot` (matrixmultiply, threading off): ~97 on one thread, no second thread.
-//! - `gemm` 0.19 with `x86-v4` (AVX-512 kernels): 175-200 on one thread, 280-345 on two
-//!   (`Parallelism::Rayon(2)`); it packs both operands on every call.
-//! - `cpu_gemm` (pre-packed weight, 12 x 32 register tile, rows split between threads):
-//!   160-190 on one thread, 300-355 on two, and no per-call packing of the weight. Its inner loop
-//!   alone (operands in L1) runs at ~205 of the ~235 a core's two FMA ports give (one thread,
-//!   measured with a bare FMA loop), the whole product at ~70-75% of that peak.
-//!
-//! Whole base encoder, two threads, the two engines alternating in one process: `cpu_gemm` 1-3%
-//! faster than `gemm` (96-99 vs 98-99 ms per window on the shared machine): a small margin, kept
-//! because it is never slower and packs nothing per call.
-//!
-//! Then, in `cpu_gemm`: the next weight panel prefetched into L2 (the weights come from L3 or
-//! memory: cold, the products ran ~25% slower than warm), the panels and the packed rows on
-//! 64-byte boundaries, the packing as 64-byte vector moves, no 4-row tail tiles; here, one block
-//! of rows per thread (was two); GELU fused into fc1 and conv1. Whole base encoder: 77-82 ms per
-//! window where it took 92-96 (same runs, alternating), about 0.77 x CTranslate2's float32 (MKL)
-//! on this machine (`scripts/bench-vs-ct2`).
-//!
-//! OpenBLAS was not tried: a C dependency and its packing per call too, for at best what `gemm`
-//! does here.
+//! Why this kernel and not `gemm` or ndarray's `dot`: the measurements are in `benches/README.md`.
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -149,14 +149,22 @@ pub enum EngineError {
 ///
 /// The XDNA2 engine computes in int8 only: `Xdna` (and `Auto` when it finds a usable NPU, see
 /// [`xdna`]) runs int8 whatever the precision asked for, and its engine reports `Int8`.
+/// The `log` target the element routes to its debug category.
+const LOG_TARGET: &str = "whisperencnpu";
+
 pub fn open_engine(
     choice: BackendChoice,
     precision: Precision,
 ) -> Result<Arc<dyn Engine>, EngineError> {
     if choice == BackendChoice::Auto {
-        // The NPU when device, shim and kernel binaries are all there and load; else the CPU.
-        if let Ok(engine) = xdna::XdnaEngine::open_auto() {
-            return Ok(Arc::new(engine));
+        // The NPU when device, shim and kernel binaries are all there and load; else the CPU,
+        // saying why (`GST_DEBUG=whisperencnpu:4`: the element routes the `log` target there).
+        match xdna::XdnaEngine::open_auto() {
+            Ok(engine) => {
+                log::info!(target: LOG_TARGET, "backend=auto: the XDNA2 NPU");
+                return Ok(Arc::new(engine));
+            }
+            Err(err) => log::info!(target: LOG_TARGET, "backend=auto: the CPU, as {err}"),
         }
     }
     match (choice, precision) {

@@ -5,6 +5,7 @@
 //! and repetition caught while decoding.
 use ndarray::{s, ArrayView1};
 
+use crate::cancel::Cancel;
 use crate::model::decoder::{CrossKv, Decoder};
 use crate::model::tokenizer::Tokenizer;
 
@@ -36,6 +37,8 @@ pub(crate) struct DecodeParams {
     pub without_timestamps: bool,
     /// Stop a hypothesis that starts repeating itself (see [`repetition_start`]).
     pub check_repetition: bool,
+    /// Raised by the element (NULL, flush): decoding stops at the next token.
+    pub cancel: Cancel,
 }
 
 /// The decoded window at one temperature.
@@ -240,6 +243,9 @@ pub(crate) fn decode(
     p: &DecodeParams,
     rng: &mut Rng,
 ) -> DecodeResult {
+    if p.cancel.is_set() {
+        return DecodeResult::default();
+    }
     let (initial, sot_index) = initial_tokens(p, tok);
     let eot = tok.eot();
     let mut cache = dec.new_cache();
@@ -292,6 +298,9 @@ pub(crate) fn decode(
     let mut active: Vec<usize> = (0..n).collect();
     let mut logits: Vec<Vec<f32>> = vec![last.row(0).to_vec(); n];
     for _ in 0..sample_len {
+        if p.cancel.is_set() {
+            break;
+        }
         let mut next_tokens = Vec::with_capacity(active.len());
         for (slot, &hi) in active.iter().enumerate() {
             let hyp = &mut hyps[hi];
@@ -415,6 +424,9 @@ fn beam_search(
     // Finished beams; the log-probability of <|endoftext|> is in `logprobs`, not in `tokens`.
     let mut finished: Vec<Beam> = Vec::new();
     for _ in 0..sample_len {
+        if p.cancel.is_set() {
+            break;
+        }
         // Candidates: (beam, next token, its log-probability, score, source beam).
         let mut cands: Vec<(Vec<u32>, f32, f64, usize)> = Vec::new();
         for (bi, b) in beams.iter().enumerate() {

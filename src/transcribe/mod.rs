@@ -41,6 +41,7 @@
 
 use std::time::Instant;
 
+use crate::cancel::Cancel;
 use crate::mel::{SAMPLE_RATE, WINDOW_SAMPLES};
 use crate::model::decoder::{CrossKv, Decoder};
 use crate::model::tokenizer::Tokenizer;
@@ -142,6 +143,8 @@ pub struct Transcriber {
     shown_until: u64,
     /// The decoder's (layer, head) pairs that follow the speech; none: no word alignment.
     alignment_heads: Vec<(usize, usize)>,
+    /// Raised by the element to abandon the window being decoded (see [`Self::set_cancel`]).
+    cancel: Cancel,
 }
 
 impl std::fmt::Debug for Transcriber {
@@ -278,6 +281,7 @@ impl Transcriber {
             rng: Rng::new(seed),
             retried_at: None,
             shown_until: 0,
+            cancel: Cancel::default(),
         })
     }
 
@@ -307,6 +311,12 @@ impl Transcriber {
         };
         let decoder = Decoder::new(model, engine, options.decoder_threads)?;
         Self::with_parts(model, tokenizer, encoder, decoder, options)
+    }
+
+    /// The flag that abandons decoding: once raised, decoding stops at its next token and the
+    /// window's result is meaningless (the element drops it: it is flushing or stopping).
+    pub fn set_cancel(&mut self, cancel: Cancel) {
+        self.cancel = cancel;
     }
 
     pub fn options(&self) -> &TranscribeOptions {
@@ -356,6 +366,10 @@ impl Transcriber {
         let mut out = Vec::new();
         // Less than 0.1 s left: nothing a word fits in.
         while self.pushed_end() > self.seek + u64::from(SAMPLE_RATE) / 10 {
+            // Abandoned (NULL, flush): no other window is encoded.
+            if self.cancel.is_set() {
+                break;
+            }
             let r = self.process(true);
             let last = r.last;
             out.push(r);
@@ -431,6 +445,7 @@ impl Transcriber {
             suppress: self.suppress.clone(),
             without_timestamps: false,
             check_repetition: o.check_repetition,
+            cancel: self.cancel.clone(),
         }
     }
 
@@ -454,6 +469,10 @@ impl Transcriber {
                 &params,
                 &mut self.rng,
             );
+            // Abandoned (NULL, flush): no other temperature is tried.
+            if self.cancel.is_set() {
+                return (r, false);
+            }
             let n = if t > 0.0 { o.best_of } else { o.beam_size };
             timing.decoded_tokens += n * (r.tokens.len() + 1);
             {

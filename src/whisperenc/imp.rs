@@ -4,12 +4,11 @@
 //! Data flow: sink chain -> adapter (float32 samples) -> chunks into a bounded queue, with the
 //! serialized events between them in stream order -> src task -> push downstream. In embeddings
 //! mode a chunk is a 10.24 s window (mel + encoder -> one tensor buffer); in transcription mode a
-//! chunk is 1 s of audio for the transcriber, which decodes a window whenever it has a full one past
+//! chunk is 0.1 s of audio for the transcriber, which decodes a window whenever it has a full one past
 //! its seek position (so text does not wait for a fixed window grid).
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::{Condvar, LazyLock, Mutex};
+use std::sync::{LazyLock, Mutex};
 use std::time::Instant;
 
 use gst::glib;
@@ -18,15 +17,18 @@ use gst::subclass::prelude::*;
 
 use super::messages::TimingReport;
 use super::{Backend, LatencyMode, Mode, Precision, Task};
+use crate::cancel::Cancel;
 use crate::mel::{SAMPLE_RATE, WINDOW_SAMPLES};
-use crate::model::WhisperModel;
-use crate::npu;
-use crate::npu::BackendChoice;
-use crate::transcribe::{self, TranscribeError, TranscribeOptions, Transcriber};
+use crate::model::{ModelError, WhisperModel};
+use crate::transcribe::{TranscribeError, TranscribeOptions, Transcriber};
 use crate::window::{EncoderOptions, SetupError, WindowEncoder};
 
+mod prepared;
+mod queue;
 mod text;
 
+use prepared::{ModelKey, Models, Prepared, Processor};
+use queue::{Chunk, HandOff, Item};
 use text::{TextClock, TextEngine, TextOutput};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -55,11 +57,12 @@ pub(super) fn install_logger() {
 /// Audio handed to the transcriber at a time: 0.1 s, so that the low-latency mode steps close to
 /// the live edge (whole-window decoding waits for a full window whatever the chunk).
 const TRANSCRIPTION_CHUNK_SAMPLES: usize = 1_600;
-/// Audio waiting for the src task before the streaming thread waits: two windows, enough to ride
-/// out a slow window, small enough to bound memory (each is 640 KiB).
-const QUEUE_SAMPLES: usize = 2 * WINDOW_SAMPLES;
 /// A timestamp jump larger than this is a hole in the stream, filled with silence.
 const DISCONT_TOLERANCE: gst::ClockTime = gst::ClockTime::from_mseconds(40);
+/// A hole longer than this (a GAP or a timestamp jump) is not filled with silence: the audio
+/// before it is finished as at the end of a stream and the windows restart after it, so a hole of
+/// any length costs the same (a window of silence is 640 KiB; ten days would be 55 GB).
+const MAX_FILLED_HOLE_SAMPLES: u64 = WINDOW_SAMPLES as u64;
 
 fn window_duration() -> gst::ClockTime {
     samples_to_time(WINDOW_SAMPLES as u64)
@@ -112,38 +115,6 @@ impl Default for Settings {
     }
 }
 
-/// One window of audio on its way to the encoder.
-struct Window {
-    index: u64,
-    pts: gst::ClockTime,
-    /// float32 samples; shorter than a window only at the end of the stream.
-    audio: gst::Buffer,
-}
-
-enum Item {
-    Window(Window),
-    Event(gst::Event),
-}
-
-impl Item {
-    fn samples(&self) -> usize {
-        match self {
-            Item::Window(w) => w.audio.size() / std::mem::size_of::<f32>(),
-            Item::Event(_) => 0,
-        }
-    }
-}
-
-/// The hand-off between the streaming thread and the src task.
-struct Queue {
-    items: VecDeque<Item>,
-    /// Samples in the queued chunks.
-    samples: usize,
-    flushing: bool,
-    /// What the last push downstream returned, handed back to upstream by the chain function.
-    last_flow: Result<gst::FlowSuccess, gst::FlowError>,
-}
-
 /// Streaming state on the sink side.
 #[derive(Default)]
 struct Stream {
@@ -153,9 +124,13 @@ struct Stream {
     base_pts: Option<gst::ClockTime>,
     /// Samples received (real or silence for gaps) since `base_pts`.
     samples_in: u64,
-    /// Chunks handed to the src task since `base_pts`, and the samples in them.
-    windows_out: u64,
+    /// Chunks handed to the src task since the start or the last flush (the window index), and
+    /// the samples in them since `base_pts`.
+    chunks_out: u64,
     samples_out: u64,
+    /// Bytes of a sample not complete at the end of the last buffer: the next buffer's first
+    /// bytes complete it (as an adapter would), so input is never misread by a byte.
+    partial: Vec<u8>,
 }
 
 impl Stream {
@@ -167,8 +142,35 @@ impl Stream {
         self.adapter.clear();
         self.base_pts = None;
         self.samples_in = 0;
-        self.windows_out = 0;
+        self.chunks_out = 0;
         self.samples_out = 0;
+        self.partial.clear();
+    }
+
+    /// Whether `buffer` continues the incomplete sample of the buffer before it, as bytes of one
+    /// stream do. It does not when it is DISCONT, or when it is whole samples on its own (but not
+    /// with the pending bytes) and stamped at or before the pending sample's start: the first
+    /// byte of a continuation lies after that start (a lone 3-byte buffer before whole F32LE
+    /// samples would otherwise shift every sample after it).
+    fn continued_by(&self, buffer: &gst::BufferRef, bpf: usize) -> bool {
+        if buffer.flags().contains(gst::BufferFlags::DISCONT) {
+            return false;
+        }
+        let whole_alone = buffer.size().is_multiple_of(bpf);
+        let whole_with = (self.partial.len() + buffer.size()).is_multiple_of(bpf);
+        let stamped_at_start = buffer
+            .pts()
+            .zip(self.next_pts())
+            .is_some_and(|(pts, start)| pts <= start);
+        !(whole_alone && !whole_with && stamped_at_start)
+    }
+
+    /// After a hole too long to fill, samples are counted from `pts` (the adapter is drained).
+    fn resume_at(&mut self, pts: gst::ClockTime) {
+        self.base_pts = Some(pts);
+        self.samples_in = 0;
+        self.samples_out = 0;
+        self.partial.clear();
     }
 }
 
@@ -192,101 +194,46 @@ impl Loaded {
     }
 }
 
-/// What the src task runs chunks through.
-enum Processor {
-    Embeddings(Box<WindowEncoder>),
-    Transcription(Box<TextOutput>),
-}
-
-/// A prepared model kept between runs (see [`WhisperEncNpu::load`]).
-struct Prepared {
-    /// What it was prepared from: [`prepare_key`].
-    key: String,
-    processor: Processor,
-    loaded: Loaded,
-}
-
-/// The settings a prepared model depends on, and the model files' sizes and times (a model replaced
-/// on disk is loaded again).
-fn prepare_key(settings: &Settings) -> String {
-    let settings = Settings {
-        latency_ms: 0,
-        latency_mode: LatencyMode::default(),
-        ..settings.clone()
-    };
-    let file = crate::model::locate::fingerprint(&settings.model);
-    format!("{settings:?} {file}")
-}
-
+/// The element. Lock order: `models` (held by the src task for a whole chunk) before `settings`,
+/// `step_bound`, `loaded` and the queue's own lock; `stream` (held by the streaming thread)
+/// before `loaded`. No other lock is held while taking one, and the streaming thread never waits
+/// on the queue while holding `stream`.
 pub struct WhisperEncNpu {
     sinkpad: gst::Pad,
     srcpad: gst::Pad,
     settings: Mutex<Settings>,
     stream: Mutex<Stream>,
-    queue: Mutex<Queue>,
-    queue_cond: Condvar,
-    processor: Mutex<Option<Processor>>,
+    queue: HandOff,
+    /// The running model and the one kept from the last run.
+    models: Mutex<Models>,
+    /// What the running model can do (for caps, chunking and latency): readable while the src
+    /// task holds `models` for a window.
     loaded: Mutex<Option<Loaded>>,
-    /// Key of the running processor.
-    loaded_key: Mutex<Option<String>>,
-    /// The processor of the last run, ready for the next one.
-    prepared: Mutex<Option<Prepared>>,
     /// Low latency: how long a step may take, as the latency query last answered; raised when a
     /// step takes longer (see `adapt_step_bound`).
     step_bound: Mutex<Option<std::time::Duration>>,
-}
-
-impl Default for Queue {
-    fn default() -> Self {
-        Self {
-            items: VecDeque::new(),
-            samples: 0,
-            flushing: true,
-            last_flow: Ok(gst::FlowSuccess::Ok),
-        }
-    }
+    /// Raised while flushing or stopping: decoding in progress stops at its next token, and
+    /// nothing more is posted for it.
+    cancel: Cancel,
 }
 
 impl WhisperEncNpu {
     // ---- hand-off queue -------------------------------------------------------------------
 
-    /// Queues an item for the src task, waiting while the queue holds too much audio.
-    fn enqueue(&self, item: Item) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let mut q = self.queue.lock().unwrap();
-        let samples = item.samples();
-        while samples > 0 && q.samples + samples > QUEUE_SAMPLES && q.samples > 0 && !q.flushing {
-            q = self.queue_cond.wait(q).unwrap();
-        }
-        if q.flushing {
-            return Err(gst::FlowError::Flushing);
-        }
-        q.last_flow?;
-        q.samples += samples;
-        q.items.push_back(item);
-        self.queue_cond.notify_all();
-        Ok(gst::FlowSuccess::Ok)
-    }
-
     fn set_flushing(&self, flushing: bool) {
-        let mut q = self.queue.lock().unwrap();
-        q.flushing = flushing;
-        if flushing {
-            // Sticky events not yet sent (stream-start, caps, tags) still describe the stream
-            // after the flush: keep them on the src pad, as GstQueue does.
-            for item in q.items.drain(..) {
-                if let Item::Event(event) = item {
-                    if event.is_sticky()
-                        && !matches!(event.type_(), gst::EventType::Segment | gst::EventType::Eos)
-                    {
-                        let _ = self.srcpad.store_sticky_event(&event);
-                    }
+        // First: the src task may be deep in a window, holding the model's lock.
+        self.cancel.set(flushing);
+        // Sticky events not yet sent (stream-start, caps, tags) still describe the stream after
+        // the flush: kept on the src pad, as GstQueue does.
+        for item in self.queue.set_flushing(flushing) {
+            if let Item::Event(event) = item {
+                if event.is_sticky()
+                    && !matches!(event.type_(), gst::EventType::Segment | gst::EventType::Eos)
+                {
+                    let _ = self.srcpad.store_sticky_event(&event);
                 }
             }
-            q.samples = 0;
-        } else {
-            q.last_flow = Ok(gst::FlowSuccess::Ok);
         }
-        self.queue_cond.notify_all();
     }
 
     fn start_task(&self) -> Result<(), glib::BoolError> {
@@ -301,10 +248,7 @@ impl WhisperEncNpu {
                     gst::LibraryError::Failed,
                     ("Internal error while encoding a window")
                 );
-                this.queue
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .last_flow = Err(gst::FlowError::Error);
+                this.queue.stop(gst::FlowError::Error);
                 let _ = this.srcpad.pause_task();
             }
         })
@@ -312,20 +256,9 @@ impl WhisperEncNpu {
 
     /// One iteration of the src task: take the next item and send it on.
     fn src_loop(&self) {
-        let item = {
-            let mut q = self.queue.lock().unwrap();
-            while q.items.is_empty() && !q.flushing {
-                q = self.queue_cond.wait(q).unwrap();
-            }
-            if q.flushing {
-                drop(q);
-                let _ = self.srcpad.pause_task();
-                return;
-            }
-            let item = q.items.pop_front().unwrap();
-            q.samples -= item.samples();
-            self.queue_cond.notify_all();
-            item
+        let Some(item) = self.queue.pop() else {
+            let _ = self.srcpad.pause_task();
+            return;
         };
 
         let flow = match item {
@@ -343,15 +276,13 @@ impl WhisperEncNpu {
                     Ok(gst::FlowSuccess::Ok)
                 })
             }
-            Item::Window(window) => self.process(window),
+            Item::Chunk(chunk) => self.process(chunk),
+            Item::Resume(pts) => self.resume_text(pts),
         };
 
         if let Err(err) = flow {
             gst::debug!(CAT, imp = self, "src task pausing: {err:?}");
-            let mut q = self.queue.lock().unwrap();
-            q.last_flow = Err(err);
-            self.queue_cond.notify_all();
-            drop(q);
+            self.queue.stop(err);
             if !matches!(err, gst::FlowError::Flushing | gst::FlowError::Eos) {
                 gst::element_imp_error!(
                     self,
@@ -366,9 +297,9 @@ impl WhisperEncNpu {
 
     // ---- the work itself ------------------------------------------------------------------
 
-    fn process(&self, window: Window) -> Result<gst::FlowSuccess, gst::FlowError> {
+    fn process(&self, chunk: Chunk) -> Result<gst::FlowSuccess, gst::FlowError> {
         let samples = {
-            let map = window.audio.map_readable().map_err(|_| {
+            let map = chunk.audio.map_readable().map_err(|_| {
                 gst::element_imp_error!(self, gst::StreamError::Failed, ("Can't map audio"));
                 gst::FlowError::Error
             })?;
@@ -376,15 +307,15 @@ impl WhisperEncNpu {
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect::<Vec<f32>>()
         };
-        let mut guard = self.processor.lock().unwrap();
-        match guard.as_mut() {
+        let mut models = self.models.lock().unwrap();
+        match models.processor() {
             None => Err(gst::FlowError::Flushing),
             Some(Processor::Embeddings(encoder)) => {
                 let started = Instant::now();
                 let (embeddings, timing) = encoder.encode(&samples);
                 let timing = TimingReport {
-                    index: window.index,
-                    pts: window.pts,
+                    index: chunk.index,
+                    pts: chunk.pts,
                     audio: samples_to_time(samples.len() as u64),
                     mel: timing.mel,
                     encoder: timing.encoder,
@@ -393,7 +324,7 @@ impl WhisperEncNpu {
                     backend: encoder.backend(),
                     precision: encoder.precision(),
                 };
-                drop(guard);
+                drop(models);
                 self.post(timing.message());
                 let bytes: Vec<u8> = embeddings
                     .as_standard_layout()
@@ -403,20 +334,26 @@ impl WhisperEncNpu {
                 let mut buffer = gst::Buffer::from_mut_slice(bytes);
                 {
                     let buffer = buffer.get_mut().unwrap();
-                    buffer.set_pts(window.pts);
+                    buffer.set_pts(chunk.pts);
                     buffer.set_duration(window_duration());
-                    buffer.set_offset(window.index);
-                    if window.index == 0 {
+                    buffer.set_offset(chunk.index);
+                    if chunk.discont {
                         buffer.set_flags(gst::BufferFlags::DISCONT);
                     }
                 }
                 self.srcpad.push(buffer)
             }
-            Some(Processor::Transcription(text)) => self.process_text(text, window.pts, &samples),
+            Some(Processor::Transcription(text)) => self.process_text(text, chunk.pts, &samples),
         }
     }
 
     fn post(&self, s: gst::Structure) {
+        // A window finished while a flush or a stop began: its buffers are flushed, and so are
+        // its messages (an application would show a stale line after the seek).
+        if self.cancel.is_set() {
+            gst::debug!(CAT, imp = self, "flushing, not posted: {s:?}");
+            return;
+        }
         gst::debug!(CAT, imp = self, "{s:?}");
         let _ = self
             .obj()
@@ -433,28 +370,21 @@ impl WhisperEncNpu {
     /// for a latency query, NULL, PAUSED again once data comes), so a live source would lose
     /// that much audio each time. It is released with the element or when the settings change.
     fn load(&self) -> Result<(), gst::ErrorMessage> {
-        let settings = self.settings.lock().unwrap().clone();
-        let key = prepare_key(&settings);
-        let prepared = self.prepared.lock().unwrap().take();
-        if let Some(p) = prepared.filter(|p| p.key == key) {
+        let mut settings = self.settings.lock().unwrap().clone();
+        settings.threads = self.bounded_threads(settings.threads);
+        let key = ModelKey::new(&settings);
+        let kept = self.models.lock().unwrap().take_kept(&key);
+        if let Some(prepared) = kept {
             gst::info!(CAT, imp = self, "using the model prepared before");
-            *self.loaded.lock().unwrap() = Some(p.loaded);
-            *self.processor.lock().unwrap() = Some(p.processor);
-            *self.loaded_key.lock().unwrap() = Some(key);
+            *self.loaded.lock().unwrap() = Some(prepared.loaded);
+            self.models.lock().unwrap().running = Some(prepared);
             return Ok(());
         }
         // A new model: its own processing bound, measured below.
         *self.step_bound.lock().unwrap() = None;
         let options = EncoderOptions {
-            backend: match settings.backend {
-                Backend::Auto => BackendChoice::Auto,
-                Backend::Cpu => BackendChoice::Cpu,
-                Backend::Xdna => BackendChoice::Xdna,
-            },
-            precision: match settings.precision {
-                Precision::F32 => npu::Precision::F32,
-                Precision::Int8 => npu::Precision::Int8,
-            },
+            backend: settings.backend.into(),
+            precision: settings.precision.into(),
             threads: settings.threads as usize,
         };
         gst::info!(
@@ -474,6 +404,10 @@ impl WhisperEncNpu {
         };
         let model = WhisperModel::load(&settings.model).map_err(|e| model_error(&e))?;
         let setup_error = |err: SetupError| match err {
+            // The machine's fault, not the model's.
+            SetupError::Model(err @ ModelError::ThreadPool(_)) => {
+                gst::error_msg!(gst::LibraryError::Init, ("{err}"))
+            }
             SetupError::Model(err) => model_error(&err),
             other => gst::error_msg!(gst::LibraryError::Init, ("{other}")),
         };
@@ -504,27 +438,24 @@ impl WhisperEncNpu {
             Mode::Transcription => {
                 let transcribe_options = TranscribeOptions {
                     language: settings.language.clone(),
-                    task: match settings.task {
-                        Task::Transcribe => transcribe::Task::Transcribe,
-                        Task::Translate => transcribe::Task::Translate,
-                    },
+                    task: settings.task.into(),
                     beam_size: settings.beam_size as usize,
                     use_prompt: settings.previous_text_prompt,
                     decoder_threads: settings.threads as usize,
                     // A user asking for int8 asks for speed: per window the int8 decoder takes
                     // about half the time (WER 0.144 vs 0.136 on `scripts/eval --precision`).
-                    decoder_precision: match settings.precision {
-                        Precision::F32 => npu::Precision::F32,
-                        Precision::Int8 => npu::Precision::Int8,
-                    },
+                    decoder_precision: settings.precision.into(),
                     ..Default::default()
                 };
-                let transcriber = Transcriber::with_encoder(&model, encoder, transcribe_options)
-                    .map_err(|err| match err {
-                        TranscribeError::Setup(err) => setup_error(err),
-                        TranscribeError::Model(err) => model_error(&err),
-                        other => gst::error_msg!(gst::LibraryError::Settings, ("{other}")),
-                    })?;
+                let mut transcriber =
+                    Transcriber::with_encoder(&model, encoder, transcribe_options).map_err(
+                        |err| match err {
+                            TranscribeError::Setup(err) => setup_error(err),
+                            TranscribeError::Model(err) => model_error(&err),
+                            other => gst::error_msg!(gst::LibraryError::Settings, ("{other}")),
+                        },
+                    )?;
+                transcriber.set_cancel(self.cancel.clone());
                 Processor::Transcription(Box::new(TextOutput {
                     engine: Some(TextEngine::Full(Box::new(transcriber))),
                     stream_options: Default::default(),
@@ -533,9 +464,27 @@ impl WhisperEncNpu {
             }
         };
         *self.loaded.lock().unwrap() = Some(loaded);
-        *self.processor.lock().unwrap() = Some(processor);
-        *self.loaded_key.lock().unwrap() = Some(key);
+        self.models.lock().unwrap().running = Some(Prepared {
+            key,
+            processor,
+            loaded,
+        });
         Ok(())
+    }
+
+    /// `threads` as used: more threads than cores only compete for them (threads=1000 on 2 cores
+    /// took 248 s and 1.76 GB for what 2 threads do in 1 s), so they are capped, with a warning.
+    fn bounded_threads(&self, threads: u32) -> u32 {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        if threads > cores {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "threads={threads} is more than the {cores} cores of this machine: using {cores} threads"
+            );
+            return cores;
+        }
+        threads
     }
 
     fn src_caps(&self) -> Option<gst::Caps> {
@@ -598,7 +547,7 @@ impl WhisperEncNpu {
         buffer: gst::Buffer,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
         gst::log!(CAT, imp = self, "handling {buffer:?}");
-        self.queue.lock().unwrap().last_flow?;
+        self.queue.last_flow()?;
 
         let mut stream = self.stream.lock().unwrap();
         let Some(info) = stream.info.clone() else {
@@ -609,18 +558,23 @@ impl WhisperEncNpu {
             );
             return Err(gst::FlowError::NotNegotiated);
         };
+        let bpf = info.bpf() as usize;
+
+        if !stream.partial.is_empty() && !stream.continued_by(&buffer, bpf) {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "dropping {} byte(s) of an incomplete sample: {buffer:?} starts a new one",
+                stream.partial.len()
+            );
+            stream.partial.clear();
+        }
 
         if let Some(pts) = buffer.pts() {
             match stream.next_pts() {
                 None => stream.base_pts = Some(pts),
                 Some(expected) if pts > expected + DISCONT_TOLERANCE => {
-                    gst::debug!(
-                        CAT,
-                        imp = self,
-                        "hole of {} before {pts}: filling with silence",
-                        pts - expected
-                    );
-                    self.push_silence(&mut stream, time_to_samples(pts - expected));
+                    stream = self.cover_hole(stream, expected, pts)?;
                 }
                 _ => {}
             }
@@ -628,20 +582,47 @@ impl WhisperEncNpu {
             stream.base_pts = Some(gst::ClockTime::ZERO);
         }
 
-        // The adapter holds F32LE: float input goes in as it is, without a copy.
-        let audio = match info.format() {
-            gst_audio::AudioFormat::S16le => {
-                let map = buffer.map_readable().map_err(|_| {
-                    gst::element_imp_error!(self, gst::StreamError::Failed, ("Can't map buffer"));
-                    gst::FlowError::Error
-                })?;
-                s16_to_f32le(&map)
-            }
-            _ => buffer,
+        let Some(audio) = self.whole_samples(&mut stream, buffer, info.format(), bpf)? else {
+            return Ok(gst::FlowSuccess::Ok);
         };
         stream.samples_in += (audio.size() / std::mem::size_of::<f32>()) as u64;
         stream.adapter.push(audio);
-        self.queue_full_windows(stream)
+        self.queue_full_chunks(stream)
+    }
+
+    /// The whole samples of `buffer`, after the bytes of an incomplete sample left by the buffer
+    /// before, as F32LE (the adapter's format); an incomplete sample at its end is kept for the
+    /// next buffer. `None` when no sample is complete yet.
+    fn whole_samples(
+        &self,
+        stream: &mut Stream,
+        buffer: gst::Buffer,
+        format: gst_audio::AudioFormat,
+        bpf: usize,
+    ) -> Result<Option<gst::Buffer>, gst::FlowError> {
+        let aligned = stream.partial.is_empty() && buffer.size().is_multiple_of(bpf);
+        // The common case: float input goes into the adapter as it is, without a copy.
+        if aligned && format == gst_audio::AudioFormat::F32le {
+            return Ok((buffer.size() > 0).then_some(buffer));
+        }
+        let map = buffer.map_readable().map_err(|_| {
+            gst::element_imp_error!(self, gst::StreamError::Failed, ("Can't map buffer"));
+            gst::FlowError::Error
+        })?;
+        if aligned {
+            return Ok((map.size() > 0).then(|| s16_to_f32le(&map)));
+        }
+        let mut bytes = std::mem::take(&mut stream.partial);
+        bytes.extend_from_slice(&map);
+        let whole = bytes.len() - bytes.len() % bpf;
+        stream.partial = bytes.split_off(whole);
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(match format {
+            gst_audio::AudioFormat::S16le => s16_to_f32le(&bytes),
+            _ => gst::Buffer::from_mut_slice(bytes),
+        }))
     }
 
     fn push_silence(&self, stream: &mut Stream, samples: u64) {
@@ -654,8 +635,47 @@ impl WhisperEncNpu {
         }
     }
 
-    /// Hands every complete window in the adapter to the src task.
-    fn queue_full_windows<'a>(
+    /// Audio missing from `from` to `to` (a timestamp jump, a GAP): silence when the hole fits in
+    /// a window; otherwise the audio before it is handed on to be finished as at the end of a
+    /// stream, and the windows restart at `to`, so that a hole of any length costs the same.
+    fn cover_hole<'a>(
+        &'a self,
+        mut stream: std::sync::MutexGuard<'a, Stream>,
+        from: gst::ClockTime,
+        to: gst::ClockTime,
+    ) -> Result<std::sync::MutexGuard<'a, Stream>, gst::FlowError> {
+        // The bytes of a sample begun before the hole are not continued after it.
+        stream.partial.clear();
+        let samples = time_to_samples(to - from);
+        if samples <= MAX_FILLED_HOLE_SAMPLES {
+            gst::debug!(
+                CAT,
+                imp = self,
+                "hole of {} before {to}: filling with silence",
+                to - from
+            );
+            self.push_silence(&mut stream, samples);
+            return Ok(stream);
+        }
+        gst::info!(
+            CAT,
+            imp = self,
+            "hole of {} before {to}: the audio before it is finished, windows restart at {to}",
+            to - from
+        );
+        let rest = self.take_rest(&mut stream)?;
+        stream.resume_at(to);
+        // Never wait for the src task while holding the stream lock.
+        drop(stream);
+        if let Some(chunk) = rest {
+            self.queue.push(Item::Chunk(chunk))?;
+        }
+        self.queue.push(Item::Resume(to))?;
+        Ok(self.stream.lock().unwrap())
+    }
+
+    /// Hands every complete chunk in the adapter to the src task.
+    fn queue_full_chunks<'a>(
         &'a self,
         mut stream: std::sync::MutexGuard<'a, Stream>,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
@@ -663,38 +683,60 @@ impl WhisperEncNpu {
             return Err(gst::FlowError::Flushing);
         };
         while stream.adapter.available() >= chunk_bytes {
-            let window = self.take_window(&mut stream, chunk_bytes)?;
+            let chunk = self.take_chunk(&mut stream, chunk_bytes)?;
             // Never wait for the src task while holding the stream lock.
             drop(stream);
-            self.enqueue(Item::Window(window))?;
+            self.queue.push(Item::Chunk(chunk))?;
             stream = self.stream.lock().unwrap();
         }
         Ok(gst::FlowSuccess::Ok)
     }
 
-    fn take_window(&self, stream: &mut Stream, bytes: usize) -> Result<Window, gst::FlowError> {
+    fn take_chunk(&self, stream: &mut Stream, bytes: usize) -> Result<Chunk, gst::FlowError> {
         let audio = stream
             .adapter
             .take_buffer(bytes)
             .map_err(|_| gst::FlowError::Error)?;
-        let index = stream.windows_out;
+        let index = stream.chunks_out;
         let pts =
             stream.base_pts.unwrap_or(gst::ClockTime::ZERO) + samples_to_time(stream.samples_out);
-        stream.windows_out += 1;
+        let discont = stream.samples_out == 0;
+        stream.chunks_out += 1;
         stream.samples_out += (bytes / std::mem::size_of::<f32>()) as u64;
-        Ok(Window { index, pts, audio })
+        Ok(Chunk {
+            index,
+            pts,
+            audio,
+            discont,
+        })
+    }
+
+    /// The audio left in the adapter as a last, partial window (zero-padded by the encoder).
+    fn take_rest(&self, stream: &mut Stream) -> Result<Option<Chunk>, gst::FlowError> {
+        if !stream.partial.is_empty() {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "dropping {} byte(s) of an incomplete sample at the end of the stream",
+                stream.partial.len()
+            );
+            stream.partial.clear();
+        }
+        let rest = stream.adapter.available();
+        if rest == 0 {
+            return Ok(None);
+        }
+        self.take_chunk(stream, rest).map(Some)
     }
 
     /// At EOS: the last partial window is encoded too (zero-padded), so no audio is lost.
     fn drain(&self) -> Result<gst::FlowSuccess, gst::FlowError> {
         let mut stream = self.stream.lock().unwrap();
-        let rest = stream.adapter.available();
-        if rest == 0 {
+        let Some(chunk) = self.take_rest(&mut stream)? else {
             return Ok(gst::FlowSuccess::Ok);
-        }
-        let window = self.take_window(&mut stream, rest)?;
+        };
         drop(stream);
-        self.enqueue(Item::Window(window))
+        self.queue.push(Item::Chunk(chunk))
     }
 
     fn sink_event(&self, pad: &gst::Pad, event: gst::Event) -> bool {
@@ -711,7 +753,7 @@ impl WhisperEncNpu {
                 self.stream.lock().unwrap().reset();
                 // The src task is paused: nothing else holds the processor.
                 if let Some(Processor::Transcription(text)) =
-                    self.processor.lock().unwrap().as_mut()
+                    self.models.lock().unwrap().processor()
                 {
                     text.reset();
                 }
@@ -739,7 +781,19 @@ impl WhisperEncNpu {
                         return false;
                     }
                 };
-                self.stream.lock().unwrap().info = Some(info);
+                {
+                    let mut stream = self.stream.lock().unwrap();
+                    if !stream.partial.is_empty() {
+                        gst::warning!(
+                            CAT,
+                            imp = self,
+                            "dropping {} byte(s) of an incomplete sample: the format changed",
+                            stream.partial.len()
+                        );
+                        stream.partial.clear();
+                    }
+                    stream.info = Some(info);
+                }
                 let Some(caps) = self.src_caps() else {
                     gst::element_imp_error!(
                         self,
@@ -751,26 +805,25 @@ impl WhisperEncNpu {
                 let event = gst::event::Caps::builder(&caps)
                     .seqnum(event.seqnum())
                     .build();
-                self.enqueue(Item::Event(event)).is_ok()
+                self.queue.push(Item::Event(event)).is_ok()
             }
             EventView::Gap(gap) => {
                 let (pts, duration) = gap.get();
+                let end = pts + duration.unwrap_or(gst::ClockTime::ZERO);
                 let mut stream = self.stream.lock().unwrap();
-                match stream.next_pts() {
-                    None => stream.base_pts = Some(pts),
-                    Some(expected) if pts > expected => {
-                        self.push_silence(&mut stream, time_to_samples(pts - expected))
-                    }
-                    _ => {}
+                let expected =
+                    *stream.base_pts.get_or_insert(pts) + samples_to_time(stream.samples_in);
+                if end > expected {
+                    stream = match self.cover_hole(stream, expected, end) {
+                        Ok(stream) => stream,
+                        Err(_) => return false,
+                    };
                 }
-                if let Some(duration) = duration {
-                    self.push_silence(&mut stream, time_to_samples(duration));
-                }
-                self.queue_full_windows(stream).is_ok()
+                self.queue_full_chunks(stream).is_ok()
             }
             EventView::Eos(_) => {
                 let _ = self.drain();
-                self.enqueue(Item::Event(event)).is_ok()
+                self.queue.push(Item::Event(event)).is_ok()
             }
             EventView::Segment(s) => {
                 if s.segment().format() != gst::Format::Time {
@@ -784,9 +837,9 @@ impl WhisperEncNpu {
                     );
                     return false;
                 }
-                self.enqueue(Item::Event(event)).is_ok()
+                self.queue.push(Item::Event(event)).is_ok()
             }
-            _ if event.is_serialized() => self.enqueue(Item::Event(event)).is_ok(),
+            _ if event.is_serialized() => self.queue.push(Item::Event(event)).is_ok(),
             _ => gst::Pad::event_default(pad, Some(&*self.obj()), event),
         }
     }
@@ -872,13 +925,11 @@ impl ObjectSubclass for WhisperEncNpu {
             srcpad,
             settings: Mutex::new(Settings::default()),
             stream: Mutex::new(Stream::default()),
-            queue: Mutex::new(Queue::default()),
-            queue_cond: Condvar::new(),
-            processor: Mutex::new(None),
+            queue: HandOff::default(),
+            models: Mutex::new(Models::default()),
             loaded: Mutex::new(None),
-            loaded_key: Mutex::new(None),
-            prepared: Mutex::new(None),
             step_bound: Mutex::new(None),
+            cancel: Cancel::new(),
         }
     }
 }
@@ -984,6 +1035,19 @@ impl ObjectImpl for WhisperEncNpu {
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        // Every property is read when the model is loaded (READY to PAUSED) or when a stream
+        // starts: a change while running is kept for the next start only, which the user should
+        // know (GStreamer itself does not enforce GST_PARAM_MUTABLE_READY).
+        let state = self.obj().current_state();
+        if state > gst::State::Ready {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "property '{}' set in {state:?}: it is changeable in NULL and READY only and takes \
+                 effect at the next start",
+                pspec.name()
+            );
+        }
         let mut settings = self.settings.lock().unwrap();
         match pspec.name() {
             "model" => {
@@ -1132,19 +1196,8 @@ impl ElementImpl for WhisperEncNpu {
                 stream.info = None;
                 drop(stream);
                 // Kept, reset, for the next run (see `load`).
-                let processor = self.processor.lock().unwrap().take();
-                let loaded = self.loaded.lock().unwrap().take();
-                let key = self.loaded_key.lock().unwrap().take();
-                if let (Some(mut processor), Some(loaded), Some(key)) = (processor, loaded, key) {
-                    if let Processor::Transcription(text) = &mut processor {
-                        text.reset();
-                    }
-                    *self.prepared.lock().unwrap() = Some(Prepared {
-                        key,
-                        processor,
-                        loaded,
-                    });
-                }
+                *self.loaded.lock().unwrap() = None;
+                self.models.lock().unwrap().keep_running();
             }
             _ => {}
         }

@@ -79,6 +79,37 @@ pub enum LatencyMode {
     Full = 2,
 }
 
+// The element's enums are what users set (GLib enums with nicks); the engine has its own, free
+// of GStreamer. One conversion each, here.
+
+impl From<Backend> for crate::npu::BackendChoice {
+    fn from(backend: Backend) -> Self {
+        match backend {
+            Backend::Auto => Self::Auto,
+            Backend::Cpu => Self::Cpu,
+            Backend::Xdna => Self::Xdna,
+        }
+    }
+}
+
+impl From<Precision> for crate::npu::Precision {
+    fn from(precision: Precision) -> Self {
+        match precision {
+            Precision::F32 => Self::F32,
+            Precision::Int8 => Self::Int8,
+        }
+    }
+}
+
+impl From<Task> for crate::transcribe::Task {
+    fn from(task: Task) -> Self {
+        match task {
+            Task::Transcribe => Self::Transcribe,
+            Task::Translate => Self::Translate,
+        }
+    }
+}
+
 glib::wrapper! {
     pub struct WhisperEncNpu(ObjectSubclass<imp::WhisperEncNpu>) @extends gst::Element, gst::Object;
 }

@@ -594,6 +594,7 @@ impl StreamingTranscriber {
             suppress: self.core.suppress.clone(),
             without_timestamps: true,
             check_repetition: o.check_repetition,
+            cancel: self.core.cancel.clone(),
         };
         let cont = continue_text(&self.core, &cross, &params, &prefix);
         timing.decoded_tokens += cont.tail.len() + 1;
@@ -754,6 +755,9 @@ fn continue_text(
     let mut sampled = 0usize;
     let mut repetition = false;
     for _ in 0..sample_len {
+        if p.cancel.is_set() {
+            break;
+        }
         decoding::apply_filters(&mut logits, &seq, p, tok);
         let next = decoding::argmax(&logits);
         let lse = log_sum_exp(logits.iter().copied());

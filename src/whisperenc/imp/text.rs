@@ -110,6 +110,14 @@ impl TextOutput {
         }
         self.clock = TextClock::default();
     }
+
+    /// The transcriber's next sample (its count goes on across holes).
+    fn pushed_end(&self) -> u64 {
+        match self.engine.as_ref().expect("engine") {
+            TextEngine::Full(t) => t.pushed_end(),
+            TextEngine::Low { transcriber, .. } => transcriber.pushed_end(),
+        }
+    }
 }
 
 impl WhisperEncNpu {
@@ -139,6 +147,10 @@ impl WhisperEncNpu {
             TextEngine::Full(transcriber) => {
                 transcriber.push_audio(samples);
                 loop {
+                    // Flushing or stopping: the windows still buffered are not decoded.
+                    if self.cancel.is_set() {
+                        return Err(gst::FlowError::Flushing);
+                    }
                     let started = Instant::now();
                     let Some(result) = transcriber.next_window() else {
                         return Ok(gst::FlowSuccess::Ok);
@@ -211,16 +223,52 @@ impl WhisperEncNpu {
 
     /// Whether audio waits in the queue for the src task.
     fn audio_queued(&self) -> bool {
-        self.queue.lock().unwrap().samples > 0
+        self.queue.has_audio()
     }
 
-    /// At EOS in transcription mode: decodes what is left and pushes all of it.
+    /// At EOS in transcription mode: decodes what is left and pushes all of it. The next stream
+    /// (after a flush) starts afresh.
     pub(super) fn finish_transcription(&self) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let mut guard = self.processor.lock().unwrap();
-        let Some(Processor::Transcription(text)) = guard.as_mut() else {
+        let mut models = self.models.lock().unwrap();
+        let Some(Processor::Transcription(text)) = models.processor() else {
             return Ok(gst::FlowSuccess::Ok);
         };
-        let TextOutput { engine, clock, .. } = &mut **text;
+        if text.clock.base_pts.is_none() {
+            return Ok(gst::FlowSuccess::Ok);
+        }
+        self.decode_rest(text)?;
+        text.reset();
+        Ok(gst::FlowSuccess::Ok)
+    }
+
+    /// After a hole too long to fill (see `cover_hole`): the audio before it is decoded as at the
+    /// end of a stream and all of it pushed, a GAP covers the hole, and the text clock goes on at
+    /// `pts` with the transcriber's next sample, so its prompt and language are kept.
+    pub(super) fn resume_text(
+        &self,
+        pts: gst::ClockTime,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let mut models = self.models.lock().unwrap();
+        let Some(Processor::Transcription(text)) = models.processor() else {
+            return Ok(gst::FlowSuccess::Ok);
+        };
+        // Nothing came before the hole: the first chunk sets the clock.
+        if text.clock.base_pts.is_none() {
+            return Ok(gst::FlowSuccess::Ok);
+        }
+        self.decode_rest(text)?;
+        let next = samples_to_time(text.pushed_end());
+        let clock = &mut text.clock;
+        let mut position = clock.position.unwrap_or(pts);
+        self.push_gap_until(&mut position, pts);
+        clock.position = Some(position);
+        clock.base_pts = Some(pts.saturating_sub(next));
+        Ok(gst::FlowSuccess::Ok)
+    }
+
+    /// Decodes everything the transcriber holds and pushes all of it (the end of a stream).
+    fn decode_rest(&self, text: &mut TextOutput) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let TextOutput { engine, clock, .. } = text;
         let started = Instant::now();
         match engine.as_mut().expect("engine") {
             TextEngine::Full(transcriber) => {
@@ -246,7 +294,6 @@ impl WhisperEncNpu {
                 self.push_step(clock, transcriber, result, report)?;
             }
         }
-        clock.base_pts = None;
         Ok(gst::FlowSuccess::Ok)
     }
 
