@@ -526,6 +526,11 @@ fn auto_picks_the_npu_only_when_it_opens() {
 /// Runs `test` (an ignored test of this binary) in a child process with the XDNA variables
 /// cleared and `device` as WHISPERENCNPU_XDNA_DEVICE.
 fn run_child(test: &str, device: Option<&str>) {
+    run_child_with(test, device, &[]);
+}
+
+/// `run_child` with more variables set in the child.
+fn run_child_with(test: &str, device: Option<&str>, vars: &[(&str, &str)]) {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args([
         test,
@@ -541,6 +546,7 @@ fn run_child(test: &str, device: Option<&str>) {
     if let Some(device) = device {
         cmd.env(xdna::ENV_DEVICE, device);
     }
+    cmd.envs(vars.iter().copied());
     let out = cmd.output().expect("run the test binary");
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
@@ -666,4 +672,78 @@ fn child_element_xdna_missing() {
     assert!(text.contains("backend=xdna"), "{text}");
     assert!(text.contains(xdna::DEFAULT_DEVICE), "{text}");
     assert!(text.contains(xdna::ENV_DEVICE), "{text}");
+}
+
+// ---- the real XRT shim -------------------------------------------------------------------------
+
+/// Where `scripts/build-xrt-shim` (run by `make test`) puts the device shim it compiled and linked
+/// against Debian sid's XRT 2.25, unpacked into target/xrt.
+fn built_xrt_shim() -> Option<PathBuf> {
+    let path = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/target/xrt/build/libxdna_shim_xrt.so"
+    ));
+    if path.is_file() {
+        Some(path)
+    } else {
+        println!(
+            "skipped: no {} (scripts/build-xrt-shim builds it; it skips when Debian's archive \
+             cannot be reached)",
+            path.display()
+        );
+        None
+    }
+}
+
+/// A node no NPU has.
+const ABSENT_NODE: &str = "/dev/accel/accel77";
+
+/// The real device shim through the plugin's loader: it loads and then finds no device, or it
+/// cannot load on this system and the error says why (XRT built for a newer glibc/libstdc++).
+#[test]
+fn the_real_xrt_shim_loads_or_says_why_not() {
+    let Some(path) = built_xrt_shim() else {
+        return;
+    };
+    match Shim::load(&path) {
+        Ok(shim) => {
+            assert_eq!(shim.kind(), ShimKind::Xrt);
+            let err = shim.open(Some(ABSENT_NODE)).err().expect("no such device");
+            println!("real XRT shim loaded; opening {ABSENT_NODE}: {err}");
+            assert!(err.to_string().contains(ABSENT_NODE), "{err}");
+        }
+        Err(err) => {
+            println!("real XRT shim: {err}");
+            let text = err.to_string();
+            assert!(
+                text.starts_with("XRT cannot load on this system: "),
+                "{text}"
+            );
+            assert!(text.contains("libxrt_coreutil"), "{text}");
+        }
+    }
+}
+
+#[test]
+fn element_backend_xdna_with_the_real_shim_and_no_device_fails_clearly() {
+    let Some(path) = built_xrt_shim() else {
+        return;
+    };
+    run_child_with(
+        "child_element_xdna_real_shim",
+        Some(ABSENT_NODE),
+        &[(xdna::ENV_SHIM, path.to_str().unwrap())],
+    );
+}
+
+#[test]
+#[ignore = "run by element_backend_xdna_with_the_real_shim_and_no_device_fails_clearly"]
+fn child_element_xdna_real_shim() {
+    assert!(in_child());
+    let text = common::pause_error(&element("tiny.en", "xdna"));
+    println!("error on the bus: {text}");
+    assert!(text.contains("backend=xdna"), "{text}");
+    let cannot_load = text.contains("XRT cannot load on this system: ");
+    let no_device = text.contains(&format!("no AMD XDNA NPU at {ABSENT_NODE}"));
+    assert!(cannot_load || no_device, "{text}");
 }

@@ -10,7 +10,10 @@
 //     run = kernel(3, instructions, n_words, a, b, c); run.wait();
 //
 // Build: make -C kernels shim (or see kernels/README.md).
+#include <sys/stat.h>
+
 #include <cerrno>
+#include <cstdlib>
 #include <cstdint>
 #include <cstring>
 #include <fstream>
@@ -34,6 +37,9 @@
 namespace {
 
 thread_local std::string last_error;
+
+constexpr const char *kDefaultNode = "/dev/accel/accel0";
+constexpr const char *kAccelPrefix = "/dev/accel/accel";
 
 constexpr int kOpcodeRunInstructions = 3;
 constexpr int kArgInstructions = 1;
@@ -109,10 +115,22 @@ const char *xdna_last_error(void) { return last_error.c_str(); }
 
 xdna_device *xdna_open(const char *device) {
   return guarded<xdna_device *>(nullptr, [&] {
-    // XRT enumerates NPUs by index; the amdxdna driver's first device is /dev/accel/accel0.
+    // XRT enumerates NPUs by index; the amdxdna driver's device N is /dev/accel/accelN.
+    const std::string node = device ? device : kDefaultNode;
     unsigned index = 0;
-    if (device && std::strncmp(device, "/dev/accel/accel", 16) == 0)
-      index = static_cast<unsigned>(std::stoul(device + 16));
+    if (node.compare(0, std::strlen(kAccelPrefix), kAccelPrefix) == 0) {
+      const char *digits = node.c_str() + std::strlen(kAccelPrefix);
+      char *end = nullptr;
+      errno = 0;
+      unsigned long n = std::strtoul(digits, &end, 10);
+      if (end == digits || *end != '\0' || errno != 0 || n > 255)
+        throw std::runtime_error("'" + node + "' is not an accel node (" + kAccelPrefix + "N)");
+      index = static_cast<unsigned>(n);
+    }
+    // XRT's own message for a missing device does not name the node; this one does.
+    struct stat st;
+    if (stat(node.c_str(), &st) != 0)
+      throw std::runtime_error("no NPU device node " + node + ": " + std::strerror(errno));
     auto dev = std::make_unique<xdna_device>();
     dev->device = xrt::device(index);
     return dev.release();

@@ -42,6 +42,7 @@ use super::quant::{self, QuantizedWeight};
 use super::{BackendKind, Engine, EngineError, Linear, Precision};
 
 pub mod layout;
+pub mod load_error;
 pub mod shim;
 
 use shim::{Buffer, GemmShape, Kernel, Role, Shim, ShimKind};
@@ -56,6 +57,9 @@ pub const EMULATED: &str = "emulated";
 pub const XRT_SHIM_FILE: &str = "libxdna_shim_xrt.so";
 /// The xclbin holding every GEMM kernel (`make -C kernels` merges them into one).
 pub const XCLBIN_FILE: &str = "whisper_gemm.xclbin";
+
+/// The `log` target, routed to the element's debug category.
+const LOG_TARGET: &str = "whisperencnpu";
 
 /// Rows per parallel task when quantizing and dequantizing on the host.
 const DEQUANT_ROWS: usize = 32;
@@ -187,6 +191,27 @@ struct Slot {
 impl XdnaEngine {
     /// Opens the engine as `config` says, or explains what is missing.
     pub fn open(config: &XdnaConfig) -> Result<XdnaEngine, EngineError> {
+        let unusable = |reason: String| EngineError::XdnaShimUnusable {
+            path: config.shim.clone(),
+            reason,
+        };
+        // The shim first when it is there: a device shim that cannot load here (XRT built for a
+        // newer system, or absent) is the more useful thing to hear about, even without a device.
+        let shim = if config.shim.is_file() {
+            let shim = Shim::load(&config.shim).map_err(|e| {
+                log::debug!(target: LOG_TARGET, "XDNA2 shim {}: {e}", config.shim.display());
+                unusable(e.to_string())
+            })?;
+            log::debug!(
+                target: LOG_TARGET,
+                "XDNA2 shim {} loaded ({})",
+                config.shim.display(),
+                shim.kind().nick()
+            );
+            Some(shim)
+        } else {
+            None
+        };
         if let XdnaDevice::Node(node) = &config.device {
             if !node.exists() {
                 return Err(EngineError::XdnaDeviceMissing {
@@ -194,11 +219,11 @@ impl XdnaEngine {
                 });
             }
         }
-        if !config.shim.is_file() {
+        let Some(shim) = shim else {
             return Err(EngineError::XdnaShimMissing {
                 path: config.shim.clone(),
             });
-        }
+        };
         // The device needs the kernel binaries: the xclbin and at least one instruction file.
         let mut first_kernel = None;
         if let XdnaDevice::Node(_) = config.device {
@@ -219,11 +244,6 @@ impl XdnaEngine {
             first_kernel = Some((k, n));
         }
 
-        let unusable = |reason: String| EngineError::XdnaShimUnusable {
-            path: config.shim.clone(),
-            reason,
-        };
-        let shim = Shim::load(&config.shim).map_err(|e| unusable(e.to_string()))?;
         match (&config.device, shim.kind()) {
             (XdnaDevice::Node(_), ShimKind::Xrt) | (XdnaDevice::Emulated, ShimKind::Emulator) => {}
             (XdnaDevice::Node(_), ShimKind::Emulator) => {
@@ -269,15 +289,19 @@ impl XdnaEngine {
     }
 
     /// For `backend=auto`: the device as the environment describes it, never the emulation.
+    /// Without a device node nothing is loaded (XRT's start-up is not free).
     pub fn open_auto() -> Result<XdnaEngine, EngineError> {
         let config = XdnaConfig::from_env();
-        if config.device == XdnaDevice::Emulated {
-            return Err(EngineError::XdnaDevice(format!(
+        match &config.device {
+            XdnaDevice::Emulated => Err(EngineError::XdnaDevice(format!(
                 "backend=auto does not use the emulation ({ENV_DEVICE}={EMULATED}); ask for \
                  backend=xdna"
-            )));
+            ))),
+            XdnaDevice::Node(node) if !node.exists() => Err(EngineError::XdnaDeviceMissing {
+                device: node.clone(),
+            }),
+            XdnaDevice::Node(_) => XdnaEngine::open(&config),
         }
-        XdnaEngine::open(&config)
     }
 
     pub fn config(&self) -> &XdnaConfig {

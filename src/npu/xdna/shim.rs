@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
+use super::load_error;
+
 #[allow(
     non_camel_case_types,
     non_upper_case_globals,
@@ -51,6 +53,10 @@ impl ShimKind {
 pub enum ShimError {
     #[error("cannot load {}: {reason}", path.display())]
     Load { path: PathBuf, reason: String },
+    /// The library is there but a dependency (XRT, or what XRT was built against) is missing
+    /// or too new for this system: [`load_error::explain`]'s words, then the loader's.
+    #[error("{explanation} (the loader said: {reason})")]
+    Incompatible { explanation: String, reason: String },
     #[error("{} speaks shim ABI version {found}, this plugin needs {expected}; rebuild it (make -C kernels install)", path.display())]
     Version {
         path: PathBuf,
@@ -86,9 +92,18 @@ impl Shim {
         // the C/C++ runtime's (and XRT's, for the device shim). Every symbol is resolved here
         // with the signature bindgen read from the same header the library was built from; the
         // ABI version check below catches a library built from another version of it.
-        let lib = unsafe { ffi::XdnaShimLibrary::new(path) }.map_err(|e| ShimError::Load {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
+        let lib = unsafe { ffi::XdnaShimLibrary::new(path) }.map_err(|e| {
+            let reason = e.to_string();
+            match load_error::explain(&reason, load_error::glibc_version().as_deref()) {
+                Some(explanation) => ShimError::Incompatible {
+                    explanation,
+                    reason,
+                },
+                None => ShimError::Load {
+                    path: path.to_path_buf(),
+                    reason,
+                },
+            }
         })?;
         // SAFETY: both take no arguments; the kind is a static NUL-terminated string.
         let (found, kind) = unsafe {
