@@ -19,9 +19,9 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2};
 use gstwhisperencnpu::model::{Encoder, WhisperModel};
 use gstwhisperencnpu::npu::cpu_int8::CpuInt8Engine;
 use gstwhisperencnpu::npu::quant::{self, QuantizedWeight};
-use gstwhisperencnpu::npu::xdna::layout::{self, M_RUN, N_ALIGN, TILE_K, TILE_M, TILE_N};
-use gstwhisperencnpu::npu::xdna::shim::{GemmShape, Role, Shim, ShimKind};
-use gstwhisperencnpu::npu::xdna::{self, XdnaConfig, XdnaDevice, XdnaEngine};
+use gstwhisperencnpu::npu::xdna::layout::{self, M_ALIGN, M_MAX, N_ALIGN, TILE_K, TILE_M, TILE_N};
+use gstwhisperencnpu::npu::xdna::shim::{GemmParams, GemmShape, Role, Shim, ShimKind};
+use gstwhisperencnpu::npu::xdna::{self, XdnaConfig, XdnaDevice, XdnaEngine, XdnaStats};
 use gstwhisperencnpu::npu::{
     self, BackendChoice, BackendKind, Engine, EngineError, Linear, Precision,
 };
@@ -69,8 +69,13 @@ fn pseudo_i8(len: usize, seed: u32) -> Vec<i8> {
 #[test]
 fn padding_follows_the_tiles() {
     assert_eq!(
-        (TILE_M, TILE_K, TILE_N, M_RUN, N_ALIGN),
-        (64, 64, 64, 512, 512)
+        (TILE_M, TILE_K, TILE_N, M_ALIGN, M_MAX, N_ALIGN),
+        (64, 64, 64, 256, 1024, 512)
+    );
+    // A window's 512 positions and conv1's 1024 im2col rows are each one launch.
+    assert_eq!(
+        [1, 256, 257, 512, 1024].map(layout::padded_m),
+        [256, 256, 512, 512, 1024]
     );
     // conv1 (3 x 80 mel bands), d_model and its multiples for base and tiny.en.
     for (k, padded) in [
@@ -95,18 +100,52 @@ fn padding_follows_the_tiles() {
     }
     assert_eq!(layout::padded_n(1), 512);
     assert_eq!(
-        [1, 511, 512, 513, 1024, 1500].map(layout::runs_for),
-        [1, 1, 1, 2, 2, 3]
+        [1, 511, 512, 1024, 1025, 1500, 3000].map(layout::launches_for),
+        [1, 1, 1, 1, 2, 2, 3]
     );
+}
+
+/// A launch's runtime parameters are its padded shape in blocks and tiles; every product of base
+/// and tiny.en fits the one configuration (at most M_MAX rows a launch).
+#[test]
+fn runtime_parameters_describe_every_encoder_product() {
+    let params = |m, k, n| layout::gemm_params(GemmShape { m, k, n });
+    let p = |m_blocks, k_tiles, n_blocks| GemmParams {
+        m_blocks,
+        k_tiles,
+        n_blocks,
+    };
+    // base: conv1 (1024 im2col rows, K 240 -> 256), conv2, QKV, out, FFN 1, FFN 2.
+    assert_eq!(params(1024, 256, 512), p(4, 4, 1));
+    assert_eq!(params(512, 1536, 512), p(2, 24, 1));
+    assert_eq!(params(512, 512, 1536), p(2, 8, 3));
+    assert_eq!(params(512, 512, 512), p(2, 8, 1));
+    assert_eq!(params(512, 512, 2048), p(2, 8, 4));
+    assert_eq!(params(512, 2048, 512), p(2, 32, 1));
+    // tiny.en: QKV 1152 -> 1536 and d 384 -> 512 in N.
+    assert_eq!(params(512, 384, 1536), p(2, 6, 3));
+    assert_eq!(params(512, 1152, 512), p(2, 18, 1));
+    // Instruction files are named by their padded shape.
+    let shape = GemmShape {
+        m: 1024,
+        k: 256,
+        n: 512,
+    };
+    assert_eq!(xdna::insts_file(shape), "gemm_m1024_k256_n512.insts.bin");
+    assert_eq!(
+        xdna::parse_insts_file(&xdna::insts_file(shape)),
+        Some(shape)
+    );
+    assert_eq!(xdna::parse_insts_file("gemm_k256_n512.insts.bin"), None);
 }
 
 /// The tiled layouts are permutations of the padded matrices, and every 64 x 64 tile is one
 /// contiguous 4 KiB run, the K tiles of a panel one after the other (what makes the DMAs linear).
 #[test]
 fn tiled_layouts_are_permutations_of_whole_tiles() {
-    let k_pad = 192;
-    let mut seen = vec![false; M_RUN * k_pad];
-    for r in 0..M_RUN {
+    let (m_pad, k_pad) = (512, 192);
+    let mut seen = vec![false; m_pad * k_pad];
+    for r in 0..m_pad {
         for c in 0..k_pad {
             let i = layout::a_index(k_pad, r, c);
             assert!(!seen[i], "A ({r}, {c}) lands on a taken place");
@@ -140,13 +179,15 @@ fn tiled_layouts_are_permutations_of_whole_tiles() {
 
 #[test]
 fn packing_places_values_and_zero_pads() {
-    // 300 rows of K = 100: rows and columns are both padded (M to 512, K to 128).
+    // 300 rows of K = 100: rows and columns are both padded (M to 512, K to 128); the buffer is
+    // larger (made for M_MAX rows) and its tail is not the launch's.
     let (rows, k) = (300, 100);
-    let k_pad = layout::padded_k(k);
+    let (m_pad, k_pad) = (layout::padded_m(rows), layout::padded_k(k));
     let q = pseudo_i8(rows * k, 1);
-    let mut a = vec![99i8; M_RUN * k_pad];
-    layout::pack_a(&q, rows, k, k_pad, &mut a);
-    for r in 0..M_RUN {
+    let mut a = vec![99i8; M_MAX * k_pad];
+    layout::pack_a(&q, rows, k, m_pad, k_pad, &mut a);
+    assert!(a[m_pad * k_pad..].iter().all(|&v| v == 99));
+    for r in 0..m_pad {
         for c in 0..k_pad {
             let want = if r < rows && c < k { q[r * k + c] } else { 0 };
             assert_eq!(a[layout::a_index(k_pad, r, c)], want, "A ({r}, {c})");
@@ -165,7 +206,7 @@ fn packing_places_values_and_zero_pads() {
         }
     }
 
-    let c: Vec<i32> = (0..(M_RUN * n_pad) as i32).collect();
+    let c: Vec<i32> = (0..(m_pad * n_pad) as i32).collect();
     let mut acc = vec![0; rows * n_out];
     layout::unpack_c(&c, rows, n_out, n_pad, &mut acc);
     for r in 0..rows {
@@ -188,29 +229,73 @@ fn emulated_shim_loads_and_says_what_it_is() {
     );
 }
 
-/// One kernel run of the emulated device against `quant::gemm_i8_reference`, for several shapes.
+/// One launch of the emulated device against `quant::gemm_i8_reference`, for several shapes
+/// through one configuration (no reconfiguration between them).
 #[test]
 fn emulated_gemm_equals_the_int8_definition() {
     let shim = Shim::load(&xdna::emulator_shim_path()).unwrap();
     let dev = shim.open(None).unwrap();
-    for (k, n, seed) in [(64, 512, 1), (256, 512, 2), (448, 1024, 3)] {
-        let shape = GemmShape { m: M_RUN, k, n };
-        let kernel = dev.load_kernel(None, "test", None, shape).unwrap();
-        let a_rm = pseudo_i8(M_RUN * k, seed);
+    let config = dev.load_config(None, xdna::GEMM_KERNEL).unwrap();
+    let shapes = [(256, 64, 512, 1), (512, 256, 512, 2), (1024, 448, 1024, 3)];
+    for &(m, k, n, seed) in &shapes {
+        let shape = GemmShape { m, k, n };
+        let seq = config
+            .load_sequence(None, layout::gemm_params(shape))
+            .unwrap();
+        let a_rm = pseudo_i8(m * k, seed);
         let w = pseudo_i8(n * k, seed + 10); // n x k: B^T
-        let mut a = kernel.alloc(Role::A, M_RUN * k).unwrap();
-        let mut b = kernel.alloc(Role::B, k * n).unwrap();
-        let c = kernel.alloc(Role::C, M_RUN * n * 4).unwrap();
-        layout::pack_a(&a_rm, M_RUN, k, k, a.as_i8_mut());
+        let mut a = config.alloc(Role::A, m * k).unwrap();
+        let mut b = config.alloc(Role::B, k * n).unwrap();
+        let c = config.alloc(Role::C, m * n * 4).unwrap();
+        layout::pack_a(&a_rm, m, k, m, k, a.as_i8_mut());
         layout::pack_b(&w, n, k, k, n, b.as_i8_mut());
         a.sync_to_device().unwrap();
         b.sync_to_device().unwrap();
-        kernel.run(&a, &b, &c).unwrap();
+        seq.run(&a, &b, &c).unwrap();
         c.sync_from_device().unwrap();
-        let mut want = vec![0i32; M_RUN * n];
-        quant::gemm_i8_reference(&a_rm, &w, M_RUN, k, n, &mut want);
-        assert!(c.as_i32() == want.as_slice(), "{M_RUN}x{k}x{n} differs");
+        let mut want = vec![0i32; m * n];
+        quant::gemm_i8_reference(&a_rm, &w, m, k, n, &mut want);
+        assert!(c.as_i32() == want.as_slice(), "{m}x{k}x{n} differs");
     }
+    let counters = dev.counters().unwrap();
+    assert_eq!(counters.launches, shapes.len() as u64);
+    assert_eq!(counters.reconfigurations, 0);
+    assert_eq!(counters.configurations_loaded, 1);
+}
+
+/// Launching a sequence of another configuration than the array holds is a reconfiguration,
+/// as the device's firmware would load that configuration first.
+#[test]
+fn emulated_shim_counts_reconfigurations() {
+    let shim = Shim::load(&xdna::emulator_shim_path()).unwrap();
+    let dev = shim.open(None).unwrap();
+    let first = dev.load_config(None, "first").unwrap();
+    let second = dev.load_config(None, "second").unwrap();
+    let shape = GemmShape {
+        m: 256,
+        k: 64,
+        n: 512,
+    };
+    let params = layout::gemm_params(shape);
+    let (s1, s2) = (
+        first.load_sequence(None, params).unwrap(),
+        second.load_sequence(None, params).unwrap(),
+    );
+    let a = first.alloc(Role::A, 256 * 64).unwrap();
+    let b = first.alloc(Role::B, 64 * 512).unwrap();
+    let c = first.alloc(Role::C, 256 * 512 * 4).unwrap();
+    for seq in [&s1, &s1, &s2, &s2, &s1] {
+        seq.run(&a, &b, &c).unwrap();
+    }
+    let counters = dev.counters().unwrap();
+    assert_eq!(
+        (
+            counters.launches,
+            counters.reconfigurations,
+            counters.configurations_loaded
+        ),
+        (5, 2, 2)
+    );
 }
 
 /// Like the device, the emulation computes on what was synced to it, and says what is wrong.
@@ -218,37 +303,43 @@ fn emulated_gemm_equals_the_int8_definition() {
 fn emulated_shim_needs_syncs_and_checks_its_arguments() {
     let shim = Shim::load(&xdna::emulator_shim_path()).unwrap();
     let dev = shim.open(None).unwrap();
+    let config = dev.load_config(None, xdna::GEMM_KERNEL).unwrap();
     let shape = GemmShape {
-        m: M_RUN,
+        m: 512,
         k: 64,
         n: 512,
     };
-    let kernel = dev.load_kernel(None, "test", None, shape).unwrap();
-    let mut a = kernel.alloc(Role::A, M_RUN * 64).unwrap();
-    let mut b = kernel.alloc(Role::B, 64 * 512).unwrap();
-    let c = kernel.alloc(Role::C, M_RUN * 512 * 4).unwrap();
+    let seq = config
+        .load_sequence(None, layout::gemm_params(shape))
+        .unwrap();
+    let mut a = config.alloc(Role::A, 512 * 64).unwrap();
+    let mut b = config.alloc(Role::B, 64 * 512).unwrap();
+    let c = config.alloc(Role::C, 512 * 512 * 4).unwrap();
     a.as_i8_mut().fill(1);
     b.as_i8_mut().fill(1);
-    kernel.run(&a, &b, &c).unwrap();
+    seq.run(&a, &b, &c).unwrap();
     c.sync_from_device().unwrap();
     assert!(c.as_i32().iter().all(|&v| v == 0), "unsynced inputs used");
     a.sync_to_device().unwrap();
     b.sync_to_device().unwrap();
-    kernel.run(&a, &b, &c).unwrap();
+    seq.run(&a, &b, &c).unwrap();
     assert!(c.as_i32().iter().all(|&v| v == 0), "unsynced output seen");
     c.sync_from_device().unwrap();
     assert!(c.as_i32().iter().all(|&v| v == 64));
 
-    let bad = GemmShape {
-        m: M_RUN,
-        k: 100,
-        n: 512,
+    // More row blocks than one launch takes.
+    let too_tall = GemmParams {
+        m_blocks: (M_MAX / M_ALIGN) as u32 + 1,
+        k_tiles: 1,
+        n_blocks: 1,
     };
-    let err = dev.load_kernel(None, "bad", None, bad).err().unwrap();
-    assert!(err.to_string().contains("512x100x512"), "{err}");
-    let small = kernel.alloc(Role::A, 16).unwrap();
-    let err = kernel.run(&small, &b, &c).unwrap_err();
+    let err = config.load_sequence(None, too_tall).err().unwrap();
+    assert!(err.to_string().contains("m_blocks 5"), "{err}");
+    let small = config.alloc(Role::A, 16).unwrap();
+    let err = seq.run(&small, &b, &c).unwrap_err();
     assert!(err.to_string().contains("too small"), "{err}");
+    let err = seq.run(&b, &a, &c).unwrap_err();
+    assert!(err.to_string().contains("wrong argument slots"), "{err}");
 }
 
 // ---- the engine --------------------------------------------------------------------------------
@@ -300,11 +391,12 @@ fn linear_layers_equal_the_cpu_int8_computation() {
     assert_eq!(engine.backend(), BackendKind::Xdna);
     assert_eq!(engine.precision(), Precision::Int8);
     assert!(engine.is_emulated());
-    // Odd sizes (every dimension padded), more rows than one run, with and without bias.
+    // Odd sizes (every dimension padded), more rows than one launch, with and without bias.
     for (n_out, n_in, rows, bias) in [
         (37, 53, 700, true),
         (600, 64, 512, false),
         (8, 200, 1, true),
+        (16, 64, 1100, false),
     ] {
         let w = pseudo(n_out, n_in, n_out as u32);
         let b: Array1<f32> = pseudo(1, n_out, 5).row(0).to_owned();
@@ -332,8 +424,12 @@ fn linear_layers_equal_the_cpu_int8_computation() {
     }
     let stats = engine.stats();
     assert!(stats.fallbacks.is_empty(), "{:?}", stats.fallbacks);
-    // 2 + 1 + 1 runs per call, two calls each.
-    assert_eq!(stats.kernel_runs, 8);
+    // 1 + 1 + 1 + 2 launches per call, two calls each, on the one configuration.
+    assert_eq!(stats.launches, 10);
+    assert_eq!(stats.reconfigurations, 0);
+    assert_eq!(stats.configurations_loaded, 1);
+    // Padded (M, K, N): 768x64x512, 512x64x1024, 256x256x512, 1024x64x512 and 256x64x512.
+    assert_eq!(stats.sequences_loaded, 5);
 }
 
 fn load_model(name: &str) -> WhisperModel {
@@ -347,9 +443,11 @@ fn encoder_exactness(model_name: &str, engine: Arc<XdnaEngine>) -> Array2<f32> {
     let model = load_model(model_name);
     let mel = read_npy_2d("golden/mel_jfk.npy");
     let mut on_npu = Encoder::new(&model, engine.clone(), 2).unwrap();
+    let loaded = engine.stats();
     let started = std::time::Instant::now();
     let ours = on_npu.forward(mel.view());
     let npu_time = started.elapsed();
+    let first = engine.stats();
     assert!(ours.iter().all(|v| v.is_finite()));
     let cpu_engines: [(&str, Arc<dyn Engine>); 2] = [
         ("CPU int8 engine", Arc::new(CpuInt8Engine::new())),
@@ -368,32 +466,71 @@ fn encoder_exactness(model_name: &str, engine: Arc<XdnaEngine>) -> Array2<f32> {
             "{model_name}: {differing} values differ from the {name} encoder"
         );
     }
-    let stats = engine.stats();
-    assert!(stats.fallbacks.is_empty(), "{:?}", stats.fallbacks);
+    assert!(first.fallbacks.is_empty(), "{:?}", first.fallbacks);
     let d = model.dims();
-    // conv1 (1024 rows: 2 runs), conv2, and 4 products per layer.
-    assert_eq!(stats.kernel_runs as usize, 2 + 1 + 4 * d.n_encoder_layers);
+    // One launch per product: conv1 (all 1024 im2col rows), conv2, and QKV, attention out,
+    // FFN 1 and FFN 2 of every layer; one configuration, loaded with the engine, never switched.
+    let expected_launches = (2 + 4 * d.n_encoder_layers) as u64;
+    assert_eq!(first.since(&loaded), (expected_launches, 0), "first window");
+    assert_eq!(
+        (first.configurations_loaded, first.reconfigurations),
+        (1, 0)
+    );
+    // One instruction sequence per padded shape of conv1, conv2, QKV, out, FFN 1, FFN 2 (tiny.en's
+    // QKV and FFN 1 share 512 x 384 x 1536).
+    let shapes = window_shapes(d, ours.nrows());
+    assert_eq!(first.sequences_loaded, shapes.len() as u64, "{shapes:?}");
     let device = if engine.is_emulated() {
         "emulated"
     } else {
         "device"
     };
     println!(
-        "{model_name}: XDNA2 engine ({device}, {} kernel runs, first window {:.3} s) == CPU int8 \
-         engine == quant.rs reference, bit for bit",
-        stats.kernel_runs,
+        "{model_name}: XDNA2 engine ({device}; first window: {} launches, {} reconfigurations, \
+         {} sequences, {:.3} s) == CPU int8 engine == quant.rs reference, bit for bit",
+        expected_launches,
+        first.reconfigurations,
+        first.sequences_loaded,
         npu_time.as_secs_f64()
     );
 
-    // And again: the device buffers are reused, the result does not change.
+    // And again: the device buffers and sequences are reused, the result does not change.
     let started = std::time::Instant::now();
     let again = on_npu.forward(mel.view());
+    let second: XdnaStats = engine.stats();
     println!(
-        "{model_name}: second window {:.3} s",
-        started.elapsed().as_secs_f64()
+        "{model_name}: second window {:.3} s, {} launches, {} reconfigurations",
+        started.elapsed().as_secs_f64(),
+        second.since(&first).0,
+        second.since(&first).1
     );
     assert!(same_bits(&again, &ours), "second window differs");
+    assert_eq!(
+        second.since(&first),
+        (expected_launches, 0),
+        "second window"
+    );
+    assert_eq!(second.sequences_loaded, shapes.len() as u64);
     ours
+}
+
+/// The padded GEMM shapes of one window of `positions` encoder positions.
+fn window_shapes(
+    d: &gstwhisperencnpu::model::Dims,
+    positions: usize,
+) -> std::collections::BTreeSet<(usize, usize, usize)> {
+    let (m, dm) = (layout::padded_m(positions), d.d_model);
+    let shape = |m, k, n| (m, layout::padded_k(k), layout::padded_n(n));
+    [
+        shape(layout::padded_m(2 * positions), 3 * d.n_mels, dm),
+        shape(m, 3 * dm, dm),
+        shape(m, dm, 3 * dm),
+        shape(m, dm, dm),
+        shape(m, dm, 4 * dm),
+        shape(m, 4 * dm, dm),
+    ]
+    .into_iter()
+    .collect()
 }
 
 #[test]
@@ -484,7 +621,12 @@ fn missing_pieces_are_explained() {
         err.contains("kernel binaries") && err.contains(xdna::ENV_KERNELS),
         "{err}"
     );
-    std::fs::write(kernels.join(xdna::insts_file(512, 512)), [0u8; 4]).unwrap();
+    let shape = GemmShape {
+        m: 512,
+        k: 512,
+        n: 512,
+    };
+    std::fs::write(kernels.join(xdna::insts_file(shape)), [0u8; 4]).unwrap();
     let err = open_error(&config).to_string();
     assert!(err.contains(xdna::XCLBIN_FILE), "{err}");
 
@@ -498,7 +640,7 @@ fn missing_pieces_are_explained() {
 
     // A file that is no library.
     let mut emulated = emulator();
-    emulated.shim = kernels.join(xdna::insts_file(512, 512));
+    emulated.shim = kernels.join(xdna::insts_file(shape));
     let err = open_error(&emulated).to_string();
     assert!(err.contains("cannot be used"), "{err}");
     let _ = std::fs::remove_dir_all(kernels);
