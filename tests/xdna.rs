@@ -768,6 +768,9 @@ fn child_element_xdna_emulated() {
     for s in &timings {
         assert_eq!(s.get::<&str>("backend").unwrap(), "xdna", "{s}");
         assert_eq!(s.get::<&str>("precision").unwrap(), "int8", "{s}");
+        // tiny.en: conv1, conv2 and 4 products in each of 4 layers, one configuration.
+        assert_eq!(s.get::<u64>("npu-launches").unwrap(), 18, "{s}");
+        assert_eq!(s.get::<u64>("npu-reconfigurations").unwrap(), 0, "{s}");
     }
     println!("timing: {}", timings[0]);
 }

@@ -394,6 +394,7 @@ impl WhisperEncNpu {
                     processing: started.elapsed(),
                     backend: encoder.backend(),
                     precision: encoder.precision(),
+                    npu: encoder.npu_window(),
                 };
                 drop(guard);
                 self.post(timing.message());

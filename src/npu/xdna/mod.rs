@@ -43,7 +43,7 @@ use ndarray::{s, ArrayView1, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
 use super::quant::{self, QuantizedWeight};
-use super::{BackendKind, Engine, EngineError, Linear, Precision};
+use super::{BackendKind, DeviceCounters, Engine, EngineError, Linear, Precision};
 
 pub mod layout;
 pub mod load_error;
@@ -473,6 +473,14 @@ impl Engine for XdnaEngine {
 
     fn precision(&self) -> Precision {
         Precision::Int8
+    }
+
+    fn device_counters(&self) -> Option<DeviceCounters> {
+        let stats = self.stats();
+        Some(DeviceCounters {
+            launches: stats.launches,
+            reconfigurations: stats.reconfigurations,
+        })
     }
 
     fn prepare(&self, weight: ArrayView2<f32>, bias: Option<ArrayView1<f32>>) -> Box<dyn Linear> {

@@ -269,6 +269,7 @@ impl WhisperEncNpu {
             processing,
             backend: encoder.backend(),
             precision: encoder.precision(),
+            npu: encoder.npu_window(),
         };
         self.post(timing.message());
 
@@ -310,6 +311,7 @@ impl WhisperEncNpu {
             processing: report.processing,
             backend: encoder.backend(),
             precision: encoder.precision(),
+            npu: encoder.npu_window(),
         };
         self.post(timing.message());
         self.adapt_step_bound(report.index, report.processing);
