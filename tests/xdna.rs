@@ -574,6 +574,73 @@ fn base_encoder_on_the_device_equals_cpu_int8() {
     );
 }
 
+/// First device run, step 2 (kernels/README.md): one 512 x 512 x 2048 launch of our design on
+/// the NPU, the shape upstream's whole_array example is run at first, against the int8
+/// definition; then the time of a launch (mean of 20, A and B resident, C synced back).
+/// `cargo test --release --test xdna -- --ignored gemm_512x512x2048_on_the_device --nocapture`
+#[test]
+#[ignore = "needs an XDNA2 NPU with the kernels installed"]
+fn gemm_512x512x2048_on_the_device() {
+    const LAUNCHES: u32 = 20;
+    let config = XdnaConfig::from_env();
+    let shim = Shim::load(&config.shim).unwrap_or_else(|e| panic!("{e}"));
+    let node = match &config.device {
+        XdnaDevice::Node(node) => node.to_string_lossy().into_owned(),
+        XdnaDevice::Emulated => panic!("set {} to the NPU, not emulated", xdna::ENV_DEVICE),
+    };
+    let dev = shim.open(Some(&node)).unwrap_or_else(|e| panic!("{e}"));
+    let array = dev
+        .load_config(
+            Some(&config.kernels.join(xdna::XCLBIN_FILE)),
+            xdna::GEMM_KERNEL,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let shape = GemmShape {
+        m: 512,
+        k: 512,
+        n: 2048,
+    };
+    let insts = config.kernels.join(xdna::insts_file(shape));
+    let seq = array
+        .load_sequence(Some(&insts), layout::gemm_params(shape))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (m, k, n) = (shape.m, shape.k, shape.n);
+    let a_rm = pseudo_i8(m * k, 7);
+    let w = pseudo_i8(n * k, 8);
+    let mut a = array.alloc(Role::A, m * k).unwrap();
+    let mut b = array.alloc(Role::B, k * n).unwrap();
+    let c = array.alloc(Role::C, m * n * 4).unwrap();
+    layout::pack_a(&a_rm, m, k, m, k, a.as_i8_mut());
+    layout::pack_b(&w, n, k, k, n, b.as_i8_mut());
+    a.sync_to_device().unwrap();
+    b.sync_to_device().unwrap();
+    seq.run(&a, &b, &c).unwrap_or_else(|e| panic!("{e}"));
+    c.sync_from_device().unwrap();
+    let mut want = vec![0i32; m * n];
+    quant::gemm_i8_reference(&a_rm, &w, m, k, n, &mut want);
+    let wrong = c
+        .as_i32()
+        .iter()
+        .zip(&want)
+        .filter(|(x, y)| x != y)
+        .count();
+    assert_eq!(wrong, 0, "{wrong} of {} outputs differ", m * n);
+    let started = std::time::Instant::now();
+    for _ in 0..LAUNCHES {
+        seq.run(&a, &b, &c).unwrap();
+        c.sync_from_device().unwrap();
+    }
+    let per_launch = started.elapsed() / LAUNCHES;
+    let ops = 2.0 * (m * k * n) as f64;
+    println!(
+        "512x512x2048 on the device: bit-exact; {:.1} us a launch (C synced back), {:.2} TOPS; \
+         counters {:?}",
+        per_launch.as_secs_f64() * 1e6,
+        ops / per_launch.as_secs_f64() / 1e12,
+        dev.counters().unwrap()
+    );
+}
+
 // ---- opening: what is missing is said ----------------------------------------------------------
 
 fn open_error(config: &XdnaConfig) -> EngineError {
