@@ -618,12 +618,7 @@ fn gemm_512x512x2048_on_the_device() {
     c.sync_from_device().unwrap();
     let mut want = vec![0i32; m * n];
     quant::gemm_i8_reference(&a_rm, &w, m, k, n, &mut want);
-    let wrong = c
-        .as_i32()
-        .iter()
-        .zip(&want)
-        .filter(|(x, y)| x != y)
-        .count();
+    let wrong = c.as_i32().iter().zip(&want).filter(|(x, y)| x != y).count();
     assert_eq!(wrong, 0, "{wrong} of {} outputs differ", m * n);
     let started = std::time::Instant::now();
     for _ in 0..LAUNCHES {
