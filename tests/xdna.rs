@@ -480,6 +480,13 @@ fn encoder_exactness(model_name: &str, engine: Arc<XdnaEngine>) -> Array2<f32> {
     // QKV and FFN 1 share 512 x 384 x 1536).
     let shapes = window_shapes(d, ours.nrows());
     assert_eq!(first.sequences_loaded, shapes.len() as u64, "{shapes:?}");
+    // kernels/Makefile builds an instruction sequence for each of them by default.
+    let built = makefile_shapes();
+    assert!(
+        shapes.is_subset(&built),
+        "kernels/Makefile SHAPES lacks {:?}",
+        shapes.difference(&built).collect::<Vec<_>>()
+    );
     let device = if engine.is_emulated() {
         "emulated"
     } else {
@@ -512,6 +519,55 @@ fn encoder_exactness(model_name: &str, engine: Arc<XdnaEngine>) -> Array2<f32> {
     );
     assert_eq!(second.sequences_loaded, shapes.len() as u64);
     ours
+}
+
+/// The launch shapes kernels/Makefile builds by default (`SHAPES_BASE`, `SHAPES_TINY`).
+fn makefile_shapes() -> std::collections::BTreeSet<(usize, usize, usize)> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/kernels/Makefile");
+    let text = std::fs::read_to_string(path).expect("kernels/Makefile");
+    let shapes: std::collections::BTreeSet<_> = text
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("SHAPES_BASE :=")
+                .or_else(|| l.strip_prefix("SHAPES_TINY :="))
+        })
+        .flat_map(|l| l.split_whitespace())
+        .map(|s| {
+            let v: Vec<usize> = s.split('x').map(|d| d.parse().expect("MxKxN")).collect();
+            (v[0], v[1], v[2])
+        })
+        .collect();
+    assert!(!shapes.is_empty(), "no SHAPES_BASE / SHAPES_TINY in {path}");
+    shapes
+}
+
+/// The IRON design's runtime sequence, replayed symbolically on the CPU against recording
+/// stand-ins of IRON (kernels/iron/sim/check_sequence.py): for every launch shape the Makefile
+/// builds, each worker multiplies the right A and B tiles in K order, with the trip counts the
+/// sequence writes into its RTP buffer, every FIFO is consumed to its end, and every element of C
+/// is drained exactly once to its place. (The device's own API spelling is checked at first
+/// contact, kernels/README.md.)
+#[test]
+fn the_iron_design_moves_every_launch_right() {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/kernels/iron/sim/check_sequence.py"
+    );
+    let shapes: Vec<String> = makefile_shapes()
+        .into_iter()
+        .map(|(m, k, n)| format!("{m}x{k}x{n}"))
+        .collect();
+    let out = match Command::new("python3").arg(script).args(&shapes).output() {
+        Ok(out) => out,
+        Err(e) => {
+            println!("skipped: python3 cannot be run ({e})");
+            return;
+        }
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the design's data movement is wrong");
+    assert_eq!(stdout.matches(": ok").count(), shapes.len(), "{stdout}");
 }
 
 /// The padded GEMM shapes of one window of `positions` encoder positions.
