@@ -67,6 +67,9 @@ pub const GEMM_KERNEL: &str = "GEMM";
 /// The `log` target, routed to the element's debug category.
 const LOG_TARGET: &str = "whisperencnpu";
 
+/// Fallback reasons kept in [`XdnaStats::fallbacks`].
+const MAX_FALLBACKS: usize = 64;
+
 /// Rows per parallel task when quantizing and dequantizing on the host.
 const DEQUANT_ROWS: usize = 32;
 
@@ -154,7 +157,7 @@ pub struct XdnaStats {
     pub configurations_loaded: u64,
     /// Instruction sequences loaded (one per padded shape used).
     pub sequences_loaded: u64,
-    /// Layers or calls that fell back to the CPU, with the reason.
+    /// Layers or calls that fell back to the CPU, with the reason (the first 64).
     pub fallbacks: Vec<String>,
 }
 
@@ -333,13 +336,7 @@ impl XdnaEngine {
     }
 
     pub fn stats(&self) -> XdnaStats {
-        let counters = {
-            let state = self.inner.lock();
-            state.device.counters().unwrap_or_else(|e| {
-                log::debug!(target: LOG_TARGET, "XDNA2 counters: {e}");
-                Counters::default()
-            })
-        };
+        let counters = self.inner.counters();
         XdnaStats {
             launches: counters.launches,
             reconfigurations: counters.reconfigurations,
@@ -384,11 +381,22 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Records why something ran on the CPU. A failing device fails every window: the first
+    /// [`MAX_FALLBACKS`] reasons are kept (they repeat), the rest only logged.
     fn fallback(&self, reason: String) {
-        self.fallbacks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(reason);
+        log::debug!(target: LOG_TARGET, "XDNA2 fallback: {reason}");
+        let mut fallbacks = self.fallbacks.lock().unwrap_or_else(|e| e.into_inner());
+        if fallbacks.len() < MAX_FALLBACKS {
+            fallbacks.push(reason);
+        }
+    }
+
+    /// The shim's counters (zeros if it cannot say).
+    fn counters(&self) -> Counters {
+        self.lock().device.counters().unwrap_or_else(|e| {
+            log::debug!(target: LOG_TARGET, "XDNA2 counters: {e}");
+            Counters::default()
+        })
     }
 
     /// The slot of a padded (K, N), allocating its buffers the first time.
@@ -476,10 +484,10 @@ impl Engine for XdnaEngine {
     }
 
     fn device_counters(&self) -> Option<DeviceCounters> {
-        let stats = self.stats();
+        let counters = self.inner.counters();
         Some(DeviceCounters {
-            launches: stats.launches,
-            reconfigurations: stats.reconfigurations,
+            launches: counters.launches,
+            reconfigurations: counters.reconfigurations,
         })
     }
 
@@ -552,6 +560,7 @@ impl XdnaLinear {
         let b = self.b.lock().unwrap_or_else(|e| e.into_inner());
         let b = b.as_ref().ok_or("weight buffer freed")?;
         slot.a.sync_to_device().map_err(|e| e.to_string())?;
+        log::trace!(target: LOG_TARGET, "XDNA2 launch {}x{}x{}", shape.m, shape.k, shape.n);
         sequence
             .run(&slot.a, b, &slot.c)
             .map_err(|e| e.to_string())?;
