@@ -33,6 +33,7 @@ demo: build
 
 test: setup
 	cargo build --release --locked
+	scripts/build-xrt-shim
 	GST_PLUGIN_PATH=$(PLUGIN_PATH) gst-inspect-1.0 whisperencnpu > /dev/null
 	cargo test --release --locked
 	examples/pipelines/embeddings-to-file.sh $(SHARED)/audio/jfk.wav target/jfk-embeddings.f32

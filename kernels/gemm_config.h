@@ -13,11 +13,14 @@
  *   - the array is ARRAY_ROWS x ARRAY_COLS compute tiles (XDNA2: 4 x 8 = 32): row i of the array
  *     takes rows i*TILE_M.. of every (ARRAY_ROWS*TILE_M)-row block of A, column j takes columns
  *     j*TILE_N.. of every (ARRAY_COLS*TILE_N)-column block of B;
- *   - one kernel run covers GEMM_M_RUN rows of A and C (the runtime sequence is compiled for it);
- *     taller products are several runs.
+ *   - one array configuration (one xclbin, one kernel) serves every shape: the compute tiles take
+ *     the number of K tiles and of output tiles as runtime parameters of each launch (written by
+ *     the launch's instruction sequence), so changing shape never reconfigures the array;
+ *   - one launch covers up to GEMM_M_MAX rows of A and C, in blocks of ARRAY_ROWS * TILE_M rows;
+ *     taller products are several launches.
  *
  * Padding this imposes (zeros, which add nothing to an exact integer product):
- *   M -> multiple of GEMM_M_RUN (512; the array needs 4 * 64 = 256),
+ *   M -> multiple of ARRAY_ROWS * TILE_M (256),
  *   K -> multiple of TILE_K (64),
  *   N -> multiple of ARRAY_COLS * TILE_N (512).
  */
@@ -35,6 +38,7 @@
 #define XDNA_ARRAY_ROWS 4
 #define XDNA_ARRAY_COLS 8
 
-#define XDNA_GEMM_M_RUN 512
+/* Rows of A and C per launch at most: a 10.24 s window's conv1 im2col (1024 rows) in one launch. */
+#define XDNA_GEMM_M_MAX 1024
 
 #endif

@@ -9,7 +9,7 @@ use ndarray::Array2;
 use crate::mel::{LogMel, WINDOW_SAMPLES};
 use crate::model::encoder::Encoder;
 use crate::model::{ModelError, WhisperModel};
-use crate::npu::{self, BackendChoice, BackendKind, Precision};
+use crate::npu::{self, BackendChoice, BackendKind, DeviceCounters, Precision};
 
 #[derive(Clone, Copy, Debug)]
 pub struct EncoderOptions {
@@ -40,6 +40,10 @@ pub struct WindowEncoder {
     encoder: Encoder,
     backend: BackendKind,
     precision: Precision,
+    /// The engine, for its accelerator's counters (the encoder holds it too).
+    engine: std::sync::Arc<dyn npu::Engine>,
+    /// Launches and reconfigurations of the last window (accelerators only).
+    npu_window: Option<DeviceCounters>,
     /// Reused every window: the zero-padded audio and its log-mel.
     padded: Vec<f32>,
     mel_frames: Array2<f32>,
@@ -56,12 +60,14 @@ impl WindowEncoder {
         let (backend, precision) = (engine.backend(), engine.precision());
         // A weight the encoder lacks is a model error as much as a thread pool that does not start
         // (`ModelError::ThreadPool`): each says which.
-        let encoder = Encoder::new(model, engine, options.threads)?;
+        let encoder = Encoder::new(model, engine.clone(), options.threads)?;
         Ok(Self {
             mel: LogMel::new(model.dims().n_mels),
             encoder,
             backend,
             precision,
+            engine,
+            npu_window: None,
             padded: vec![0.0; WINDOW_SAMPLES],
             mel_frames: Array2::zeros((model.dims().n_mels, crate::mel::WINDOW_FRAMES)),
         })
@@ -73,6 +79,12 @@ impl WindowEncoder {
 
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// The accelerator's launches and reconfigurations during the last [`encode`](Self::encode);
+    /// `None` on the CPU.
+    pub fn npu_window(&self) -> Option<DeviceCounters> {
+        self.npu_window
     }
 
     pub fn d_model(&self) -> usize {
@@ -91,6 +103,7 @@ impl WindowEncoder {
         self.padded[..n].copy_from_slice(&samples[..n]);
         self.padded[n..].fill(0.0);
 
+        let before = self.engine.device_counters();
         let start = Instant::now();
         self.mel
             .compute_into(&self.padded, self.mel_frames.view_mut());
@@ -100,6 +113,9 @@ impl WindowEncoder {
             mel: mel_done - start,
             encoder: mel_done.elapsed(),
         };
+        self.npu_window = before
+            .zip(self.engine.device_counters())
+            .map(|(before, after)| after.since(&before));
         (embeddings, timing)
     }
 }

@@ -8,6 +8,11 @@
 // 32 bits (acc32), so the sum is exact: |a*b| <= 127*127 and K <= 2048 keep every partial sum
 // under 2^25.
 //
+// Shape-generic: it knows the tile sizes only. How many K tiles an output tile takes and how many
+// output tiles a worker computes are the launch's runtime parameters, read by the worker program
+// (kernels/iron/gemm.py) that calls zero_i32 and gemm_i8_i32, so one compiled array
+// configuration serves every GEMM of the encoder.
+//
 // Two rows of output blocks times two columns of output blocks are computed together (four
 // accumulators) so that every A and B block loaded feeds two multiplications.
 //

@@ -12,9 +12,12 @@
  *
  *   C (m x n, int32, row-major) = A (m x k, int8) * B (k x n, int8)
  *
- * with m = XDNA_GEMM_M_RUN, k a multiple of XDNA_TILE_K, n a multiple of
- * XDNA_ARRAY_COLS * XDNA_TILE_N. A and B are handed over pre-tiled, in the order the compute tiles
- * consume them, so that every DMA transfer of the design is a plain linear copy:
+ * with m a multiple of XDNA_ARRAY_ROWS * XDNA_TILE_M up to XDNA_GEMM_M_MAX, k a multiple of
+ * XDNA_TILE_K, n a multiple of XDNA_ARRAY_COLS * XDNA_TILE_N. One array configuration (one
+ * xclbin, one kernel) serves every shape: a shape is a launch's runtime parameters
+ * (xdna_gemm_params), which its instruction sequence writes into the compute tiles before
+ * moving the data. A and B are handed over pre-tiled, in the order the compute tiles consume
+ * them, so that every DMA transfer of the design is a plain linear copy:
  *
  *   A: tiles of XDNA_TILE_M x XDNA_TILE_K, tile (mt, kt) at ((mt * k/TILE_K) + kt) * TILE_M*TILE_K;
  *      inside a tile, MMUL_R x MMUL_S blocks in row-major block order, each block row-major.
@@ -44,11 +47,14 @@
 extern "C" {
 #endif
 
-/* Bumped when a signature or a layout above changes; the plugin refuses other versions. */
-#define XDNA_SHIM_ABI_VERSION 1
+/* Bumped when a signature or a layout above changes; the plugin refuses other versions.
+ * 2: one configuration for every shape (xdna_load_config + xdna_load_sequence, runtime
+ *    parameters, launch counters) instead of one kernel per shape. */
+#define XDNA_SHIM_ABI_VERSION 2
 
 typedef struct xdna_device xdna_device;
-typedef struct xdna_kernel xdna_kernel;
+typedef struct xdna_config xdna_config;
+typedef struct xdna_sequence xdna_sequence;
 typedef struct xdna_buffer xdna_buffer;
 
 /* The kernel argument a buffer is for (the memory group XRT allocates it in). */
@@ -63,12 +69,23 @@ typedef enum xdna_sync_direction {
   XDNA_SYNC_FROM_DEVICE = 1,
 } xdna_sync_direction;
 
-/* The problem one kernel binary was compiled for (padded sizes). */
-typedef struct xdna_gemm_shape {
-  uint32_t m;
-  uint32_t k;
-  uint32_t n;
-} xdna_gemm_shape;
+/* The runtime parameters of one launch: what its instruction sequence writes into every compute
+ * tile (kernels/iron/gemm.py) and how it moves the data. The GEMM is
+ *   m = m_blocks * ARRAY_ROWS * TILE_M,  k = k_tiles * TILE_K,  n = n_blocks * ARRAY_COLS * TILE_N;
+ * each compute tile computes m_blocks * n_blocks output tiles of k_tiles products each. */
+typedef struct xdna_gemm_params {
+  uint32_t m_blocks;
+  uint32_t k_tiles;
+  uint32_t n_blocks;
+} xdna_gemm_params;
+
+/* What the device did so far: launches, and how often a launch needed another array
+ * configuration than the one loaded (a reconfiguration: a new PDI for the whole array). */
+typedef struct xdna_counters {
+  uint64_t launches;
+  uint64_t reconfigurations;
+  uint64_t configurations_loaded;
+} xdna_counters;
 
 /* XDNA_SHIM_ABI_VERSION of the library. */
 uint32_t xdna_shim_abi_version(void);
@@ -82,20 +99,24 @@ const char *xdna_last_error(void);
 /* Opens the NPU. `device` is the accel node (e.g. "/dev/accel/accel0"), NULL for the default. */
 xdna_device *xdna_open(const char *device);
 
-/* Closes the device and frees every kernel and buffer made from it. NULL is ignored. */
+/* Closes the device and frees every configuration, sequence and buffer made from it. NULL is
+ * ignored. */
 void xdna_close(xdna_device *dev);
 
-/* Loads one GEMM kernel: `xclbin_path` holds the array configuration (several kernels may share
- * one xclbin; it is registered and given a hardware context once), `kernel_name` names the kernel
- * in it, `insts_path` is the instruction sequence (binary 32-bit words, or text with one hex word
- * a line if the name ends in ".txt"), `shape` what it was compiled for. The emulator checks the
- * shape against the tiling and ignores the files (NULL allowed). Owned by the device. */
-xdna_kernel *xdna_load_kernel(xdna_device *dev, const char *xclbin_path, const char *kernel_name,
-                              const char *insts_path, const xdna_gemm_shape *shape);
+/* Loads the array configuration: `xclbin_path` (registered, given a hardware context) and the
+ * kernel `kernel_name` in it. The emulator ignores both (NULL allowed). Owned by the device. */
+xdna_config *xdna_load_config(xdna_device *dev, const char *xclbin_path, const char *kernel_name);
 
-/* A buffer of `bytes` for argument `role` of `kernel` (any kernel of the same xclbin may then use
- * it). Owned by the device; xdna_free releases it earlier. */
-xdna_buffer *xdna_alloc(xdna_kernel *kernel, xdna_buffer_role role, size_t bytes);
+/* Loads the instruction sequence of one shape for `config`: `insts_path` holds binary 32-bit
+ * words, or text with one hex word a line if the name ends in ".txt"; `params` are the runtime
+ * parameters it was generated for (the emulator runs by them and ignores the file, NULL allowed).
+ * Owned by the device. */
+xdna_sequence *xdna_load_sequence(xdna_config *config, const char *insts_path,
+                                  const xdna_gemm_params *params);
+
+/* A buffer of `bytes` for argument `role` of `config`'s kernel. Owned by the device; xdna_free
+ * releases it earlier. */
+xdna_buffer *xdna_alloc(xdna_config *config, xdna_buffer_role role, size_t bytes);
 void xdna_free(xdna_buffer *buf);
 
 /* Host view of the buffer (stable for its lifetime). */
@@ -104,10 +125,13 @@ void *xdna_map(xdna_buffer *buf);
 /* Makes host writes visible to the device, or device writes visible to the host. */
 int xdna_sync(xdna_buffer *buf, xdna_sync_direction direction);
 
-/* Runs the kernel once on (a, b) into c and waits for it. The buffers must hold at least
- * m*k, k*n bytes and m*n int32 of the kernel's shape, laid out as described above, and be synced
- * to the device (a, b) before and from it (c) after. */
-int xdna_run_gemm(xdna_kernel *kernel, xdna_buffer *a, xdna_buffer *b, xdna_buffer *c);
+/* Launches the sequence once on (a, b) into c and waits for it. The buffers must hold at least
+ * m*k, k*n bytes and m*n int32 of the sequence's parameters, laid out as described above, and be
+ * synced to the device (a, b) before and from it (c) after. */
+int xdna_run(xdna_sequence *seq, xdna_buffer *a, xdna_buffer *b, xdna_buffer *c);
+
+/* The device's counters since it was opened. */
+int xdna_counters_get(xdna_device *dev, xdna_counters *out);
 
 #ifdef __cplusplus
 }

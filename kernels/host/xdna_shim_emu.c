@@ -2,12 +2,15 @@
  *
  * It stands in for the NPU in the tests: buffers have a host side and a separate "device" side
  * that only xdna_sync copies between (so a missing sync shows up as wrong numbers, as it would on
- * the device), and xdna_run_gemm runs the GEMM the way the IRON design in kernels/iron/gemm.py
- * does: the 4 x 8 compute tiles each own a set of 64 x 64 output tiles, read A and B tiles from
+ * the device), and xdna_run runs the GEMM the way the IRON design in kernels/iron/gemm.py does,
+ * driven by the same runtime parameters (xdna_gemm_params) the launch's instruction sequence
+ * writes into the compute tiles: the 4 x 8 compute tiles each own a set of 64 x 64 output tiles
+ * (m_blocks * n_blocks of them, k_tiles products each), read A and B tiles from
  * the pre-tiled buffers in the order the DMAs deliver them, run the same blocked 8 x 8 x 8 int8
  * micro-kernel as kernels/aie/gemm_i8.cc with int32 accumulators, and hand the tile back
  * un-blocked into row-major C, as the memory tiles do. Integer arithmetic is exact, so its result
- * is the device's, bit for bit.
+ * is the device's, bit for bit. It counts launches and reconfigurations (a launch of another
+ * configuration than the array holds) as the device would see them.
  *
  * The emulated compute tiles run on up to XDNA_EMU_THREADS host threads (default: one per
  * online CPU).
@@ -46,16 +49,24 @@ struct xdna_buffer {
   void *device; /* what the emulated array reads and writes */
 };
 
-struct xdna_kernel {
+struct xdna_config {
   struct xdna_device *dev;
-  struct xdna_kernel *next;
-  xdna_gemm_shape shape;
-  char name[64];
+  struct xdna_config *next;
+};
+
+struct xdna_sequence {
+  struct xdna_config *config;
+  struct xdna_sequence *next;
+  xdna_gemm_params params;
 };
 
 struct xdna_device {
-  struct xdna_kernel *kernels;
+  struct xdna_config *configs;
+  struct xdna_sequence *sequences;
   struct xdna_buffer *buffers;
+  /* The configuration the array holds (the first loaded, then the last launched). */
+  const struct xdna_config *current;
+  xdna_counters counters;
 };
 
 static _Thread_local char last_error[512];
@@ -86,44 +97,79 @@ void xdna_close(xdna_device *dev) {
     return;
   while (dev->buffers)
     xdna_free(dev->buffers);
-  while (dev->kernels) {
-    struct xdna_kernel *k = dev->kernels;
-    dev->kernels = k->next;
-    free(k);
+  while (dev->sequences) {
+    struct xdna_sequence *q = dev->sequences;
+    dev->sequences = q->next;
+    free(q);
+  }
+  while (dev->configs) {
+    struct xdna_config *c = dev->configs;
+    dev->configs = c->next;
+    free(c);
   }
   free(dev);
 }
 
-xdna_kernel *xdna_load_kernel(xdna_device *dev, const char *xclbin_path, const char *kernel_name,
-                              const char *insts_path, const xdna_gemm_shape *shape) {
+xdna_config *xdna_load_config(xdna_device *dev, const char *xclbin_path, const char *kernel_name) {
   (void)xclbin_path;
-  (void)insts_path;
-  if (!dev || !shape) {
-    set_error("emulator: xdna_load_kernel without a device or a shape");
+  (void)kernel_name;
+  if (!dev) {
+    set_error("emulator: xdna_load_config without a device");
     return NULL;
   }
-  if (shape->m == 0 || shape->k == 0 || shape->n == 0 || shape->m % (ROWS * TM) != 0 ||
-      shape->k % TK != 0 || shape->n % (COLS * TN) != 0) {
-    set_error("emulator: GEMM %ux%ux%u does not fit the tiling (m %% %d, k %% %d, n %% %d)",
-              shape->m, shape->k, shape->n, ROWS * TM, TK, COLS * TN);
-    return NULL;
-  }
-  struct xdna_kernel *k = calloc(1, sizeof *k);
-  if (!k) {
+  struct xdna_config *c = calloc(1, sizeof *c);
+  if (!c) {
     set_error("emulator: out of memory");
     return NULL;
   }
-  k->dev = dev;
-  k->shape = *shape;
-  snprintf(k->name, sizeof k->name, "%s", kernel_name ? kernel_name : "");
-  k->next = dev->kernels;
-  dev->kernels = k;
-  return k;
+  c->dev = dev;
+  c->next = dev->configs;
+  dev->configs = c;
+  if (!dev->current)
+    dev->current = c;
+  dev->counters.configurations_loaded++;
+  return c;
 }
 
-xdna_buffer *xdna_alloc(xdna_kernel *kernel, xdna_buffer_role role, size_t bytes) {
-  if (!kernel || bytes == 0) {
-    set_error("emulator: xdna_alloc without a kernel or of 0 bytes");
+xdna_sequence *xdna_load_sequence(xdna_config *config, const char *insts_path,
+                                  const xdna_gemm_params *params) {
+  (void)insts_path;
+  if (!config || !params) {
+    set_error("emulator: xdna_load_sequence without a configuration or parameters");
+    return NULL;
+  }
+  const uint32_t m_max_blocks = XDNA_GEMM_M_MAX / (ROWS * TM);
+  if (params->m_blocks == 0 || params->k_tiles == 0 || params->n_blocks == 0 ||
+      params->m_blocks > m_max_blocks) {
+    set_error("emulator: runtime parameters m_blocks %u, k_tiles %u, n_blocks %u out of range "
+              "(each at least 1, m_blocks at most %u)",
+              params->m_blocks, params->k_tiles, params->n_blocks, m_max_blocks);
+    return NULL;
+  }
+  struct xdna_sequence *q = calloc(1, sizeof *q);
+  if (!q) {
+    set_error("emulator: out of memory");
+    return NULL;
+  }
+  q->config = config;
+  q->params = *params;
+  q->next = config->dev->sequences;
+  config->dev->sequences = q;
+  return q;
+}
+
+int xdna_counters_get(xdna_device *dev, xdna_counters *out) {
+  if (!dev || !out) {
+    set_error("emulator: xdna_counters_get without a device or an output");
+    return -1;
+  }
+  *out = dev->counters;
+  return 0;
+}
+
+xdna_buffer *xdna_alloc(xdna_config *config, xdna_buffer_role role, size_t bytes) {
+  if (!config || bytes == 0) {
+    set_error("emulator: xdna_alloc without a configuration or of 0 bytes");
     return NULL;
   }
   struct xdna_buffer *b = calloc(1, sizeof *b);
@@ -140,7 +186,7 @@ xdna_buffer *xdna_alloc(xdna_kernel *kernel, xdna_buffer_role role, size_t bytes
     set_error("emulator: cannot allocate %zu bytes", bytes);
     return NULL;
   }
-  b->dev = kernel->dev;
+  b->dev = config->dev;
   b->role = role;
   b->bytes = bytes;
   b->next = b->dev->buffers;
@@ -218,20 +264,22 @@ tile_kernel(const int8_t *restrict a, const int8_t *restrict b, int32_t *restric
 }
 
 struct run {
-  xdna_gemm_shape shape;
+  xdna_gemm_params p;
   const int8_t *a, *b;
   int32_t *c;
   int threads;
   int index;
 };
 
-/* One compute tile (row i, column j of the array) through its whole share of the run, as the
- * core program of the IRON design: for each of its output tiles, zero, accumulate over K, emit. */
+/* One compute tile (row i, column j of the array) through its whole share of the launch, as the
+ * core program of the IRON design: take the runtime parameters, then for each of its output
+ * tiles zero, accumulate k_tiles products, emit. */
 static void run_core(const struct run *r, int i, int j) {
-  const uint32_t kt_count = r->shape.k / TK;
+  const uint32_t kt_count = r->p.k_tiles;
+  const size_t n = (size_t)r->p.n_blocks * COLS * TN;
   int32_t tile[TM * TN];
-  for (uint32_t mi = 0; mi < r->shape.m / (ROWS * TM); mi++) {
-    for (uint32_t nj = 0; nj < r->shape.n / (COLS * TN); nj++) {
+  for (uint32_t mi = 0; mi < r->p.m_blocks; mi++) {
+    for (uint32_t nj = 0; nj < r->p.n_blocks; nj++) {
       const uint32_t mt = mi * ROWS + i, nt = nj * COLS + j;
       memset(tile, 0, sizeof tile);
       /* The DMAs stream the A panel of row block mt and the B panel of column block nt, one
@@ -243,7 +291,7 @@ static void run_core(const struct run *r, int i, int j) {
       /* The memory tile un-blocks MR x MT blocks into rows of C. */
       for (int mb = 0; mb < TM / MR; mb++)
         for (int u = 0; u < MR; u++) {
-          int32_t *crow = r->c + (size_t)(mt * TM + mb * MR + u) * r->shape.n + nt * TN;
+          int32_t *crow = r->c + (size_t)(mt * TM + mb * MR + u) * n + nt * TN;
           for (int nb = 0; nb < TN / MT; nb++)
             memcpy(crow + nb * MT, tile + ((mb * (TN / MT) + nb) * MR + u) * MT,
                    MT * sizeof(int32_t));
@@ -269,13 +317,14 @@ static int emu_threads(void) {
   return (int)n;
 }
 
-int xdna_run_gemm(xdna_kernel *kernel, xdna_buffer *a, xdna_buffer *b, xdna_buffer *c) {
-  if (!kernel || !a || !b || !c) {
-    set_error("emulator: xdna_run_gemm with a missing kernel or buffer");
+int xdna_run(xdna_sequence *seq, xdna_buffer *a, xdna_buffer *b, xdna_buffer *c) {
+  if (!seq || !a || !b || !c) {
+    set_error("emulator: xdna_run with a missing sequence or buffer");
     return -1;
   }
-  const xdna_gemm_shape s = kernel->shape;
-  if (a->dev != kernel->dev || b->dev != kernel->dev || c->dev != kernel->dev) {
+  struct xdna_device *dev = seq->config->dev;
+  const xdna_gemm_params p = seq->params;
+  if (a->dev != dev || b->dev != dev || c->dev != dev) {
     set_error("emulator: buffers of another device");
     return -1;
   }
@@ -283,19 +332,25 @@ int xdna_run_gemm(xdna_kernel *kernel, xdna_buffer *a, xdna_buffer *b, xdna_buff
     set_error("emulator: buffers passed in the wrong argument slots");
     return -1;
   }
-  if (a->bytes < (size_t)s.m * s.k || b->bytes < (size_t)s.k * s.n ||
-      c->bytes < (size_t)s.m * s.n * sizeof(int32_t)) {
-    set_error("emulator: buffers too small for the %ux%ux%u GEMM of kernel '%s'", s.m, s.k, s.n,
-              kernel->name);
+  const size_t m = (size_t)p.m_blocks * ROWS * TM, k = (size_t)p.k_tiles * TK,
+               n = (size_t)p.n_blocks * COLS * TN;
+  if (a->bytes < m * k || b->bytes < k * n || c->bytes < m * n * sizeof(int32_t)) {
+    set_error("emulator: buffers too small for the %zux%zux%zu GEMM of the sequence", m, k, n);
     return -1;
   }
+  /* Another configuration than the array holds: the device would load its PDI first. */
+  if (dev->current != seq->config) {
+    dev->counters.reconfigurations++;
+    dev->current = seq->config;
+  }
+  dev->counters.launches++;
 
   int threads = emu_threads();
   struct run runs[CORES];
   pthread_t ids[CORES];
   int started = 0;
   for (int t = 0; t < threads; t++) {
-    runs[t] = (struct run){s, a->device, b->device, c->device, threads, t};
+    runs[t] = (struct run){p, a->device, b->device, c->device, threads, t};
     if (t > 0) {
       if (pthread_create(&ids[t], NULL, run_thread, &runs[t]) != 0)
         break;

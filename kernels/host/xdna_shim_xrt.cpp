@@ -4,13 +4,20 @@
 // repository, amd/xdna-driver, builds with its plugin).
 //
 // The flow XDNA needs: open xrt::device, read the xclbin, device.register_xclbin(xclbin), make an
-// xrt::hw_context for its uuid, take the xrt::kernel by name from that context, allocate xrt::bo
-// in the memory group of each kernel argument (instructions: group_id(1); A, B, C: 3, 4, 5), and
-// run with opcode 3 (the NPU's "run a DPU instruction sequence"):
+// xrt::hw_context for its uuid, take the xrt::kernel by name from that context (xdna_load_config:
+// the array configuration, loaded once); put each shape's instruction sequence in a buffer of the
+// kernel's instruction group (xdna_load_sequence); allocate xrt::bo in the memory group of each
+// kernel argument (instructions: group_id(1); A, B, C: 3, 4, 5), and run with opcode 3 (the NPU's
+// "run a DPU instruction sequence"):
 //     run = kernel(3, instructions, n_words, a, b, c); run.wait();
+// A launch of another configuration than the previous launch's makes the firmware load that
+// configuration's PDI first: counted as a reconfiguration.
 //
 // Build: make -C kernels shim (or see kernels/README.md).
+#include <sys/stat.h>
+
 #include <cerrno>
+#include <cstdlib>
 #include <cstdint>
 #include <cstring>
 #include <fstream>
@@ -34,6 +41,9 @@
 namespace {
 
 thread_local std::string last_error;
+
+constexpr const char *kDefaultNode = "/dev/accel/accel0";
+constexpr const char *kAccelPrefix = "/dev/accel/accel";
 
 constexpr int kOpcodeRunInstructions = 3;
 constexpr int kArgInstructions = 1;
@@ -70,11 +80,15 @@ struct xdna_buffer {
   xrt::bo bo;
 };
 
-struct xdna_kernel {
+struct xdna_config {
   xdna_device *dev;
-  xdna_gemm_shape shape;
   std::string name;
   xrt::kernel kernel;
+};
+
+struct xdna_sequence {
+  xdna_config *config;
+  xdna_gemm_params params;
   xrt::bo instructions;
   uint32_t n_words;
 };
@@ -83,8 +97,12 @@ struct xdna_device {
   xrt::device device;
   // One registered xclbin and hardware context per xclbin file, shared by its kernels.
   std::map<std::string, xrt::hw_context> contexts;
-  std::list<xdna_kernel> kernels;
+  // Destroyed in reverse order: buffers and sequences before configurations and contexts.
+  std::list<xdna_config> configs;
+  std::list<xdna_sequence> sequences;
   std::list<xdna_buffer> buffers;
+  const xdna_config *current = nullptr;
+  xdna_counters counters{};
 };
 
 // Runs f, turning exceptions into the ABI's error convention.
@@ -109,10 +127,22 @@ const char *xdna_last_error(void) { return last_error.c_str(); }
 
 xdna_device *xdna_open(const char *device) {
   return guarded<xdna_device *>(nullptr, [&] {
-    // XRT enumerates NPUs by index; the amdxdna driver's first device is /dev/accel/accel0.
+    // XRT enumerates NPUs by index; the amdxdna driver's device N is /dev/accel/accelN.
+    const std::string node = device ? device : kDefaultNode;
     unsigned index = 0;
-    if (device && std::strncmp(device, "/dev/accel/accel", 16) == 0)
-      index = static_cast<unsigned>(std::stoul(device + 16));
+    if (node.compare(0, std::strlen(kAccelPrefix), kAccelPrefix) == 0) {
+      const char *digits = node.c_str() + std::strlen(kAccelPrefix);
+      char *end = nullptr;
+      errno = 0;
+      unsigned long n = std::strtoul(digits, &end, 10);
+      if (end == digits || *end != '\0' || errno != 0 || n > 255)
+        throw std::runtime_error("'" + node + "' is not an accel node (" + kAccelPrefix + "N)");
+      index = static_cast<unsigned>(n);
+    }
+    // XRT's own message for a missing device does not name the node; this one does.
+    struct stat st;
+    if (stat(node.c_str(), &st) != 0)
+      throw std::runtime_error("no NPU device node " + node + ": " + std::strerror(errno));
     auto dev = std::make_unique<xdna_device>();
     dev->device = xrt::device(index);
     return dev.release();
@@ -120,15 +150,15 @@ xdna_device *xdna_open(const char *device) {
 }
 
 void xdna_close(xdna_device *dev) {
-  // Buffers and kernels go before the contexts and the device (members in reverse order).
+  // Buffers, sequences and configurations go before the contexts and the device (members in
+  // reverse order).
   delete dev;
 }
 
-xdna_kernel *xdna_load_kernel(xdna_device *dev, const char *xclbin_path, const char *kernel_name,
-                              const char *insts_path, const xdna_gemm_shape *shape) {
-  return guarded<xdna_kernel *>(nullptr, [&]() -> xdna_kernel * {
-    if (!dev || !xclbin_path || !kernel_name || !insts_path || !shape)
-      throw std::runtime_error("xdna_load_kernel: missing argument");
+xdna_config *xdna_load_config(xdna_device *dev, const char *xclbin_path, const char *kernel_name) {
+  return guarded<xdna_config *>(nullptr, [&]() -> xdna_config * {
+    if (!dev || !xclbin_path || !kernel_name)
+      throw std::runtime_error("xdna_load_config: missing argument");
     auto ctx = dev->contexts.find(xclbin_path);
     if (ctx == dev->contexts.end()) {
       xrt::xclbin xclbin(std::string{xclbin_path});
@@ -136,26 +166,41 @@ xdna_kernel *xdna_load_kernel(xdna_device *dev, const char *xclbin_path, const c
       ctx = dev->contexts.emplace(xclbin_path, xrt::hw_context(dev->device, xclbin.get_uuid()))
                 .first;
     }
-    std::vector<uint32_t> words = read_instructions(insts_path);
-
-    xdna_kernel k{dev, *shape, kernel_name, xrt::kernel(ctx->second, kernel_name), {}, 0};
-    k.n_words = static_cast<uint32_t>(words.size());
-    k.instructions = xrt::bo(dev->device, words.size() * sizeof(uint32_t),
-                             xrt::bo::flags::cacheable, k.kernel.group_id(kArgInstructions));
-    std::memcpy(k.instructions.map<void *>(), words.data(), words.size() * sizeof(uint32_t));
-    k.instructions.sync(XCL_BO_SYNC_BO_TO_DEVICE);
-    dev->kernels.push_back(std::move(k));
-    return &dev->kernels.back();
+    dev->configs.push_back(xdna_config{dev, kernel_name, xrt::kernel(ctx->second, kernel_name)});
+    if (!dev->current)
+      dev->current = &dev->configs.back();
+    dev->counters.configurations_loaded++;
+    return &dev->configs.back();
   });
 }
 
-xdna_buffer *xdna_alloc(xdna_kernel *kernel, xdna_buffer_role role, size_t bytes) {
+xdna_sequence *xdna_load_sequence(xdna_config *config, const char *insts_path,
+                                  const xdna_gemm_params *params) {
+  return guarded<xdna_sequence *>(nullptr, [&]() -> xdna_sequence * {
+    if (!config || !insts_path || !params)
+      throw std::runtime_error("xdna_load_sequence: missing argument");
+    if (params->m_blocks == 0 || params->k_tiles == 0 || params->n_blocks == 0 ||
+        params->m_blocks > XDNA_GEMM_M_MAX / (XDNA_ARRAY_ROWS * XDNA_TILE_M))
+      throw std::runtime_error("xdna_load_sequence: runtime parameters out of range");
+    std::vector<uint32_t> words = read_instructions(insts_path);
+    xdna_device *dev = config->dev;
+    xdna_sequence q{config, *params, {}, static_cast<uint32_t>(words.size())};
+    q.instructions = xrt::bo(dev->device, words.size() * sizeof(uint32_t),
+                             xrt::bo::flags::cacheable, config->kernel.group_id(kArgInstructions));
+    std::memcpy(q.instructions.map<void *>(), words.data(), words.size() * sizeof(uint32_t));
+    q.instructions.sync(XCL_BO_SYNC_BO_TO_DEVICE);
+    dev->sequences.push_back(std::move(q));
+    return &dev->sequences.back();
+  });
+}
+
+xdna_buffer *xdna_alloc(xdna_config *config, xdna_buffer_role role, size_t bytes) {
   return guarded<xdna_buffer *>(nullptr, [&]() -> xdna_buffer * {
-    if (!kernel || bytes == 0)
-      throw std::runtime_error("xdna_alloc: no kernel, or 0 bytes");
-    xdna_device *dev = kernel->dev;
+    if (!config || bytes == 0)
+      throw std::runtime_error("xdna_alloc: no configuration, or 0 bytes");
+    xdna_device *dev = config->dev;
     xrt::bo bo(dev->device, bytes, xrt::bo::flags::host_only,
-               kernel->kernel.group_id(kArgA + static_cast<int>(role)));
+               config->kernel.group_id(kArgA + static_cast<int>(role)));
     dev->buffers.push_back(xdna_buffer{dev, role, std::move(bo)});
     return &dev->buffers.back();
   });
@@ -190,22 +235,40 @@ int xdna_sync(xdna_buffer *buf, xdna_sync_direction direction) {
   });
 }
 
-int xdna_run_gemm(xdna_kernel *kernel, xdna_buffer *a, xdna_buffer *b, xdna_buffer *c) {
+int xdna_run(xdna_sequence *seq, xdna_buffer *a, xdna_buffer *b, xdna_buffer *c) {
   return guarded<int>(-1, [&] {
-    if (!kernel || !a || !b || !c)
-      throw std::runtime_error("xdna_run_gemm: missing kernel or buffer");
-    const xdna_gemm_shape &s = kernel->shape;
-    if (a->bo.size() < size_t(s.m) * s.k || b->bo.size() < size_t(s.k) * s.n ||
-        c->bo.size() < size_t(s.m) * s.n * sizeof(int32_t))
-      throw std::runtime_error("xdna_run_gemm: buffers too small for kernel " + kernel->name);
-    xrt::run run = kernel->kernel(kOpcodeRunInstructions, kernel->instructions, kernel->n_words,
-                                  a->bo, b->bo, c->bo);
+    if (!seq || !a || !b || !c)
+      throw std::runtime_error("xdna_run: missing sequence or buffer");
+    const xdna_gemm_params &p = seq->params;
+    const size_t m = size_t(p.m_blocks) * XDNA_ARRAY_ROWS * XDNA_TILE_M;
+    const size_t k = size_t(p.k_tiles) * XDNA_TILE_K;
+    const size_t n = size_t(p.n_blocks) * XDNA_ARRAY_COLS * XDNA_TILE_N;
+    if (a->bo.size() < m * k || b->bo.size() < k * n || c->bo.size() < m * n * sizeof(int32_t))
+      throw std::runtime_error("xdna_run: buffers too small for the sequence's GEMM");
+    xdna_device *dev = seq->config->dev;
+    if (dev->current != seq->config) {
+      dev->counters.reconfigurations++;
+      dev->current = seq->config;
+    }
+    dev->counters.launches++;
+    xrt::kernel &kernel = seq->config->kernel;
+    xrt::run run = kernel(kOpcodeRunInstructions, seq->instructions, seq->n_words, a->bo, b->bo,
+                          c->bo);
     ert_cmd_state state = run.wait();
     if (state != ERT_CMD_STATE_COMPLETED) {
       std::ostringstream msg;
-      msg << "kernel " << kernel->name << " ended in state " << static_cast<int>(state);
+      msg << "kernel " << seq->config->name << " ended in state " << static_cast<int>(state);
       throw std::runtime_error(msg.str());
     }
+    return 0;
+  });
+}
+
+int xdna_counters_get(xdna_device *dev, xdna_counters *out) {
+  return guarded<int>(-1, [&] {
+    if (!dev || !out)
+      throw std::runtime_error("xdna_counters_get: missing device or output");
+    *out = dev->counters;
     return 0;
   });
 }

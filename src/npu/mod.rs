@@ -74,6 +74,31 @@ pub trait Engine: Send + Sync {
     /// # Panics
     /// If the bias length is not n_out.
     fn prepare(&self, weight: ArrayView2<f32>, bias: Option<ArrayView1<f32>>) -> Box<dyn Linear>;
+
+    /// The accelerator's launch counters since the engine was opened; `None` for engines that
+    /// launch nothing (the CPU ones).
+    fn device_counters(&self) -> Option<DeviceCounters> {
+        None
+    }
+}
+
+/// Launches of an accelerator, and how many of them had to reconfigure it first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceCounters {
+    pub launches: u64,
+    pub reconfigurations: u64,
+}
+
+impl DeviceCounters {
+    /// What happened from `before` to `self`.
+    pub fn since(&self, before: &DeviceCounters) -> DeviceCounters {
+        DeviceCounters {
+            launches: self.launches.saturating_sub(before.launches),
+            reconfigurations: self
+                .reconfigurations
+                .saturating_sub(before.reconfigurations),
+        }
+    }
 }
 
 /// A prepared linear layer.

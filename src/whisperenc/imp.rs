@@ -323,6 +323,7 @@ impl WhisperEncNpu {
                     processing: started.elapsed(),
                     backend: encoder.backend(),
                     precision: encoder.precision(),
+                    npu: encoder.npu_window(),
                 };
                 drop(models);
                 self.post(timing.message());

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::npu::{BackendKind, Precision};
+use crate::npu::{BackendKind, DeviceCounters, Precision};
 use crate::transcribe::Segment;
 
 fn clock_time(d: Duration) -> gst::ClockTime {
@@ -23,6 +23,8 @@ pub(super) struct TimingReport {
     pub processing: Duration,
     pub backend: BackendKind,
     pub precision: Precision,
+    /// The NPU's launches and reconfigurations for the window's encoder pass (NPU only).
+    pub npu: Option<DeviceCounters>,
 }
 
 impl TimingReport {
@@ -44,6 +46,10 @@ impl TimingReport {
             .build();
         if let Some(decoder) = self.decoder {
             s.set("decoder-time", clock_time(decoder));
+        }
+        if let Some(npu) = self.npu {
+            s.set("npu-launches", npu.launches);
+            s.set("npu-reconfigurations", npu.reconfigurations);
         }
         s
     }

@@ -1,8 +1,9 @@
 //! Packing to the XDNA2 GEMM kernel's tiles and padding (`kernels/gemm_config.h`,
 //! `kernels/host/xdna_shim.h`), on the CPU.
 //!
-//! One kernel run computes `C (M_RUN x n, int32, row-major) = A (M_RUN x k, int8) * B (k x n)`
-//! with `k` a multiple of [`TILE_K`] and `n` a multiple of [`N_ALIGN`]. A and B are handed to
+//! One launch computes `C (m x n, int32, row-major) = A (m x k, int8) * B (k x n)` with `m` a
+//! multiple of [`M_ALIGN`] up to [`M_MAX`], `k` a multiple of [`TILE_K`] and `n` a multiple of
+//! [`N_ALIGN`]; [`gemm_params`] are its runtime parameters. A and B are handed to
 //! the device pre-tiled, in the order the compute tiles consume them: 64 x 64 tiles, each made of
 //! 8 x 8 blocks for the matrix unit, so that every DMA transfer is linear. Padding is zeros, which
 //! leave an integer product unchanged.
@@ -18,12 +19,14 @@ pub const MMUL_S: usize = shim::XDNA_MMUL_S as usize;
 pub const MMUL_T: usize = shim::XDNA_MMUL_T as usize;
 pub const ARRAY_ROWS: usize = shim::XDNA_ARRAY_ROWS as usize;
 pub const ARRAY_COLS: usize = shim::XDNA_ARRAY_COLS as usize;
-/// Rows of A and C per kernel run.
-pub const M_RUN: usize = shim::XDNA_GEMM_M_RUN as usize;
+/// Rows of A and C per launch at most.
+pub const M_MAX: usize = shim::XDNA_GEMM_M_MAX as usize;
+/// M is padded to a multiple of this (one output tile row per array row).
+pub const M_ALIGN: usize = ARRAY_ROWS * TILE_M;
 /// N is padded to a multiple of this (one output tile column per array column).
 pub const N_ALIGN: usize = ARRAY_COLS * TILE_N;
 
-const _: () = assert!(M_RUN.is_multiple_of(ARRAY_ROWS * TILE_M));
+const _: () = assert!(M_MAX.is_multiple_of(M_ALIGN));
 const _: () = assert!(
     TILE_M.is_multiple_of(MMUL_R) && TILE_K.is_multiple_of(MMUL_S) && TILE_N.is_multiple_of(MMUL_T)
 );
@@ -38,12 +41,39 @@ pub fn padded_n(n: usize) -> usize {
     n.div_ceil(N_ALIGN) * N_ALIGN
 }
 
-/// Kernel runs needed for `rows` rows.
-pub fn runs_for(rows: usize) -> usize {
-    rows.div_ceil(M_RUN)
+/// `rows` (at most [`M_MAX`]) padded to whole array-high row blocks.
+pub fn padded_m(rows: usize) -> usize {
+    rows.div_ceil(M_ALIGN) * M_ALIGN
 }
 
-/// Where element (r, c) of A (`M_RUN x k_pad`) lives in the device buffer.
+/// Launches needed for `rows` rows.
+pub fn launches_for(rows: usize) -> usize {
+    rows.div_ceil(M_MAX)
+}
+
+/// The runtime parameters of a launch of a padded shape (`xdna_gemm_params`).
+///
+/// # Panics
+/// If the shape is not padded, or taller than [`M_MAX`].
+pub fn gemm_params(shape: shim::GemmShape) -> shim::GemmParams {
+    assert!(
+        shape.m.is_multiple_of(M_ALIGN)
+            && (M_ALIGN..=M_MAX).contains(&shape.m)
+            && shape.k.is_multiple_of(TILE_K)
+            && shape.k > 0
+            && shape.n.is_multiple_of(N_ALIGN)
+            && shape.n > 0,
+        "unpadded GEMM shape {shape:?}"
+    );
+    let u32_of = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+    shim::GemmParams {
+        m_blocks: u32_of(shape.m / M_ALIGN),
+        k_tiles: u32_of(shape.k / TILE_K),
+        n_blocks: u32_of(shape.n / N_ALIGN),
+    }
+}
+
+/// Where element (r, c) of A (`m_pad x k_pad`) lives in the device buffer.
 #[inline]
 pub fn a_index(k_pad: usize, r: usize, c: usize) -> usize {
     let (mt, mb, u) = (r / TILE_M, (r % TILE_M) / MMUL_R, r % MMUL_R);
@@ -63,31 +93,36 @@ pub fn b_index(k_pad: usize, r: usize, c: usize) -> usize {
     ((tile * (TILE_K / MMUL_S) * (TILE_N / MMUL_T) + block) * MMUL_S + u) * MMUL_T + v
 }
 
-/// Packs `rows x k` int8 activations (row-major, `rows <= M_RUN`) into one run's A buffer
-/// (`M_RUN * k_pad` bytes), zero-padding the missing rows and columns. Each 64-row panel is a
+/// Packs `rows x k` int8 activations (row-major, `rows <= m_pad`) into one launch's A buffer
+/// (at least `m_pad * k_pad` bytes; the first `m_pad * k_pad` are written), zero-padding the
+/// missing rows and columns. Each 64-row panel is a
 /// contiguous stretch of the buffer; panels are packed in parallel (on the current rayon pool).
 ///
 /// # Panics
 /// If the sizes do not agree.
-pub fn pack_a(q: &[i8], rows: usize, k: usize, k_pad: usize, out: &mut [i8]) {
-    assert!(rows <= M_RUN && k <= k_pad && k_pad.is_multiple_of(TILE_K));
+pub fn pack_a(q: &[i8], rows: usize, k: usize, m_pad: usize, k_pad: usize, out: &mut [i8]) {
+    assert!(rows <= m_pad && m_pad.is_multiple_of(TILE_M));
+    assert!(k <= k_pad && k_pad.is_multiple_of(TILE_K));
     assert_eq!(q.len(), rows * k, "activation size");
-    assert_eq!(out.len(), M_RUN * k_pad, "A buffer size");
+    assert!(out.len() >= m_pad * k_pad, "A buffer size");
     let panel = TILE_M * k_pad;
-    out.par_chunks_mut(panel).enumerate().for_each(|(mt, dst)| {
-        let r0 = mt * TILE_M;
-        let r1 = (r0 + TILE_M).min(rows);
-        if r1 < r0 + TILE_M || k < k_pad {
-            dst.fill(0);
-        }
-        for r in r0..r1 {
-            // Runs of MMUL_S consecutive columns are contiguous in the buffer.
-            for (c0, run) in q[r * k..(r + 1) * k].chunks(MMUL_S).enumerate() {
-                let at = a_index(k_pad, r, c0 * MMUL_S) - mt * panel;
-                dst[at..at + run.len()].copy_from_slice(run);
+    out[..m_pad * k_pad]
+        .par_chunks_mut(panel)
+        .enumerate()
+        .for_each(|(mt, dst)| {
+            let r0 = mt * TILE_M;
+            let r1 = (r0 + TILE_M).min(rows);
+            if r1 < r0 + TILE_M || k < k_pad {
+                dst.fill(0);
             }
-        }
-    });
+            for r in r0..r1 {
+                // Runs of MMUL_S consecutive columns are contiguous in the buffer.
+                for (c0, run) in q[r * k..(r + 1) * k].chunks(MMUL_S).enumerate() {
+                    let at = a_index(k_pad, r, c0 * MMUL_S) - mt * panel;
+                    dst[at..at + run.len()].copy_from_slice(run);
+                }
+            }
+        });
 }
 
 /// Packs a weight, `n_out x k` int8 row-major (the PyTorch layout, so `B = W^T`), into a B buffer
@@ -114,10 +149,10 @@ pub fn pack_b(w: &[i8], n_out: usize, k: usize, k_pad: usize, n_pad: usize, out:
     }
 }
 
-/// Copies the first `rows x n_out` of a row-major `M_RUN x n_pad` C buffer into `acc`
+/// Copies the first `rows x n_out` of a row-major `m_pad x n_pad` C buffer into `acc`
 /// (`rows x n_out`, row-major), dropping the padding.
 pub fn unpack_c(c: &[i32], rows: usize, n_out: usize, n_pad: usize, acc: &mut [i32]) {
-    assert!(rows <= M_RUN && n_out <= n_pad);
+    assert!(n_out <= n_pad);
     assert!(c.len() >= rows * n_pad, "C buffer size");
     assert_eq!(acc.len(), rows * n_out, "accumulator size");
     for (dst, src) in acc.chunks_exact_mut(n_out).zip(c.chunks_exact(n_pad)) {

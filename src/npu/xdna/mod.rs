@@ -6,12 +6,16 @@
 //! int8 engine's bit for bit.
 //!
 //! What the engine does with the device:
-//! - at [`prepare`](Engine::prepare): quantizes the weight, packs it into the kernel's tiled B
-//!   layout ([`layout::pack_b`]) in a device buffer and syncs it: weights stay resident;
-//! - per shape (padded K, N) it loads one kernel and keeps one A and one C buffer, reused by every
-//!   layer of that shape and every window;
+//! - at open: loads the one array configuration (`whisper_gemm.xclbin`, kernel [`GEMM_KERNEL`])
+//!   that serves every shape: the compute tiles take a launch's K and N tile counts as runtime
+//!   parameters, so switching shape never reconfigures the array;
+//! - at [`prepare`](Engine::prepare): quantizes the weight, packs it into the tiled B layout
+//!   ([`layout::pack_b`]) in a device buffer and syncs it: weights stay resident;
+//! - per shape (padded K, N) it keeps one A and one C buffer, reused by every layer of that shape
+//!   and every window, and per padded M the shape's instruction sequence (loaded on first use);
 //! - at [`forward`](Linear::forward): quantizes the rows, packs them into A ([`layout::pack_a`]),
-//!   runs the kernel [`layout::M_RUN`] rows at a time, and dequantizes C.
+//!   launches up to [`layout::M_MAX`] rows at a time (a window's every product is one launch,
+//!   conv1's 1024 im2col rows included), and dequantizes C.
 //!
 //! Where it finds things (environment variables, read when the engine is opened):
 //!
@@ -27,7 +31,7 @@
 //! The engine computes in int8 only: opened for `precision=f32` it still runs int8 and says so
 //! (`precision()` is `Int8`, and so is the timing message).
 //!
-//! A failure after opening (a missing kernel for one shape, a device error) cannot be returned
+//! A failure after opening (a missing instruction sequence for one shape, a device error) cannot be returned
 //! through [`Engine::prepare`] or [`Linear::forward`]; the layer then computes the same int8
 //! product on the CPU (bit-identical, slower) and the reason is kept in [`XdnaEngine::stats`].
 use std::collections::HashMap;
@@ -39,12 +43,13 @@ use ndarray::{s, ArrayView1, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
 use super::quant::{self, QuantizedWeight};
-use super::{BackendKind, Engine, EngineError, Linear, Precision};
+use super::{BackendKind, DeviceCounters, Engine, EngineError, Linear, Precision};
 
 pub mod layout;
+pub mod load_error;
 pub mod shim;
 
-use shim::{Buffer, GemmShape, Kernel, Role, Shim, ShimKind};
+use shim::{Buffer, Config, Counters, GemmShape, Role, Sequence, Shim, ShimKind};
 
 pub const ENV_DEVICE: &str = "WHISPERENCNPU_XDNA_DEVICE";
 pub const ENV_KERNELS: &str = "WHISPERENCNPU_XDNA_KERNELS";
@@ -54,8 +59,16 @@ pub const DEFAULT_DEVICE: &str = "/dev/accel/accel0";
 pub const EMULATED: &str = "emulated";
 /// File name of the XRT shim in the kernels directory.
 pub const XRT_SHIM_FILE: &str = "libxdna_shim_xrt.so";
-/// The xclbin holding every GEMM kernel (`make -C kernels` merges them into one).
+/// The xclbin holding the array configuration (`make -C kernels`).
 pub const XCLBIN_FILE: &str = "whisper_gemm.xclbin";
+/// The kernel's name in it (`kernels/Makefile`, `--xclbin-kernel-name`).
+pub const GEMM_KERNEL: &str = "GEMM";
+
+/// The `log` target, routed to the element's debug category.
+const LOG_TARGET: &str = "whisperencnpu";
+
+/// Fallback reasons kept in [`XdnaStats::fallbacks`].
+const MAX_FALLBACKS: usize = 64;
 
 /// Rows per parallel task when quantizing and dequantizing on the host.
 const DEQUANT_ROWS: usize = 32;
@@ -75,14 +88,9 @@ pub fn default_kernels_dir() -> PathBuf {
     data.join("whisperencnpu/xdna")
 }
 
-/// Name of the kernel for a padded (K, N) in the xclbin.
-pub fn kernel_name(k_pad: usize, n_pad: usize) -> String {
-    format!("GEMM_K{k_pad}_N{n_pad}")
-}
-
-/// File name of the instruction sequence for a padded (K, N).
-pub fn insts_file(k_pad: usize, n_pad: usize) -> String {
-    format!("gemm_k{k_pad}_n{n_pad}.insts.bin")
+/// File name of the instruction sequence of a padded shape.
+pub fn insts_file(shape: GemmShape) -> String {
+    format!("gemm_m{}_k{}_n{}.insts.bin", shape.m, shape.k, shape.n)
 }
 
 /// The NPU to use.
@@ -137,13 +145,31 @@ impl XdnaConfig {
     }
 }
 
-/// What the engine did so far.
+/// What the engine did so far (since it was opened; per window: the difference of two).
 #[derive(Clone, Debug, Default)]
 pub struct XdnaStats {
-    /// Kernel runs on the device (or its emulation).
-    pub kernel_runs: u64,
-    /// Layers or calls that fell back to the CPU, with the reason.
+    /// Launches on the device (or its emulation), as the shim counted them.
+    pub launches: u64,
+    /// Launches that needed another array configuration than the array held (0 with the one
+    /// configuration this engine loads).
+    pub reconfigurations: u64,
+    /// Array configurations loaded (1: at open).
+    pub configurations_loaded: u64,
+    /// Instruction sequences loaded (one per padded shape used).
+    pub sequences_loaded: u64,
+    /// Layers or calls that fell back to the CPU, with the reason (the first 64).
     pub fallbacks: Vec<String>,
+}
+
+impl XdnaStats {
+    /// Launches and reconfigurations from `before` to `self` (e.g. one window).
+    pub fn since(&self, before: &XdnaStats) -> (u64, u64) {
+        (
+            self.launches.saturating_sub(before.launches),
+            self.reconfigurations
+                .saturating_sub(before.reconfigurations),
+        )
+    }
 }
 
 /// The XDNA2 engine (int8).
@@ -164,19 +190,21 @@ struct Inner {
     config: XdnaConfig,
     shim_kind: ShimKind,
     state: Mutex<State>,
-    kernel_runs: AtomicU64,
+    sequences_loaded: AtomicU64,
     fallbacks: Mutex<Vec<String>>,
 }
 
 /// Everything that touches the device, used by one thread at a time.
 struct State {
     device: shim::Device,
+    config: Config,
     slots: HashMap<(usize, usize), Slot>,
 }
 
-/// One kernel with the A and C buffers every layer of its shape shares, and host scratch.
+/// The A and C buffers every layer of a padded (K, N) shares, its instruction sequences by padded
+/// M, and host scratch.
 struct Slot {
-    kernel: Kernel,
+    sequences: HashMap<usize, Sequence>,
     a: Buffer,
     c: Buffer,
     q: Vec<i8>,
@@ -187,6 +215,27 @@ struct Slot {
 impl XdnaEngine {
     /// Opens the engine as `config` says, or explains what is missing.
     pub fn open(config: &XdnaConfig) -> Result<XdnaEngine, EngineError> {
+        let unusable = |reason: String| EngineError::XdnaShimUnusable {
+            path: config.shim.clone(),
+            reason,
+        };
+        // The shim first when it is there: a device shim that cannot load here (XRT built for a
+        // newer system, or absent) is the more useful thing to hear about, even without a device.
+        let shim = if config.shim.is_file() {
+            let shim = Shim::load(&config.shim).map_err(|e| {
+                log::debug!(target: LOG_TARGET, "XDNA2 shim {}: {e}", config.shim.display());
+                unusable(e.to_string())
+            })?;
+            log::debug!(
+                target: LOG_TARGET,
+                "XDNA2 shim {} loaded ({})",
+                config.shim.display(),
+                shim.kind().nick()
+            );
+            Some(shim)
+        } else {
+            None
+        };
         if let XdnaDevice::Node(node) = &config.device {
             if !node.exists() {
                 return Err(EngineError::XdnaDeviceMissing {
@@ -194,36 +243,27 @@ impl XdnaEngine {
                 });
             }
         }
-        if !config.shim.is_file() {
+        let Some(shim) = shim else {
             return Err(EngineError::XdnaShimMissing {
                 path: config.shim.clone(),
             });
-        }
+        };
         // The device needs the kernel binaries: the xclbin and at least one instruction file.
-        let mut first_kernel = None;
         if let XdnaDevice::Node(_) = config.device {
-            let shapes = installed_shapes(&config.kernels);
-            let Some(&(k, n)) = shapes.first() else {
+            if installed_shapes(&config.kernels).is_empty() {
                 return Err(EngineError::XdnaKernelsMissing {
                     dir: config.kernels.clone(),
-                    file: "gemm_k*_n*.insts.bin".to_owned(),
+                    file: "gemm_m*_k*_n*.insts.bin".to_owned(),
                 });
-            };
-            let xclbin = xclbin_for(&config.kernels, k, n);
-            if !xclbin.is_file() {
+            }
+            if !config.kernels.join(XCLBIN_FILE).is_file() {
                 return Err(EngineError::XdnaKernelsMissing {
                     dir: config.kernels.clone(),
                     file: XCLBIN_FILE.to_owned(),
                 });
             }
-            first_kernel = Some((k, n));
         }
 
-        let unusable = |reason: String| EngineError::XdnaShimUnusable {
-            path: config.shim.clone(),
-            reason,
-        };
-        let shim = Shim::load(&config.shim).map_err(|e| unusable(e.to_string()))?;
         match (&config.device, shim.kind()) {
             (XdnaDevice::Node(_), ShimKind::Xrt) | (XdnaDevice::Emulated, ShimKind::Emulator) => {}
             (XdnaDevice::Node(_), ShimKind::Emulator) => {
@@ -246,38 +286,44 @@ impl XdnaEngine {
         let device = shim
             .open(node.as_deref())
             .map_err(|e| EngineError::XdnaDevice(e.to_string()))?;
+        // The one array configuration: the xclbin registers and gets a hardware context here,
+        // once; every shape after it is a runtime parameter.
+        let xclbin = config.kernels.join(XCLBIN_FILE);
+        let array_config = match config.device {
+            XdnaDevice::Emulated => device.load_config(None, GEMM_KERNEL),
+            XdnaDevice::Node(_) => device.load_config(Some(&xclbin), GEMM_KERNEL),
+        }
+        .map_err(|e| EngineError::XdnaDevice(e.to_string()))?;
         let inner = Inner {
             config: config.clone(),
             shim_kind: shim.kind(),
             state: Mutex::new(State {
                 device,
+                config: array_config,
                 slots: HashMap::new(),
             }),
-            kernel_runs: AtomicU64::new(0),
+            sequences_loaded: AtomicU64::new(0),
             fallbacks: Mutex::new(Vec::new()),
         };
-        // Loading one kernel proves the xclbin registers and gets a hardware context.
-        if let Some((k, n)) = first_kernel {
-            let mut state = inner.lock();
-            inner
-                .slot(&mut state, k, n)
-                .map_err(EngineError::XdnaDevice)?;
-        }
         Ok(XdnaEngine {
             inner: Arc::new(inner),
         })
     }
 
     /// For `backend=auto`: the device as the environment describes it, never the emulation.
+    /// Without a device node nothing is loaded (XRT's start-up is not free).
     pub fn open_auto() -> Result<XdnaEngine, EngineError> {
         let config = XdnaConfig::from_env();
-        if config.device == XdnaDevice::Emulated {
-            return Err(EngineError::XdnaDevice(format!(
+        match &config.device {
+            XdnaDevice::Emulated => Err(EngineError::XdnaDevice(format!(
                 "backend=auto does not use the emulation ({ENV_DEVICE}={EMULATED}); ask for \
                  backend=xdna"
-            )));
+            ))),
+            XdnaDevice::Node(node) if !node.exists() => Err(EngineError::XdnaDeviceMissing {
+                device: node.clone(),
+            }),
+            XdnaDevice::Node(_) => XdnaEngine::open(&config),
         }
-        XdnaEngine::open(&config)
     }
 
     pub fn config(&self) -> &XdnaConfig {
@@ -290,8 +336,12 @@ impl XdnaEngine {
     }
 
     pub fn stats(&self) -> XdnaStats {
+        let counters = self.inner.counters();
         XdnaStats {
-            kernel_runs: self.inner.kernel_runs.load(Ordering::Relaxed),
+            launches: counters.launches,
+            reconfigurations: counters.reconfigurations,
+            configurations_loaded: counters.configurations_loaded,
+            sequences_loaded: self.inner.sequences_loaded.load(Ordering::Relaxed),
             fallbacks: self
                 .inner
                 .fallbacks
@@ -302,31 +352,28 @@ impl XdnaEngine {
     }
 }
 
-/// The (padded K, N) shapes whose instruction files are in `dir`, sorted.
-fn installed_shapes(dir: &Path) -> Vec<(usize, usize)> {
-    let mut shapes: Vec<(usize, usize)> = std::fs::read_dir(dir)
+/// The padded shapes whose instruction files are in `dir` (`gemm_m<m>_k<k>_n<n>.insts.bin`).
+pub fn installed_shapes(dir: &Path) -> Vec<GemmShape> {
+    let mut shapes: Vec<GemmShape> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let rest = name.strip_prefix("gemm_k")?.strip_suffix(".insts.bin")?;
-            let (k, n) = rest.split_once("_n")?;
-            Some((k.parse().ok()?, n.parse().ok()?))
-        })
+        .filter_map(|e| parse_insts_file(&e.file_name().into_string().ok()?))
         .collect();
-    shapes.sort_unstable();
+    shapes.sort_unstable_by_key(|s| (s.m, s.k, s.n));
     shapes
 }
 
-/// The shape's own xclbin if built separately, else the merged one.
-fn xclbin_for(dir: &Path, k_pad: usize, n_pad: usize) -> PathBuf {
-    let own = dir.join(format!("gemm_k{k_pad}_n{n_pad}.xclbin"));
-    if own.is_file() {
-        own
-    } else {
-        dir.join(XCLBIN_FILE)
-    }
+/// The shape an instruction file's name says (the inverse of [`insts_file`]).
+pub fn parse_insts_file(name: &str) -> Option<GemmShape> {
+    let rest = name.strip_prefix("gemm_m")?.strip_suffix(".insts.bin")?;
+    let (m, rest) = rest.split_once("_k")?;
+    let (k, n) = rest.split_once("_n")?;
+    Some(GemmShape {
+        m: m.parse().ok()?,
+        k: k.parse().ok()?,
+        n: n.parse().ok()?,
+    })
 }
 
 impl Inner {
@@ -334,14 +381,25 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Records why something ran on the CPU. A failing device fails every window: the first
+    /// [`MAX_FALLBACKS`] reasons are kept (they repeat), the rest only logged.
     fn fallback(&self, reason: String) {
-        self.fallbacks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(reason);
+        log::debug!(target: LOG_TARGET, "XDNA2 fallback: {reason}");
+        let mut fallbacks = self.fallbacks.lock().unwrap_or_else(|e| e.into_inner());
+        if fallbacks.len() < MAX_FALLBACKS {
+            fallbacks.push(reason);
+        }
     }
 
-    /// The slot of a padded (K, N), loading its kernel and buffers the first time.
+    /// The shim's counters (zeros if it cannot say).
+    fn counters(&self) -> Counters {
+        self.lock().device.counters().unwrap_or_else(|e| {
+            log::debug!(target: LOG_TARGET, "XDNA2 counters: {e}");
+            Counters::default()
+        })
+    }
+
+    /// The slot of a padded (K, N), allocating its buffers the first time.
     fn slot<'s>(
         &self,
         state: &'s mut State,
@@ -349,40 +407,19 @@ impl Inner {
         n_pad: usize,
     ) -> Result<&'s mut Slot, String> {
         use std::collections::hash_map::Entry;
-        let device = &state.device;
+        let config = &state.config;
         match state.slots.entry((k_pad, n_pad)) {
             Entry::Occupied(e) => Ok(e.into_mut()),
             Entry::Vacant(e) => {
-                let shape = GemmShape {
-                    m: layout::M_RUN,
-                    k: k_pad,
-                    n: n_pad,
-                };
-                let name = kernel_name(k_pad, n_pad);
-                let kernel = match &self.config.device {
-                    XdnaDevice::Emulated => device.load_kernel(None, &name, None, shape),
-                    XdnaDevice::Node(_) => {
-                        let insts = self.config.kernels.join(insts_file(k_pad, n_pad));
-                        if !insts.is_file() {
-                            return Err(format!(
-                                "no kernel for K={k_pad}, N={n_pad}: {} is missing (build it \
-                                 with make -C kernels SHAPES=\"... {k_pad}x{n_pad}\")",
-                                insts.display()
-                            ));
-                        }
-                        let xclbin = xclbin_for(&self.config.kernels, k_pad, n_pad);
-                        device.load_kernel(Some(&xclbin), &name, Some(&insts), shape)
-                    }
-                }
-                .map_err(|e| e.to_string())?;
-                let a = kernel
-                    .alloc(Role::A, shape.m * shape.k)
+                // Buffers for the tallest launch; shorter ones use their beginning.
+                let a = config
+                    .alloc(Role::A, layout::M_MAX * k_pad)
                     .map_err(|e| e.to_string())?;
-                let c = kernel
-                    .alloc(Role::C, shape.m * shape.n * std::mem::size_of::<i32>())
+                let c = config
+                    .alloc(Role::C, layout::M_MAX * n_pad * std::mem::size_of::<i32>())
                     .map_err(|e| e.to_string())?;
                 Ok(e.insert(Slot {
-                    kernel,
+                    sequences: HashMap::new(),
                     a,
                     c,
                     q: Vec::new(),
@@ -393,13 +430,42 @@ impl Inner {
         }
     }
 
-    /// Puts a quantized weight on the device in the kernel's B layout.
+    /// Loads the instruction sequence of a padded shape (the emulator runs by its parameters).
+    fn load_sequence(&self, config: &Config, shape: GemmShape) -> Result<Sequence, String> {
+        let params = layout::gemm_params(shape);
+        let sequence = match &self.config.device {
+            XdnaDevice::Emulated => config.load_sequence(None, params),
+            XdnaDevice::Node(_) => {
+                let insts = self.config.kernels.join(insts_file(shape));
+                if !insts.is_file() {
+                    return Err(format!(
+                        "no instruction sequence for M={}, K={}, N={}: {} is missing (build it \
+                         with make -C kernels SHAPES=\"... {}x{}x{}\")",
+                        shape.m,
+                        shape.k,
+                        shape.n,
+                        insts.display(),
+                        shape.m,
+                        shape.k,
+                        shape.n
+                    ));
+                }
+                config.load_sequence(Some(&insts), params)
+            }
+        }
+        .map_err(|e| e.to_string())?;
+        self.sequences_loaded.fetch_add(1, Ordering::Relaxed);
+        log::debug!(target: LOG_TARGET, "XDNA2 sequence loaded for {shape:?} ({params:?})");
+        Ok(sequence)
+    }
+
+    /// Puts a quantized weight on the device in the tiled B layout.
     fn upload(&self, w: &QuantizedWeight) -> Result<((usize, usize), Buffer), String> {
         let (k_pad, n_pad) = (layout::padded_k(w.n_in), layout::padded_n(w.n_out));
         let mut state = self.lock();
-        let slot = self.slot(&mut state, k_pad, n_pad)?;
-        let mut b = slot
-            .kernel
+        self.slot(&mut state, k_pad, n_pad)?;
+        let mut b = state
+            .config
             .alloc(Role::B, k_pad * n_pad)
             .map_err(|e| e.to_string())?;
         layout::pack_b(&w.data, w.n_out, w.n_in, k_pad, n_pad, b.as_i8_mut());
@@ -415,6 +481,14 @@ impl Engine for XdnaEngine {
 
     fn precision(&self) -> Precision {
         Precision::Int8
+    }
+
+    fn device_counters(&self) -> Option<DeviceCounters> {
+        let counters = self.inner.counters();
+        Some(DeviceCounters {
+            launches: counters.launches,
+            reconfigurations: counters.reconfigurations,
+        })
     }
 
     fn prepare(&self, weight: ArrayView2<f32>, bias: Option<ArrayView1<f32>>) -> Box<dyn Linear> {
@@ -442,7 +516,7 @@ struct XdnaLinear {
     inner: Arc<Inner>,
     key: (usize, usize),
     weight: QuantizedWeight,
-    /// The weight in the kernel's B layout. Only touched with the device state locked (first
+    /// The weight in the tiled B layout. Only touched with the device state locked (first
     /// the state, then this); `Option` so that `drop` can free it under that lock.
     b: Mutex<Option<Buffer>>,
 }
@@ -455,25 +529,41 @@ impl Drop for XdnaLinear {
 }
 
 impl XdnaLinear {
-    /// One kernel run: rows `start..start + rows` of the quantized input (`slot.q`) through the
-    /// device; the int32 product is then in `slot.c` (row stride `n_pad`).
-    fn run_chunk(&self, slot: &mut Slot, start: usize, rows: usize) -> Result<(), String> {
+    /// One launch: rows `start..start + rows` (at most [`layout::M_MAX`]) of the quantized input
+    /// (`slot.q`) through the device; the int32 product is then in `slot.c` (row stride `n_pad`).
+    fn launch(&self, state: &mut State, start: usize, rows: usize) -> Result<(), String> {
         let k = self.weight.n_in;
-        let k_pad = self.key.0;
+        let (k_pad, n_pad) = self.key;
+        let shape = GemmShape {
+            m: layout::padded_m(rows),
+            k: k_pad,
+            n: n_pad,
+        };
+        let State { config, slots, .. } = state;
+        let slot = slots
+            .get_mut(&self.key)
+            .ok_or("the slot is made before any layer of its shape")?;
+        let sequence = match slot.sequences.entry(shape.m) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(self.inner.load_sequence(config, shape)?)
+            }
+        };
         layout::pack_a(
             &slot.q[start * k..(start + rows) * k],
             rows,
             k,
+            shape.m,
             k_pad,
             slot.a.as_i8_mut(),
         );
         let b = self.b.lock().unwrap_or_else(|e| e.into_inner());
-        let b = b.as_ref().expect("weight buffer until drop");
+        let b = b.as_ref().ok_or("weight buffer freed")?;
         slot.a.sync_to_device().map_err(|e| e.to_string())?;
-        slot.kernel
+        log::trace!(target: LOG_TARGET, "XDNA2 launch {}x{}x{}", shape.m, shape.k, shape.n);
+        sequence
             .run(&slot.a, b, &slot.c)
             .map_err(|e| e.to_string())?;
-        self.inner.kernel_runs.fetch_add(1, Ordering::Relaxed);
         slot.c.sync_from_device().map_err(|e| e.to_string())
     }
 
@@ -505,10 +595,16 @@ impl Linear for XdnaLinear {
         assert_eq!(k, self.weight.n_in, "input width");
         assert_eq!(y.dim(), (rows, n_out), "output shape");
         let mut state = self.inner.lock();
-        let slot = state
-            .slots
-            .get_mut(&self.key)
-            .expect("the slot is made before any layer of its shape");
+        let Some(slot) = state.slots.get_mut(&self.key) else {
+            // Cannot happen (the slot is made with the weight's upload); computed on the CPU.
+            self.inner
+                .fallback(format!("{n_out}x{k} product on the CPU: no device slot"));
+            HostInt8Linear {
+                weight: self.weight.clone(),
+            }
+            .forward(x, y);
+            return;
+        };
         slot.q.resize(rows * k, 0);
         slot.scales.resize(rows, 0.0);
         // quant::quantize_rows, rows in parallel (each row is quantized on its own).
@@ -519,9 +615,13 @@ impl Linear for XdnaLinear {
             .for_each(|((q, scales), x)| quant::quantize_rows(x, q, scales));
 
         let n_pad = self.key.1;
-        for start in (0..rows).step_by(layout::M_RUN) {
-            let n = layout::M_RUN.min(rows - start);
-            let result = self.run_chunk(slot, start, n);
+        for start in (0..rows).step_by(layout::M_MAX) {
+            let n = layout::M_MAX.min(rows - start);
+            let result = self.launch(&mut state, start, n);
+            let slot = state
+                .slots
+                .get_mut(&self.key)
+                .expect("the slot is still there");
             let scales = &slot.scales[start..start + n];
             let y = y.slice_mut(s![start..start + n, ..]);
             match result {

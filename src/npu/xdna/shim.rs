@@ -2,8 +2,9 @@
 //!
 //! bindgen turns the header into a function table (`XdnaShimLibrary`, every symbol required) and
 //! the tiling constants; this module loads the library with libloading, checks its ABI version
-//! and kind, and wraps the handles it returns in owning types. The C side owns kernels and
-//! buffers through their device, so every handle here keeps the device alive (`Arc<DeviceInner>`).
+//! and kind, and wraps the handles it returns in owning types. The C side owns configurations,
+//! sequences and buffers through their device, so every handle here keeps the device alive
+//! (`Arc<DeviceInner>`).
 //!
 //! Threading: the ABI allows one thread at a time per device. The handles are `Send` but not
 //! `Sync`; the engine keeps them behind one mutex.
@@ -11,6 +12,8 @@ use std::ffi::{CStr, CString};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::Arc;
+
+use super::load_error;
 
 #[allow(
     non_camel_case_types,
@@ -24,7 +27,7 @@ mod ffi {
 }
 
 pub use ffi::{
-    XDNA_ARRAY_COLS, XDNA_ARRAY_ROWS, XDNA_GEMM_M_RUN, XDNA_MMUL_R, XDNA_MMUL_S, XDNA_MMUL_T,
+    XDNA_ARRAY_COLS, XDNA_ARRAY_ROWS, XDNA_GEMM_M_MAX, XDNA_MMUL_R, XDNA_MMUL_S, XDNA_MMUL_T,
     XDNA_SHIM_ABI_VERSION, XDNA_TILE_K, XDNA_TILE_M, XDNA_TILE_N,
 };
 
@@ -51,6 +54,10 @@ impl ShimKind {
 pub enum ShimError {
     #[error("cannot load {}: {reason}", path.display())]
     Load { path: PathBuf, reason: String },
+    /// The library is there but a dependency (XRT, or what XRT was built against) is missing
+    /// or too new for this system: [`load_error::explain`]'s words, then the loader's.
+    #[error("{explanation} (the loader said: {reason})")]
+    Incompatible { explanation: String, reason: String },
     #[error("{} speaks shim ABI version {found}, this plugin needs {expected}; rebuild it (make -C kernels install)", path.display())]
     Version {
         path: PathBuf,
@@ -86,9 +93,18 @@ impl Shim {
         // the C/C++ runtime's (and XRT's, for the device shim). Every symbol is resolved here
         // with the signature bindgen read from the same header the library was built from; the
         // ABI version check below catches a library built from another version of it.
-        let lib = unsafe { ffi::XdnaShimLibrary::new(path) }.map_err(|e| ShimError::Load {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
+        let lib = unsafe { ffi::XdnaShimLibrary::new(path) }.map_err(|e| {
+            let reason = e.to_string();
+            match load_error::explain(&reason, load_error::glibc_version().as_deref()) {
+                Some(explanation) => ShimError::Incompatible {
+                    explanation,
+                    reason,
+                },
+                None => ShimError::Load {
+                    path: path.to_path_buf(),
+                    reason,
+                },
+            }
         })?;
         // SAFETY: both take no arguments; the kind is a static NUL-terminated string.
         let (found, kind) = unsafe {
@@ -171,21 +187,21 @@ struct DeviceInner {
 impl Drop for DeviceInner {
     fn drop(&mut self) {
         // SAFETY: the device came from xdna_open and nothing made from it is alive any more
-        // (kernels and buffers hold this `Arc`).
+        // (configurations, sequences and buffers hold this `Arc`).
         unsafe { self.shim.lib.xdna_close(self.raw.as_ptr()) }
     }
 }
 
 // SAFETY: the ABI allows a device to be used from any thread, one at a time; `DeviceInner` is
-// only reached through `Device`, `Kernel` and `Buffer`, which are not `Sync` and which the engine
-// keeps behind a mutex. Closing it (on the last drop) happens on one thread.
+// only reached through `Device`, `Config`, `Sequence` and `Buffer`, which are not `Sync` and
+// which the engine keeps behind a mutex. Closing it (on the last drop) happens on one thread.
 unsafe impl Send for DeviceInner {}
 unsafe impl Sync for DeviceInner {}
 
 /// An open device.
 pub struct Device(Arc<DeviceInner>);
 
-/// Shape of one kernel's GEMM (padded sizes).
+/// Shape of one launch's GEMM (padded sizes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct GemmShape {
     pub m: usize,
@@ -193,65 +209,89 @@ pub struct GemmShape {
     pub n: usize,
 }
 
+/// A launch's runtime parameters (`xdna_gemm_params`): array-row blocks of M, K tiles,
+/// array-column blocks of N.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GemmParams {
+    pub m_blocks: u32,
+    pub k_tiles: u32,
+    pub n_blocks: u32,
+}
+
+/// What the device did since it was opened (`xdna_counters`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub launches: u64,
+    /// Launches that needed another array configuration than the one the array held.
+    pub reconfigurations: u64,
+    pub configurations_loaded: u64,
+}
+
 impl Device {
     pub fn shim(&self) -> &Arc<Shim> {
         &self.0.shim
     }
 
-    /// Loads a GEMM kernel (see `xdna_load_kernel`; the emulator accepts `None` paths).
-    pub fn load_kernel(
-        &self,
-        xclbin: Option<&Path>,
-        name: &str,
-        insts: Option<&Path>,
-        shape: GemmShape,
-    ) -> Result<Kernel, ShimError> {
-        let c_path = |p: Option<&Path>| -> Option<CString> {
-            p.map(|p| CString::new(p.as_os_str().as_encoded_bytes()).unwrap_or_default())
-        };
-        let (xclbin, insts) = (c_path(xclbin), c_path(insts));
-        let name_c = CString::new(name).unwrap_or_default();
-        let ptr = |s: &Option<CString>| s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
-        let c_shape = ffi::xdna_gemm_shape {
-            m: to_u32(shape.m),
-            k: to_u32(shape.k),
-            n: to_u32(shape.n),
-        };
-        // SAFETY: the device is open; strings are NUL-terminated (or NULL) and the shape lives
-        // across the call.
+    /// Loads the array configuration (see `xdna_load_config`; the emulator accepts `None`).
+    pub fn load_config(&self, xclbin: Option<&Path>, kernel: &str) -> Result<Config, ShimError> {
+        let xclbin = c_path(xclbin);
+        let name = CString::new(kernel).unwrap_or_default();
+        // SAFETY: the device is open; the strings are NUL-terminated (or NULL) and outlive the
+        // call.
         let raw = unsafe {
-            self.0.shim.lib.xdna_load_kernel(
-                self.0.raw.as_ptr(),
-                ptr(&xclbin),
-                name_c.as_ptr(),
-                ptr(&insts),
-                &c_shape,
-            )
+            self.0
+                .shim
+                .lib
+                .xdna_load_config(self.0.raw.as_ptr(), c_ptr(&xclbin), name.as_ptr())
         };
-        let raw = NonNull::new(raw).ok_or_else(|| self.0.shim.error("xdna_load_kernel"))?;
-        Ok(Kernel {
+        let raw = NonNull::new(raw).ok_or_else(|| self.0.shim.error("xdna_load_config"))?;
+        Ok(Config {
             dev: self.0.clone(),
             raw,
-            shape,
-            name: name.to_owned(),
+        })
+    }
+
+    /// The device's counters.
+    pub fn counters(&self) -> Result<Counters, ShimError> {
+        let mut out = ffi::xdna_counters {
+            launches: 0,
+            reconfigurations: 0,
+            configurations_loaded: 0,
+        };
+        // SAFETY: the device is open and `out` is a valid place for the result.
+        let rc = unsafe {
+            self.0
+                .shim
+                .lib
+                .xdna_counters_get(self.0.raw.as_ptr(), &mut out)
+        };
+        if rc != 0 {
+            return Err(self.0.shim.error("xdna_counters_get"));
+        }
+        Ok(Counters {
+            launches: out.launches,
+            reconfigurations: out.reconfigurations,
+            configurations_loaded: out.configurations_loaded,
         })
     }
 }
 
-fn to_u32(v: usize) -> u32 {
-    u32::try_from(v).expect("GEMM dimension fits in 32 bits")
+fn c_path(p: Option<&Path>) -> Option<CString> {
+    p.map(|p| CString::new(p.as_os_str().as_encoded_bytes()).unwrap_or_default())
 }
 
-/// A loaded kernel (freed with its device).
-pub struct Kernel {
+fn c_ptr(s: &Option<CString>) -> *const std::os::raw::c_char {
+    s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr())
+}
+
+/// The array configuration (freed with its device).
+pub struct Config {
     dev: Arc<DeviceInner>,
-    raw: NonNull<ffi::xdna_kernel>,
-    shape: GemmShape,
-    name: String,
+    raw: NonNull<ffi::xdna_config>,
 }
 
 // SAFETY: see `DeviceInner`: used from one thread at a time.
-unsafe impl Send for Kernel {}
+unsafe impl Send for Config {}
 
 /// The kernel argument a buffer is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -261,16 +301,36 @@ pub enum Role {
     C,
 }
 
-impl Kernel {
-    pub fn shape(&self) -> GemmShape {
-        self.shape
+impl Config {
+    /// Loads the instruction sequence of one shape (see `xdna_load_sequence`; the emulator runs
+    /// by `params` and accepts `None` for the file).
+    pub fn load_sequence(
+        &self,
+        insts: Option<&Path>,
+        params: GemmParams,
+    ) -> Result<Sequence, ShimError> {
+        let insts = c_path(insts);
+        let c_params = ffi::xdna_gemm_params {
+            m_blocks: params.m_blocks,
+            k_tiles: params.k_tiles,
+            n_blocks: params.n_blocks,
+        };
+        let shim = &self.dev.shim;
+        // SAFETY: the configuration is alive; the path is NUL-terminated (or NULL) and the
+        // parameters live across the call.
+        let raw = unsafe {
+            shim.lib
+                .xdna_load_sequence(self.raw.as_ptr(), c_ptr(&insts), &c_params)
+        };
+        let raw = NonNull::new(raw).ok_or_else(|| shim.error("xdna_load_sequence"))?;
+        Ok(Sequence {
+            dev: self.dev.clone(),
+            raw,
+            params,
+        })
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// A device buffer of `bytes` for argument `role` of this kernel (contents unspecified).
+    /// A device buffer of `bytes` for argument `role` (contents unspecified).
     pub fn alloc(&self, role: Role, bytes: usize) -> Result<Buffer, ShimError> {
         let role_c = match role {
             Role::A => ffi::xdna_buffer_role::XDNA_BUFFER_A,
@@ -278,7 +338,7 @@ impl Kernel {
             Role::C => ffi::xdna_buffer_role::XDNA_BUFFER_C,
         };
         let shim = &self.dev.shim;
-        // SAFETY: the kernel is alive (its device is, through `self.dev`).
+        // SAFETY: the configuration is alive (its device is, through `self.dev`).
         let raw = unsafe { shim.lib.xdna_alloc(self.raw.as_ptr(), role_c, bytes) };
         let raw = NonNull::new(raw).ok_or_else(|| shim.error("xdna_alloc"))?;
         // SAFETY: the buffer was just allocated.
@@ -297,15 +357,36 @@ impl Kernel {
             role,
         })
     }
+}
 
-    /// Runs the kernel once on (a, b) into c and waits for it.
+/// One shape's instruction sequence (freed with its device).
+pub struct Sequence {
+    dev: Arc<DeviceInner>,
+    raw: NonNull<ffi::xdna_sequence>,
+    params: GemmParams,
+}
+
+// SAFETY: see `DeviceInner`: used from one thread at a time.
+unsafe impl Send for Sequence {}
+
+impl Sequence {
+    pub fn params(&self) -> GemmParams {
+        self.params
+    }
+
+    /// Launches the sequence once on (a, b) into c and waits for it.
     pub fn run(&self, a: &Buffer, b: &Buffer, c: &Buffer) -> Result<(), ShimError> {
-        assert_eq!((a.role, b.role, c.role), (Role::A, Role::B, Role::C));
+        if (a.role, b.role, c.role) != (Role::A, Role::B, Role::C) {
+            return Err(ShimError::Call {
+                call: "xdna_run",
+                message: "buffers passed in the wrong argument slots".to_owned(),
+            });
+        }
         let shim = &self.dev.shim;
-        // SAFETY: kernel and buffers are alive and belong to the same device (the shim checks
+        // SAFETY: sequence and buffers are alive and belong to the same device (the shim checks
         // sizes and ownership and reports a mismatch as an error).
         let rc = unsafe {
-            shim.lib.xdna_run_gemm(
+            shim.lib.xdna_run(
                 self.raw.as_ptr(),
                 a.raw.as_ptr(),
                 b.raw.as_ptr(),
@@ -315,7 +396,7 @@ impl Kernel {
         if rc == 0 {
             Ok(())
         } else {
-            Err(shim.error("xdna_run_gemm"))
+            Err(shim.error("xdna_run"))
         }
     }
 }

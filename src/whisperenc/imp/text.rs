@@ -317,6 +317,7 @@ impl WhisperEncNpu {
             processing,
             backend: encoder.backend(),
             precision: encoder.precision(),
+            npu: encoder.npu_window(),
         };
         self.post(timing.message());
 
@@ -358,6 +359,7 @@ impl WhisperEncNpu {
             processing: report.processing,
             backend: encoder.backend(),
             precision: encoder.precision(),
+            npu: encoder.npu_window(),
         };
         self.post(timing.message());
         self.adapt_step_bound(report.index, report.processing);
