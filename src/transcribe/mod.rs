@@ -22,7 +22,8 @@
 //! - a segment whose words the previous window ended with is dropped (nothing said twice), and so
 //!   is one of six words or more found word for word in what was emitted lately while that text was
 //!   the prompt (the model repeating its prompt); over speech, that audio is decoded again without
-//!   the prompt, once;
+//!   the prompt, once; and so is one whose words all lie in audio whose text was shown already
+//!   (a window or a retry going back over it);
 //! - a segment with no frame under it louder than the window's noise floor is text over silence
 //!   or noise, and dropped ([`loudness`]; the level never judges how many words fit);
 //! - the stream's last window, usually short, is decoded as the last full 10.24 s (look-back) and
@@ -854,10 +855,23 @@ impl Transcriber {
             let by_timestamps = span(s.start, s.end, self.seek);
             // The span shown: where the words are, when the alignment found them, not before the
             // text shown last ends.
+            let shown_from = self.seek.max(self.shown_until);
             let Span { start, end } = match s.words.filter(|w| w.end > w.start) {
-                Some(w) => span(w.start, w.end, self.seek.max(self.shown_until)),
-                None => by_timestamps,
+                Some(w) => span(w.start, w.end, shown_from),
+                None => span(s.start, s.end, shown_from),
             };
+            // All of it is in audio whose text was shown already (by its words, or by its
+            // timestamps where the alignment has none): the model went back over it (a window
+            // started before the end of the text shown, a retry without the prompt) and says it
+            // again, often garbled. Shown, it would be a repeat of no length.
+            if s.end > s.start && end <= start {
+                log::debug!(
+                    target: LOG_TARGET,
+                    "dropped as said already (it ends before {:.2} s, where the text shown ends): {text:?}",
+                    self.shown_until as f64 / 16000.0
+                );
+                continue;
+            }
             // Text over silence or steady noise is the model talking to itself (often the prompt
             // again): not one frame under the segment rises above the window's noise floor.
             // (Over the span the model gave: clamping to the seek may collapse it.) How many
