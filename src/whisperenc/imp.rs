@@ -414,6 +414,10 @@ impl WhisperEncNpu {
         };
         let mut encoder = WindowEncoder::new(&model, &options).map_err(setup_error)?;
 
+        // Two warm-up windows: the first pays for first touches of the weights and buffers (on
+        // base f32 about 0.16 s against 0.13 s after), the second is what a window costs from
+        // then on, which the latency bounds are made of.
+        let _ = encoder.encode(&[]);
         let started = Instant::now();
         let _ = encoder.encode(&[]);
         let processing = gst::ClockTime::from_nseconds(started.elapsed().as_nanos() as u64);
