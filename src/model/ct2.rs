@@ -28,6 +28,7 @@ use std::sync::Arc;
 use ndarray::{Array1, Array2, Array3, ArrayD, IxDyn};
 
 use super::blob::Blob;
+use super::bytes::ByteReader;
 use super::error::ModelError;
 
 /// Newest binary format version this reader knows (CTranslate2 4.x writes 6).
@@ -158,11 +159,7 @@ impl Ct2File {
     /// Parses the file held by `blob` (shared: the weight set points into it).
     pub(crate) fn parse(blob: Arc<Blob>) -> Result<Ct2File, ModelError> {
         let header = {
-            let mut r = Reader {
-                data: blob.bytes(),
-                pos: 0,
-                path: blob.path(),
-            };
+            let mut r = ByteReader::new(blob.bytes(), blob.path(), truncated);
             parse_layout(&mut r)?
         };
         Ok(Ct2File {
@@ -388,45 +385,24 @@ struct Layout {
     aliases: HashMap<String, String>,
 }
 
-/// Bounds-checked little-endian cursor.
-struct Reader<'a> {
-    data: &'a [u8],
-    pos: usize,
-    path: &'a Path,
+/// CTranslate2's words for a read past the end of `model.bin`.
+fn truncated(
+    path: &Path,
+    what: String,
+    offset: usize,
+    needed: usize,
+    file_len: usize,
+) -> ModelError {
+    ModelError::Truncated {
+        path: path.to_path_buf(),
+        what,
+        offset: offset as u64,
+        needed: needed as u64,
+        file_len: file_len as u64,
+    }
 }
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, what: &dyn Fn() -> String) -> Result<&'a [u8], ModelError> {
-        let end = self.pos.checked_add(n);
-        match end.and_then(|end| self.data.get(self.pos..end)) {
-            Some(s) => {
-                self.pos += n;
-                Ok(s)
-            }
-            None => Err(ModelError::Truncated {
-                path: self.path.to_path_buf(),
-                what: what(),
-                offset: self.pos as u64,
-                needed: n as u64,
-                file_len: self.data.len() as u64,
-            }),
-        }
-    }
-
-    fn u8(&mut self, what: &dyn Fn() -> String) -> Result<u8, ModelError> {
-        Ok(self.take(1, what)?[0])
-    }
-
-    fn u16(&mut self, what: &dyn Fn() -> String) -> Result<u16, ModelError> {
-        let b = self.take(2, what)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
-    }
-
-    fn u32(&mut self, what: &dyn Fn() -> String) -> Result<u32, ModelError> {
-        let b = self.take(4, what)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
+impl ByteReader<'_> {
     /// u16 length (including the trailing NUL) + bytes; the string ends at the first NUL.
     fn string(&mut self, what: &dyn Fn() -> String) -> Result<String, ModelError> {
         let start = self.pos;
@@ -452,7 +428,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn parse_layout(r: &mut Reader<'_>) -> Result<Layout, ModelError> {
+fn parse_layout(r: &mut ByteReader<'_>) -> Result<Layout, ModelError> {
     let file_len = r.data.len();
     if file_len < 4 {
         return Err(ModelError::NotCt2 {

@@ -7,6 +7,7 @@
 //! weights' shapes, so any Whisper size loads. Weights stay in the memory-mapped files until a
 //! consumer (the [`Encoder`], the decoder) converts the ones it needs.
 pub mod blob;
+mod bytes;
 pub mod ct2;
 pub mod decoder;
 pub mod encoder;

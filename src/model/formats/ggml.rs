@@ -25,6 +25,7 @@ use ndarray::Array2;
 use super::layout::{Mapper, Stored, OPENAI_NAMES};
 use super::{ggml_quant, ggml_vocab, Format, Loaded, TokenizerSource, GGML_MAGIC};
 use crate::model::blob::Blob;
+use crate::model::bytes::ByteReader;
 use crate::model::weights::{StoredType, Weights};
 use crate::model::{ModelError, WhisperConfig};
 
@@ -83,39 +84,25 @@ pub struct GgmlFile {
     blob: Arc<Blob>,
 }
 
-/// Bounds-checked little-endian cursor.
-struct Reader<'a> {
-    data: &'a [u8],
-    pos: usize,
-    path: &'a Path,
+/// ggml's words for a read past the end of the file.
+fn truncated(
+    path: &Path,
+    what: String,
+    offset: usize,
+    needed: usize,
+    file_len: usize,
+) -> ModelError {
+    ModelError::Format {
+        path: path.to_path_buf(),
+        format: FORMAT,
+        reason: format!(
+            "truncated: reading {what} at byte offset {offset} needs {needed} byte(s), the file is \
+             {file_len} bytes long"
+        ),
+    }
 }
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, what: &dyn Fn() -> String) -> Result<&'a [u8], ModelError> {
-        match self
-            .pos
-            .checked_add(n)
-            .and_then(|end| self.data.get(self.pos..end))
-        {
-            Some(s) => {
-                self.pos += n;
-                Ok(s)
-            }
-            None => Err(self.invalid(format!(
-                "truncated: reading {} at byte offset {} needs {n} byte(s), the file is {} bytes \
-                 long",
-                what(),
-                self.pos,
-                self.data.len()
-            ))),
-        }
-    }
-
-    fn i32(&mut self, what: &dyn Fn() -> String) -> Result<i32, ModelError> {
-        let b = self.take(4, what)?;
-        Ok(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
+impl ByteReader<'_> {
     /// A count or size: must lie in `1..=max`.
     fn positive(&mut self, what: &str, max: i32) -> Result<usize, ModelError> {
         let v = self.i32(&|| what.to_string())?;
@@ -146,11 +133,7 @@ impl GgmlFile {
     }
 
     fn parse(blob: Arc<Blob>) -> Result<GgmlFile, ModelError> {
-        let mut r = Reader {
-            data: blob.bytes(),
-            pos: 0,
-            path: blob.path(),
-        };
+        let mut r = ByteReader::new(blob.bytes(), blob.path(), truncated);
         let magic = r.take(4, &|| "the magic".into())?;
         if u32::from_le_bytes([magic[0], magic[1], magic[2], magic[3]]) != GGML_MAGIC {
             return Err(r.invalid(format!("no ggml magic (first bytes {magic:02x?})")));
