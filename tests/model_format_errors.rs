@@ -220,6 +220,74 @@ fn foreign_and_mismatched_transformers_models() {
     }
 }
 
+/// A broken tokenizer is reported as the tokenizer's fault, naming its file and what is wrong
+/// with it, whatever the format of the weights (it used to say "corrupt CTranslate2 model").
+#[test]
+fn broken_tokenizers_name_the_file_and_the_fault() {
+    let m = Models::new();
+    let good = synthetic::tokenizer_json();
+    let without_eot = {
+        let mut t = good.clone();
+        t["added_tokens"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|a| a["content"] != "<|endoftext|>");
+        t
+    };
+    // One language token fewer: every special token after it moves down one id, as in a
+    // tokenizer of another model.
+    let foreign = {
+        let mut t = good.clone();
+        let added = t["added_tokens"].as_array_mut().unwrap();
+        let first = added[0]["id"].as_u64().unwrap();
+        added.retain(|a| a["content"] != "<|de|>");
+        for (i, a) in added.iter_mut().enumerate() {
+            a["id"] = (first + i as u64).into();
+        }
+        t
+    };
+    let no_vocab = serde_json::json!({"added_tokens": good["added_tokens"].clone()});
+    for (tag, tokenizer, fault) in [
+        (
+            "eot",
+            &without_eot,
+            "special token <|endoftext|> is missing",
+        ),
+        ("foreign", &foreign, "another model"),
+        ("vocab", &no_vocab, "no model.vocab object"),
+    ] {
+        let ct2 = m.tmp.path().join(format!("ct2-{tag}"));
+        synthetic::write_ct2(&ct2, 80);
+        let hf = m.hf_copy(tag);
+        for dir in [ct2, hf] {
+            std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+            let model = WhisperModel::load(&dir).unwrap();
+            let e = model.tokenizer().unwrap_err();
+            let msg = e.to_string();
+            println!("{msg}");
+            assert!(matches!(e, ModelError::Tokenizer { .. }), "{e:?}");
+            assert!(
+                msg.contains(&dir.join("tokenizer.json").display().to_string()),
+                "the message does not name the file: {msg}"
+            );
+            assert!(msg.contains(fault), "{fault:?} not in {msg}");
+            assert!(
+                !msg.contains("CTranslate2") && !msg.contains("corrupt"),
+                "the tokenizer is not the weights: {msg}"
+            );
+        }
+    }
+
+    // A slow tokenizer's vocab.json that is no token table.
+    let dir = m.hf_copy("slow");
+    std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+    std::fs::write(dir.join("vocab.json"), "[1, 2, 3]").unwrap();
+    std::fs::write(dir.join("merges.txt"), "#version: 0.2\n").unwrap();
+    let e = WhisperModel::load(&dir).unwrap().tokenizer().unwrap_err();
+    println!("{e}");
+    assert!(matches!(e, ModelError::Tokenizer { ref path, .. } if path.ends_with("vocab.json")));
+}
+
 #[test]
 fn truncated_ggml_files() {
     let m = Models::new();

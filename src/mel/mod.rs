@@ -19,9 +19,16 @@ mod filterbank;
 use filterbank::SparseFilterbank;
 pub use filterbank::{hz_to_mel_slaney, mel_filterbank, mel_to_hz_slaney};
 
+/// Samples per second of Whisper's input (OpenAI's `whisper/audio.py`: `SAMPLE_RATE`); the
+/// element's sink caps ask for it.
 pub const SAMPLE_RATE: u32 = 16_000;
 pub const N_FFT: usize = 400;
 pub const HOP_LENGTH: usize = 160;
+/// Samples per timestamp token: two mel frames, because the encoder's second convolution has
+/// stride 2 (`whisper/audio.py`: `N_SAMPLES_PER_TOKEN = HOP_LENGTH * 2`).
+pub const SAMPLES_PER_TIMESTAMP: u64 = 2 * HOP_LENGTH as u64;
+/// Seconds per timestamp token (0.02 s: `<|0.00|>`, `<|0.02|>`, ...).
+pub const TIMESTAMP_STEP: f64 = SAMPLES_PER_TIMESTAMP as f64 / SAMPLE_RATE as f64;
 /// Mel frames in one window of the element (10.24 s).
 pub const WINDOW_FRAMES: usize = 1024;
 /// Audio samples in one window of the element.

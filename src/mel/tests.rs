@@ -78,7 +78,7 @@ fn output_shape() {
         (160, 1),
         (170, 1),
         (1000, 6),
-        (16000, 100),
+        (SAMPLE_RATE as usize, 100),
     ] {
         let out = mel.compute(&noise(n, 0.5, n as u64));
         assert_eq!(out.dim(), (80, frames), "{n} samples");
@@ -112,8 +112,9 @@ fn silence_is_constant() {
 #[test]
 fn tone_peaks_in_its_band() {
     let hz = 1000.0;
-    let x: Vec<f32> = (0..16000)
-        .map(|i| (0.5 * (2.0 * std::f64::consts::PI * hz * i as f64 / 16000.0).sin()) as f32)
+    let rate = f64::from(SAMPLE_RATE);
+    let x: Vec<f32> = (0..SAMPLE_RATE)
+        .map(|i| (0.5 * (2.0 * std::f64::consts::PI * hz * f64::from(i) / rate).sin()) as f32)
         .collect();
     let out = LogMel::new(80).compute(&x);
     let fb = mel_filterbank(80, SAMPLE_RATE, N_FFT);

@@ -60,9 +60,15 @@ pub enum ModelError {
     #[error("{}: not a Whisper model (CTranslate2 spec is {spec:?}, expected \"WhisperSpec\")", path.display())]
     NotWhisper { path: PathBuf, spec: String },
 
-    /// The file is structurally wrong (inconsistent sizes, bad names, impossible hyper-parameters...).
-    #[error("{}: corrupt CTranslate2 model: {reason}", path.display())]
+    /// A weights file is structurally wrong (inconsistent sizes, bad names, impossible
+    /// hyper-parameters...), whatever its format.
+    #[error("{}: corrupt model file: {reason}", path.display())]
     Malformed { path: PathBuf, reason: String },
+
+    /// The tokenizer's file (`tokenizer.json`, or a slow tokenizer's `vocab.json`) parses but is
+    /// not a Whisper tokenizer these weights can use.
+    #[error("{}: unusable tokenizer: {reason}", path.display())]
+    Tokenizer { path: PathBuf, reason: String },
 
     /// A variable the model needs is not in the file.
     #[error("{}: variable {name:?} is missing from the model", path.display())]

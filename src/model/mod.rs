@@ -65,7 +65,6 @@ impl Dims {
 pub struct WhisperConfig {
     pub suppress_ids: Vec<i64>,
     pub suppress_ids_begin: Vec<i64>,
-    pub lang_ids: Vec<i64>,
     /// (layer, head) pairs of the decoder's cross-attention used for word alignment.
     pub alignment_heads: Vec<(usize, usize)>,
 }
@@ -93,7 +92,6 @@ impl WhisperConfig {
         WhisperConfig {
             suppress_ids: ids("suppress_ids"),
             suppress_ids_begin: ids("suppress_ids_begin"),
-            lang_ids: ids("lang_ids"),
             alignment_heads,
         }
     }
@@ -106,7 +104,6 @@ pub struct WhisperModel {
     format: Format,
     weights: Weights,
     dims: Dims,
-    config_json: Option<serde_json::Value>,
     config: WhisperConfig,
     tokenizer: TokenizerSource,
     mel_filters: Option<Array2<f32>>,
@@ -149,7 +146,6 @@ impl WhisperModel {
             format: loaded.format,
             weights: loaded.weights,
             dims,
-            config_json: loaded.config_json,
             config,
             tokenizer: loaded.tokenizer,
             mel_filters: loaded.mel_filters,
@@ -173,11 +169,6 @@ impl WhisperModel {
     /// All tensors, encoder and decoder, under the internal names, memory-mapped.
     pub fn weights(&self) -> &Weights {
         &self.weights
-    }
-
-    /// `config.json` as parsed JSON, if the model has one.
-    pub fn config_json(&self) -> Option<&serde_json::Value> {
-        self.config_json.as_ref()
     }
 
     /// What the decoder needs from the model's configuration (empty lists without one).
@@ -256,9 +247,6 @@ fn complete_config(
             let defaults = formats::whisper_defaults::config(dims, &tok);
             config.suppress_ids = defaults.suppress_ids;
             config.suppress_ids_begin = defaults.suppress_ids_begin;
-            if config.lang_ids.is_empty() {
-                config.lang_ids = defaults.lang_ids;
-            }
         }
     }
     config
@@ -439,18 +427,6 @@ pub(crate) fn prepare_linear(
         None
     };
     Ok(engine.prepare(weight.view(), bias.as_ref().map(|b| b.view())))
-}
-
-/// A rayon pool of `threads` threads (0: one per core) named `name-N`.
-pub(crate) fn thread_pool(
-    threads: usize,
-    name: &'static str,
-) -> Result<rayon::ThreadPool, ModelError> {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(move |i| format!("{name}-{i}"))
-        .build()
-        .map_err(|e| ModelError::ThreadPool(e.to_string()))
 }
 
 #[cfg(test)]

@@ -15,8 +15,7 @@ use std::path::Path;
 
 use super::ModelError;
 
-/// Seconds per timestamp token.
-pub const TIMESTAMP_STEP: f64 = 0.02;
+pub use crate::mel::TIMESTAMP_STEP;
 /// Timestamp tokens of every Whisper model: `<|0.00|>` to `<|30.00|>` in [`TIMESTAMP_STEP`]s
 /// (OpenAI's `whisper/tokenizer.py`: `[f"<|{i * 0.02:.2f}|>" for i in range(1501)]`).
 pub const WHISPER_TIMESTAMPS: usize = 1501;
@@ -76,10 +75,10 @@ pub struct Tokenizer {
     byte_char: [char; 256],
 }
 
-fn malformed(path: &Path, reason: impl Into<String>) -> ModelError {
-    ModelError::Malformed {
+fn unusable(path: &Path, reason: String) -> ModelError {
+    ModelError::Tokenizer {
         path: path.to_path_buf(),
-        reason: reason.into(),
+        reason,
     }
 }
 
@@ -93,11 +92,10 @@ impl Tokenizer {
                 path: path.to_path_buf(),
                 source: e,
             })?;
-        let tokenizer =
-            Self::from_json(&json, n_vocab).map_err(|reason| malformed(path, reason))?;
+        let tokenizer = Self::from_json(&json, n_vocab).map_err(|reason| unusable(path, reason))?;
         tokenizer
             .check_weights()
-            .map_err(|reason| malformed(path, reason))?;
+            .map_err(|reason| unusable(path, reason))?;
         Ok(tokenizer)
     }
 

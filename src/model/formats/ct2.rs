@@ -79,8 +79,7 @@ pub(crate) fn load(dir: &Path, bin: &Path) -> Result<Loaded, ModelError> {
         heads(&file, "encoder/num_heads")?,
         heads(&file, "decoder/num_heads")?,
     );
-    let config_json = read_json(&dir.join("config.json"))?;
-    let config = config_json
+    let config = read_json(&dir.join("config.json"))?
         .as_ref()
         .map(WhisperConfig::from_json)
         .unwrap_or_default();
@@ -88,7 +87,6 @@ pub(crate) fn load(dir: &Path, bin: &Path) -> Result<Loaded, ModelError> {
         dir: dir.to_path_buf(),
         format: Format::Ct2,
         weights,
-        config_json,
         config,
         tokenizer: TokenizerSource::Json(dir.join("tokenizer.json")),
         mel_filters: None,

@@ -307,7 +307,6 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, ModelError> {
         dir: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
         format: Format::Ggml,
         weights,
-        config_json: None,
         config: WhisperConfig::default(),
         tokenizer: TokenizerSource::Built(Box::new(tokenizer)),
         mel_filters: Some(file.mel_filters),

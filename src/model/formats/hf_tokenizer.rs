@@ -24,7 +24,7 @@ pub fn load(dir: &Path, n_vocab: usize) -> Result<Tokenizer, ModelError> {
     let vocab = read_json(&vocab_path)?.ok_or_else(|| ModelError::FileNotFound {
         path: vocab_path.clone(),
     })?;
-    let vocab = vocab.as_object().ok_or_else(|| ModelError::Malformed {
+    let vocab = vocab.as_object().ok_or_else(|| ModelError::Tokenizer {
         path: vocab_path.clone(),
         reason: "not a JSON object of token -> id".into(),
     })?;
@@ -57,7 +57,7 @@ pub fn load(dir: &Path, n_vocab: usize) -> Result<Tokenizer, ModelError> {
         "model": {"vocab": vocab, "merges": merges},
         "added_tokens": added_tokens,
     });
-    Tokenizer::from_json(&doc, n_vocab).map_err(|reason| ModelError::Malformed {
+    Tokenizer::from_json(&doc, n_vocab).map_err(|reason| ModelError::Tokenizer {
         path: vocab_path,
         reason,
     })

@@ -66,7 +66,6 @@ pub(crate) struct Loaded {
     pub dir: PathBuf,
     pub format: Format,
     pub weights: Weights,
-    pub config_json: Option<serde_json::Value>,
     pub config: WhisperConfig,
     pub tokenizer: TokenizerSource,
     /// The mel filterbank the file carries (ggml), `n_mels x n_fft_bins`.

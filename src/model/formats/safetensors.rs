@@ -202,7 +202,6 @@ fn load_files(dir: &Path, files: &[PathBuf]) -> Result<Loaded, ModelError> {
         weights,
         stated: stated_dims(&config_json),
         stated_in: config_path,
-        config_json: Some(config_json),
         config,
         tokenizer: if !dir.join("tokenizer.json").is_file() && hf_tokenizer::present(dir) {
             TokenizerSource::HfFiles(dir.to_path_buf())
@@ -247,11 +246,6 @@ fn whisper_config(
             .map(|a| a.iter().filter_map(|x| x.as_i64()).collect())
             .unwrap_or_default()
     };
-    let mut lang_ids: Vec<i64> = pick("lang_to_id")
-        .and_then(|m| m.as_object())
-        .map(|m| m.values().filter_map(|v| v.as_i64()).collect())
-        .unwrap_or_default();
-    lang_ids.sort_unstable();
     let alignment_heads = pick("alignment_heads")
         .and_then(|a| a.as_array())
         .map(|a| {
@@ -266,7 +260,6 @@ fn whisper_config(
     WhisperConfig {
         suppress_ids: ids("suppress_tokens"),
         suppress_ids_begin: ids("begin_suppress_tokens"),
-        lang_ids,
         alignment_heads,
     }
 }

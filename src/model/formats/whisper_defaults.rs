@@ -218,11 +218,6 @@ pub fn config(dims: &Dims, tok: &Tokenizer) -> WhisperConfig {
     WhisperConfig {
         suppress_ids: suppress_tokens(tok),
         suppress_ids_begin: begin,
-        lang_ids: tok
-            .languages()
-            .iter()
-            .map(|&(_, id)| i64::from(id))
-            .collect(),
         alignment_heads: alignment_heads(dims),
     }
 }
