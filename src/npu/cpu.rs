@@ -1,11 +1,12 @@
 //! Float32 CPU engine.
 //!
-//! With AVX-512F, linear layers run on [`super::cpu_gemm`]: the weight is packed once at load into
-//! the kernel's panels, the rows of a call are split into one block per thread, one rayon task
+//! With AVX-512F or AVX2 + FMA, linear layers run on [`super::cpu_gemm`]: the weight is packed
+//! once at load into the kernel's panels, the rows of a call are split into one block per thread, one rayon task
 //! per block (in the caller's pool), each running the single-threaded kernel; calls with few rows
 //! (the decoder's token-by-token products) split the output columns instead. GELU can run in the
-//! kernel's epilogue ([`Linear::forward_gelu`]). Without AVX-512, and for the generic attention
-//! path's activation x activation products ([`matmul`]), the `gemm` crate runs them.
+//! kernel's epilogue ([`Linear::forward_gelu`]). Without either, and for the generic attention
+//! path's activation x activation products ([`matmul`]), the `gemm` crate runs them (it
+//! allocates bookkeeping on every call: a warm encoder is allocation-free only on the kernels).
 //!
 //! Why this kernel and not `gemm` or ndarray's `dot`: the measurements are in `benches/README.md`.
 use std::cell::RefCell;
@@ -37,7 +38,7 @@ impl CpuF32Engine {
         }
     }
 
-    /// The engine on the `gemm` crate only (no AVX-512 kernel), e.g. to compare them.
+    /// The engine on the `gemm` crate only (no packed kernel), e.g. to compare them.
     pub fn portable() -> CpuF32Engine {
         CpuF32Engine { packed: false }
     }
@@ -172,7 +173,7 @@ fn packed_block(
             (ys.as_mut_ptr(), n_cols)
         };
         grow_noted(0, pack, cpu_gemm::pack_len(rows, n_in));
-        // SAFETY: AVX-512F is available (the engine packs only then); `a` points to `rows` rows of
+        // SAFETY: a kernel of cpu_gemm runs here (the engine packs only then); `a` points to `rows` rows of
         // n_in values with row stride lda (the view's own memory, or the staged copy), `c` to
         // `rows` rows of the panels' n_cols columns with row stride ldc that only this task
         // writes (its own block of y, or the staging buffer); the bias has n values (checked at

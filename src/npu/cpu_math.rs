@@ -390,6 +390,14 @@ pub(crate) use avx512::exp as exp512;
 #[cfg(target_arch = "x86_64")]
 pub(crate) use avx512::gelu as gelu512;
 
+/// `e^x` on 8 lanes (the AVX2 path of [`exp_scalar`]).
+#[cfg(target_arch = "x86_64")]
+pub(crate) use avx2::exp as exp256;
+/// GELU on 8 lanes (the AVX2 path of [`gelu_scalar`]; what [`Math::gelu_inplace`] computes with
+/// AVX2, bit for bit), for epilogues of products.
+#[cfg(target_arch = "x86_64")]
+pub(crate) use avx2::gelu as gelu256;
+
 // ---------------------------------------------------------------------------------------------
 // AVX2 + FMA.
 
@@ -459,8 +467,15 @@ mod avx2 {
             // SAFETY: c has 8 elements.
             unsafe { _mm256_storeu_ps(c.as_mut_ptr(), gelu(_mm256_loadu_ps(c.as_ptr()))) };
         }
-        for v in chunks.into_remainder() {
-            *v = gelu_scalar(*v);
+        // The tail goes through the same vector code as the rest, so the kernel's fused
+        // epilogue (which masks its last columns) gives the same bits as this pass.
+        let tail = chunks.into_remainder();
+        if !tail.is_empty() {
+            let mut pad = [0f32; 8];
+            pad[..tail.len()].copy_from_slice(tail);
+            // SAFETY: pad has 8 elements.
+            unsafe { _mm256_storeu_ps(pad.as_mut_ptr(), gelu(_mm256_loadu_ps(pad.as_ptr()))) };
+            tail.copy_from_slice(&pad[..tail.len()]);
         }
     }
 
@@ -477,8 +492,15 @@ mod avx2 {
             }
             i += 8;
         }
-        for j in i..n {
-            x[j] = gelu_scalar(x[j]) + add[j];
+        if i < n {
+            // Padded to a full vector for the same reason as in `gelu_inplace`.
+            let mut pad = [0f32; 8];
+            pad[..n - i].copy_from_slice(&x[i..]);
+            // SAFETY: pad has 8 elements.
+            unsafe { _mm256_storeu_ps(pad.as_mut_ptr(), gelu(_mm256_loadu_ps(pad.as_ptr()))) };
+            for j in i..n {
+                x[j] = pad[j - i] + add[j];
+            }
         }
     }
 

@@ -3,7 +3,9 @@
 //! The encoder's weights are fixed, its activations change with every window: an [`Engine`]
 //! prepares each linear layer once at load time ([`Engine::prepare`], where a backend may convert,
 //! quantize, re-lay-out or upload the weight), and the resulting [`Linear`] is then applied to
-//! float32 activations per call. The float32 CPU engine is [`cpu::CpuF32Engine`].
+//! float32 activations per call. The engines: float32 on the CPU ([`cpu::CpuF32Engine`]), int8 on
+//! the CPU ([`cpu_int8::CpuInt8Engine`]) and int8 on the AMD XDNA2 NPU ([`xdna::XdnaEngine`]), the
+//! two int8 ones sharing [`quant`]'s numerics.
 use std::sync::Arc;
 
 use ndarray::{ArrayView1, ArrayView2, ArrayViewMut2};

@@ -14,18 +14,26 @@
 //!    the normalisation `1 / sum` is applied to the 64-wide result instead of the p-wide
 //!    probabilities.
 //!
-//! Nothing is allocated: the caller passes a [`AttnScratch`] per thread. Other head widths and
-//! CPUs without AVX-512 use the generic path of the encoder.
+//! Without AVX-512, the same steps in ymm registers ([`avx2`]). Nothing is allocated: the caller
+//! passes a [`AttnScratch`] per thread. Other head widths and CPUs without AVX2 use the generic
+//! path of the encoder.
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
+
+mod avx2;
 
 /// Query rows per block (two zmm of queries in `S^T`).
 pub const BLOCK: usize = 32;
 /// The head width this kernel handles.
 pub const HEAD: usize = 64;
 
-/// Whether this CPU runs the kernel.
+/// Whether this CPU runs one of the kernels (AVX-512F, or AVX2 + FMA).
 pub fn available() -> bool {
+    has_avx512() || avx2::available()
+}
+
+/// Whether the AVX-512 kernel runs here (else the AVX2 one).
+fn has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         is_x86_feature_detected!("avx512f")
@@ -128,14 +136,30 @@ pub struct HeadView<'a> {
 /// head's columns of the attention output).
 ///
 /// # Panics
-/// If the CPU lacks AVX-512F, or the views do not have these shapes.
+/// If the CPU has neither AVX-512F nor AVX2 + FMA, or the views do not have these shapes.
 pub fn attention_block(
+    head: HeadView<'_>,
+    r0: usize,
+    out: ndarray::ArrayViewMut2<'_, f32>,
+    scratch: &mut AttnScratch,
+) {
+    block_with(head, r0, out, scratch, has_avx512())
+}
+
+/// [`attention_block`] with the AVX-512 kernel if `avx512`, else the AVX2 one.
+fn block_with(
     head: HeadView<'_>,
     r0: usize,
     mut out: ndarray::ArrayViewMut2<'_, f32>,
     scratch: &mut AttnScratch,
+    avx512: bool,
 ) {
-    assert!(available(), "attention kernel needs AVX-512F");
+    let usable = if avx512 {
+        has_avx512()
+    } else {
+        avx2::available()
+    };
+    assert!(usable, "attention kernel needs AVX-512F or AVX2 + FMA");
     let rows = out.nrows();
     assert!(
         (1..=BLOCK).contains(&rows) && r0 + rows <= head.p,
@@ -161,11 +185,16 @@ pub fn attention_block(
     );
     scratch.reserve(head.p);
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX-512F checked above; every index the kernel touches was bounds-checked above:
-    // rows 0..p of q, k and v (64 values each), qt 64 x 32, st p x 32 and o 32 x 64; it writes
-    // only the view's own elements (rows 0..rows at stride ldo, 64 unit-stride columns).
+    // SAFETY: the kernel's instructions checked above (AVX-512F, else AVX2 + FMA); every index
+    // either kernel touches was bounds-checked above: rows 0..p of q, k and v (64 values each),
+    // qt 64 x 32, st p x 32 and o 32 x 64; it writes only the view's own elements (rows
+    // 0..rows at stride ldo, 64 unit-stride columns).
     unsafe {
-        kernel(head, r0, rows, out.as_mut_ptr(), ldo, scratch)
+        if avx512 {
+            kernel(head, r0, rows, out.as_mut_ptr(), ldo, scratch)
+        } else {
+            avx2::kernel(head, r0, rows, out.as_mut_ptr(), ldo, scratch)
+        }
     }
 }
 
@@ -384,10 +413,10 @@ mod tests {
 
     #[test]
     fn matches_naive_attention() {
-        if !available() {
-            eprintln!("no AVX-512F: attention kernel not tested here");
-            return;
-        }
+        assert!(
+            available(),
+            "every x86-64 CPU this project supports has AVX2 + FMA"
+        );
         let mut st = 99u32;
         let mut rnd = || {
             st ^= st << 13;
@@ -432,7 +461,23 @@ mod tests {
                     let mut out = vec![f32::NAN; rows * ldo];
                     let mut o =
                         ndarray::ArrayViewMut2::from_shape((rows, ldo), &mut out[..]).unwrap();
+                    // The dispatched kernel, and the AVX2 one where AVX-512 took the first.
                     attention_block(view, r0, o.slice_mut(ndarray::s![.., ..HEAD]), &mut scratch);
+                    if has_avx512() && avx2::available() {
+                        let mut out2 = vec![f32::NAN; rows * ldo];
+                        let mut o2 =
+                            ndarray::ArrayViewMut2::from_shape((rows, ldo), &mut out2[..]).unwrap();
+                        let o2 = o2.slice_mut(ndarray::s![.., ..HEAD]);
+                        block_with(view, r0, o2, &mut scratch, false);
+                        for (i, (a, b)) in out.iter().zip(&out2).enumerate() {
+                            let (a, b) = (*a as f64, *b as f64);
+                            assert!(
+                                (a - b).abs() < 2e-5 * (1.0 + a.abs())
+                                    || (a.is_nan() && b.is_nan()),
+                                "p={p} h={h} r0={r0} element {i}: AVX2 {b} vs AVX-512 {a}"
+                            );
+                        }
+                    }
                     for i in 0..rows {
                         let q = &view.q[(r0 + i) * ld..][..HEAD];
                         let kcol = d + h * HEAD;

@@ -1,5 +1,5 @@
-//! Float32 GEMM with a pre-packed right-hand side, AVX-512F: `c = a w^T (+ bias)` for the
-//! encoder's linear layers, whose weights are fixed.
+//! Float32 GEMM with a pre-packed right-hand side, AVX-512F (here) or AVX2 + FMA ([`avx2`]):
+//! `c = a w^T (+ bias)` for the encoder's linear layers, whose weights are fixed.
 //!
 //! The weight (n x k) is packed once, at load, into panels of [`NR`] = 32 output columns: for every
 //! input index, the panel's 32 weights side by side (two zmm), from a 64-byte boundary. The
@@ -21,9 +21,11 @@
 //!
 //! Why not the `gemm` crate for these products: it packs both operands on every call; with the
 //! weights pre-packed, and the bias folded into the first store, this kernel spends its time in
-//! FMAs. [`super::cpu`] measures and documents the choice.
+//! FMAs. The measurements behind the choice are in `benches/README.md`.
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
+
+mod avx2;
 
 /// Output columns per packed panel.
 pub const NR: usize = 32;
@@ -34,8 +36,13 @@ pub const KC: usize = 256;
 /// Inputs per group of the packed rows (and the kernel's unrolling).
 const KU: usize = 16;
 
-/// Whether this CPU runs the kernel.
+/// Whether this CPU runs one of the kernels (AVX-512F, or AVX2 + FMA).
 pub fn available() -> bool {
+    has_avx512() || avx2::available()
+}
+
+/// Whether the AVX-512 kernel runs here (else the AVX2 one).
+fn has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         is_x86_feature_detected!("avx512f")
@@ -123,7 +130,7 @@ pub fn pack_len(m: usize, k: usize) -> usize {
 /// KC x 32 slice stays in L1, the packed rows in L2.
 ///
 /// # Panics
-/// If the CPU lacks AVX-512F, or a slice is too short for the shapes.
+/// If the CPU has neither AVX-512F nor AVX2 + FMA, or a slice is too short for the shapes.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(
     a: &[f32],
@@ -135,7 +142,7 @@ pub fn gemm(
     ldc: usize,
     scratch: &mut Vec<f32>,
 ) {
-    assert!(available(), "cpu_gemm needs AVX-512F");
+    assert!(available(), "cpu_gemm needs AVX-512F or AVX2 + FMA");
     let (n, k) = (w.n, w.k);
     if m == 0 || n == 0 {
         return;
@@ -145,7 +152,7 @@ pub fn gemm(
     if let Some(b) = bias {
         assert_eq!(b.len(), n, "bias length");
     }
-    // SAFETY: AVX-512F checked; the shapes of a, c and bias were checked above.
+    // SAFETY: a kernel's instructions checked; the shapes of a, c and bias were checked above.
     unsafe {
         gemm_raw(
             a.as_ptr(),
@@ -166,7 +173,7 @@ pub fn gemm(
 /// `32 p .. 32 p + 32`); `c` points to the first of them (column `32 panels.start`).
 ///
 /// # Safety
-/// AVX-512F must be available; `a` must point to `m` rows of `w.k` readable values (row stride
+/// [`available`] must hold; `a` must point to `m` rows of `w.k` readable values (row stride
 /// `lda`), `c` to `m` rows of the panels' columns (up to column `w.n`), writable, with row stride
 /// `ldc`, that nothing else accesses during the call; `bias`, if any, must hold `w.n` values;
 /// `panels` must lie within `0..w.panels()`.
@@ -186,6 +193,10 @@ pub unsafe fn gemm_raw(
     let (n, k) = (w.n, w.k);
     if m == 0 || n == 0 || panels.is_empty() {
         return;
+    }
+    if !has_avx512() {
+        // SAFETY: `available` holds (the caller's contract) without AVX-512: AVX2 + FMA.
+        return avx2::gemm_raw(a, lda, m, w, bias, panels, c, ldc, scratch, gelu);
     }
     // Packed rows: per KC block, tile after tile, each tile as [16-input group][row][16].
     let need = pack_len(m, k);
@@ -447,10 +458,10 @@ mod tests {
 
     #[test]
     fn matches_naive() {
-        if !available() {
-            eprintln!("no AVX-512F: cpu_gemm not tested here");
-            return;
-        }
+        assert!(
+            available(),
+            "every x86-64 CPU this project supports has AVX2 + FMA"
+        );
         let mut st = 7u32;
         let mut rnd = || {
             st ^= st << 13;
@@ -480,6 +491,30 @@ mod tests {
                 let mut c = vec![f32::NAN; m * ldc];
                 let b = with_bias.then_some(&bias[..]);
                 gemm(&a, lda, m, &pw, b, &mut c, ldc, &mut scratch);
+                // The AVX2 kernel (the same as `gemm` without AVX-512) gives the same bits.
+                let mut c2 = vec![f32::NAN; m * ldc];
+                if avx2::available() {
+                    // SAFETY: AVX2 + FMA checked just above; the shapes are those `gemm` checked.
+                    unsafe {
+                        avx2::gemm_raw(
+                            a.as_ptr(),
+                            lda,
+                            m,
+                            &pw,
+                            b,
+                            0..pw.panels(),
+                            c2.as_mut_ptr(),
+                            ldc,
+                            &mut scratch,
+                            false,
+                        )
+                    };
+                    let same = c.iter().zip(&c2).all(|(x, y)| x.to_bits() == y.to_bits());
+                    assert!(
+                        same,
+                        "{m}x{k}x{n}: the AVX2 kernel differs from the dispatched one"
+                    );
+                }
                 for r in 0..m {
                     for o in 0..n {
                         let want: f64 = (0..k)

@@ -1,0 +1,252 @@
+//! The AVX2 + FMA kernel of [`super::gemm_raw`], for CPUs without AVX-512 (AMD Zen 2 and 3,
+//! Intel client cores before Ice Lake and after Alder Lake).
+//!
+//! Same packed weights and packed rows as the AVX-512 kernel ([`super::PackedWeight`], panels of
+//! 32 columns; row tiles of up to 12 rows by groups of 16 inputs), so one packing serves both.
+//! With 16 ymm registers a 12 x 32 tile does not fit: the kernel walks each row tile as sub-tiles
+//! of up to [`SUB_ROWS`] rows and each panel as two halves of 16 columns, with 6 x 2 ymm
+//! accumulators (the classic 6 x 16 register block: 12 FMAs per 8 loads).
+//!
+//! Every output element is its bias plus the products of its row and column added one input
+//! after the other, in the same order as the AVX-512 kernel, so both give the same bits, and a
+//! row's result does not depend on the other rows of the call (what batching across streams
+//! relies on). Unlike the AVX-512 kernel it does not prefetch the next panel: not tried yet.
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+#[cfg(target_arch = "x86_64")]
+use super::{n_tiles, pack_len, tile_rows, Init, PackedWeight, KC, KU, NR};
+
+/// Rows per register sub-tile.
+const SUB_ROWS: usize = 6;
+/// Columns per half panel (two ymm).
+const HALF: usize = NR / 2;
+
+/// Whether this CPU runs the kernel.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// [`super::gemm_raw`] with AVX2 + FMA.
+///
+/// # Safety
+/// As [`super::gemm_raw`], with AVX2 and FMA available instead of AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn gemm_raw(
+    a: *const f32,
+    lda: usize,
+    m: usize,
+    w: &PackedWeight,
+    bias: Option<&[f32]>,
+    panels: std::ops::Range<usize>,
+    c: *mut f32,
+    ldc: usize,
+    scratch: &mut Vec<f32>,
+    gelu: bool,
+) {
+    let (n, k) = (w.n, w.k);
+    let need = pack_len(m, k);
+    if scratch.len() < need {
+        scratch.resize(need, 0.0);
+    }
+    let sp = scratch.as_mut_ptr();
+    let sp = sp.add(sp.align_offset(32).min(8));
+    let wp = w.panels_ptr();
+    let tiles = n_tiles(m);
+    let mut k0 = 0;
+    loop {
+        let kc = KC.min(k - k0);
+        let kcp = kc.next_multiple_of(KU);
+        let first = k0 == 0;
+        let gelu = gelu && k0 + kc >= k;
+        pack_rows(a, lda, m, k0, kc, sp);
+        for p in panels.clone() {
+            let cols = NR.min(n - p * NR);
+            let panel = wp.add((p * k + k0) * NR);
+            for half in 0..2 {
+                let half_cols = cols.saturating_sub(half * HALF).min(HALF);
+                if half_cols == 0 {
+                    continue;
+                }
+                let col0 = p * NR + half * HALF;
+                let init = if first {
+                    Init::Bias(bias.map(|b| b.as_ptr().add(col0)))
+                } else {
+                    Init::Load
+                };
+                let masks = col_masks(half_cols);
+                let mut r = 0;
+                for _ in 0..tiles {
+                    let rows = tile_rows(m - r);
+                    let tile_a = sp.add(r * kcp);
+                    let mut s = 0;
+                    while s < rows {
+                        let sub = SUB_ROWS.min(rows - s);
+                        let out = c.add((r + s) * ldc + (p - panels.start) * NR + half * HALF);
+                        let block = Block {
+                            a: tile_a.add(s * KU),
+                            a_group: rows * KU,
+                            b: panel.add(half * HALF),
+                            kc,
+                            c: out,
+                            ldc,
+                            init,
+                            masks,
+                            gelu,
+                        };
+                        sub_tile(sub, block);
+                        s += sub;
+                    }
+                    r += rows;
+                }
+            }
+        }
+        k0 += kc;
+        if k0 >= k {
+            break;
+        }
+    }
+}
+
+/// Packs inputs `k0 .. k0 + kc` of the `m` rows of `a` into `dst`, in the layout of the AVX-512
+/// kernel's packing: tile t (rows r = t*12 ..) at `dst + r * kcp`; in it, group g (inputs 16g ..)
+/// holds the tile's rows one after the other, 16 values each (zero past kc).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack_rows(a: *const f32, lda: usize, m: usize, k0: usize, kc: usize, dst: *mut f32) {
+    let kcp = kc.next_multiple_of(KU);
+    let groups = kcp / KU;
+    let full = kc / KU;
+    let mut r = 0;
+    while r < m {
+        let rows = tile_rows(m - r);
+        let d = dst.add(r * kcp);
+        for i in 0..rows {
+            let src = a.add((r + i) * lda + k0);
+            for g in 0..full {
+                let (s, o) = (src.add(g * KU), d.add((g * rows + i) * KU));
+                _mm256_storeu_ps(o, _mm256_loadu_ps(s));
+                _mm256_storeu_ps(o.add(8), _mm256_loadu_ps(s.add(8)));
+            }
+            if full < groups {
+                let (s, o) = (src.add(full * KU), d.add((full * rows + i) * KU));
+                let left = kc - full * KU;
+                for u in 0..KU {
+                    *o.add(u) = if u < left { *s.add(u) } else { 0.0 };
+                }
+            }
+        }
+        r += rows;
+    }
+}
+
+/// Lane masks for the first `cols` (1 to 16) columns of a half panel, as two ymm masks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn col_masks(cols: usize) -> [__m256i; 2] {
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let below = |n: usize| _mm256_cmpgt_epi32(_mm256_set1_epi32(n.min(8) as i32), lanes);
+    [below(cols), below(cols.saturating_sub(8))]
+}
+
+/// One sub-tile's operands: `rows` packed rows from `a` (a group of 16 inputs every `a_group`
+/// values), 16 columns of a panel from `b` (row stride [`NR`]), the output at `c`.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Block {
+    a: *const f32,
+    a_group: usize,
+    b: *const f32,
+    kc: usize,
+    c: *mut f32,
+    ldc: usize,
+    init: Init,
+    masks: [__m256i; 2],
+    gelu: bool,
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sub_tile(rows: usize, block: Block) {
+    match rows {
+        1 => kernel::<1>(block),
+        2 => kernel::<2>(block),
+        3 => kernel::<3>(block),
+        4 => kernel::<4>(block),
+        5 => kernel::<5>(block),
+        6 => kernel::<6>(block),
+        _ => unreachable!("sub-tile rows"),
+    }
+}
+
+/// R rows x 16 columns over `kc` inputs.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel<const R: usize>(blk: Block) {
+    let [m0, m1] = blk.masks;
+    let c = blk.c;
+    let mut acc0 = [_mm256_setzero_ps(); R];
+    let mut acc1 = [_mm256_setzero_ps(); R];
+    match blk.init {
+        Init::Bias(Some(bias)) => {
+            let b0 = _mm256_maskload_ps(bias, m0);
+            let b1 = _mm256_maskload_ps(bias.add(8), m1);
+            for i in 0..R {
+                acc0[i] = b0;
+                acc1[i] = b1;
+            }
+        }
+        Init::Bias(None) => {}
+        Init::Load => {
+            for i in 0..R {
+                acc0[i] = _mm256_maskload_ps(c.add(i * blk.ldc), m0);
+                acc1[i] = _mm256_maskload_ps(c.add(i * blk.ldc + 8), m1);
+            }
+        }
+    }
+    let (mut ap, mut bp) = (blk.a, blk.b);
+    // One input: the panel's 16 weights against each row's value.
+    macro_rules! step {
+        ($u:expr) => {{
+            let u = $u;
+            let b0 = _mm256_loadu_ps(bp.add(u * NR));
+            let b1 = _mm256_loadu_ps(bp.add(u * NR + 8));
+            for i in 0..R {
+                let av = _mm256_broadcast_ss(&*ap.add(i * KU + u));
+                acc0[i] = _mm256_fmadd_ps(av, b0, acc0[i]);
+                acc1[i] = _mm256_fmadd_ps(av, b1, acc1[i]);
+            }
+        }};
+    }
+    for _ in 0..blk.kc / KU {
+        for u in 0..KU {
+            step!(u);
+        }
+        ap = ap.add(blk.a_group);
+        bp = bp.add(KU * NR);
+    }
+    for u in 0..blk.kc % KU {
+        step!(u);
+    }
+    if blk.gelu {
+        for i in 0..R {
+            acc0[i] = crate::npu::cpu_math::gelu256(acc0[i]);
+            acc1[i] = crate::npu::cpu_math::gelu256(acc1[i]);
+        }
+    }
+    for i in 0..R {
+        _mm256_maskstore_ps(c.add(i * blk.ldc), m0, acc0[i]);
+        _mm256_maskstore_ps(c.add(i * blk.ldc + 8), m1, acc1[i]);
+    }
+}
