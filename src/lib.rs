@@ -1,13 +1,15 @@
-//! whisperencnpu: Whisper's encoder in a GStreamer pipeline.
+//! whisperencnpu: Whisper in a GStreamer pipeline, giving the encoder's embeddings or the
+//! transcribed text.
 //!
-//! The numerical core (`mel`, `model`, `npu`) knows nothing of GStreamer, so it can be tested,
-//! benchmarked and reused on its own; `whisperenc` is the element around it.
+//! The core (`mel`, `model`, `npu`, `window`, `transcribe`, `cancel`) knows nothing of GStreamer,
+//! so it can be tested, benchmarked and reused on its own; `whisperenc` is the element around it.
 #![allow(clippy::needless_range_loop)]
 
 pub mod cancel;
 pub mod mel;
 pub mod model;
 pub mod npu;
+pub mod shared;
 pub mod transcribe;
 pub mod whisperenc;
 pub mod window;

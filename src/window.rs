@@ -2,6 +2,7 @@
 //! Free of GStreamer: the element drives it, and tests and benches can too.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ndarray::Array2;
@@ -10,6 +11,7 @@ use crate::mel::{LogMel, WINDOW_SAMPLES};
 use crate::model::encoder::Encoder;
 use crate::model::{ModelError, WhisperModel};
 use crate::npu::{self, BackendChoice, BackendKind, DeviceCounters, Precision};
+use crate::shared::SharedEncoder;
 
 #[derive(Clone, Copy, Debug)]
 pub struct EncoderOptions {
@@ -31,18 +33,20 @@ pub enum SetupError {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct WindowTiming {
     pub mel: Duration,
+    /// The encoder pass the window went in (with other streams' windows when batched).
     pub encoder: Duration,
+    /// Waiting for another stream's batch to finish first (a shared encoder only).
+    pub waited: Duration,
+    /// Windows encoded together with this one, itself included.
+    pub batch: usize,
 }
 
-/// Turns windows of 16 kHz mono audio into encoder embeddings (positions x d_model).
+/// Turns windows of 16 kHz mono audio into encoder embeddings (positions x d_model): the front end
+/// per stream, the encoder shared by every stream with the same model ([`SharedEncoder`]).
 pub struct WindowEncoder {
     mel: LogMel,
-    encoder: Encoder,
-    backend: BackendKind,
-    precision: Precision,
-    /// The engine, for its accelerator's counters (the encoder holds it too).
-    engine: std::sync::Arc<dyn npu::Engine>,
-    /// Launches and reconfigurations of the last window (accelerators only).
+    encoder: Arc<SharedEncoder>,
+    /// Launches and reconfigurations of the last window's batch (accelerators only).
     npu_window: Option<DeviceCounters>,
     /// Reused every window: the zero-padded audio and its log-mel.
     padded: Vec<f32>,
@@ -55,34 +59,51 @@ impl WindowEncoder {
         Self::new(&model, options)
     }
 
+    /// A window encoder with an encoder of its own (on the process pool of `options.threads`).
     pub fn new(model: &WhisperModel, options: &EncoderOptions) -> Result<Self, SetupError> {
+        Ok(Self::with_shared(Arc::new(Self::prepare(model, options)?)))
+    }
+
+    /// Prepares an encoder that window encoders of several streams may share
+    /// ([`with_shared`](Self::with_shared)).
+    pub fn prepare(
+        model: &WhisperModel,
+        options: &EncoderOptions,
+    ) -> Result<SharedEncoder, SetupError> {
         let engine = npu::open_engine(options.backend, options.precision)?;
-        let (backend, precision) = (engine.backend(), engine.precision());
         // A weight the encoder lacks is a model error as much as a thread pool that does not start
         // (`ModelError::ThreadPool`): each says which.
-        let encoder = Encoder::new(model, engine.clone(), options.threads)?;
-        Ok(Self {
-            mel: LogMel::new(model.dims().n_mels),
+        let encoder = Encoder::new(model, engine, options.threads)?;
+        Ok(SharedEncoder::new(encoder))
+    }
+
+    /// A stream's window encoder on a shared encoder.
+    pub fn with_shared(encoder: Arc<SharedEncoder>) -> Self {
+        let n_mels = encoder.n_mels();
+        Self {
+            mel: LogMel::new(n_mels),
             encoder,
-            backend,
-            precision,
-            engine,
             npu_window: None,
             padded: vec![0.0; WINDOW_SAMPLES],
-            mel_frames: Array2::zeros((model.dims().n_mels, crate::mel::WINDOW_FRAMES)),
-        })
+            mel_frames: Array2::zeros((n_mels, crate::mel::WINDOW_FRAMES)),
+        }
+    }
+
+    /// The encoder, shared or not.
+    pub fn shared(&self) -> &Arc<SharedEncoder> {
+        &self.encoder
     }
 
     pub fn backend(&self) -> BackendKind {
-        self.backend
+        self.encoder.backend()
     }
 
     pub fn precision(&self) -> Precision {
-        self.precision
+        self.encoder.precision()
     }
 
-    /// The accelerator's launches and reconfigurations during the last [`encode`](Self::encode);
-    /// `None` on the CPU.
+    /// The accelerator's launches and reconfigurations during the last [`encode`](Self::encode)'s
+    /// batch; `None` on the CPU.
     pub fn npu_window(&self) -> Option<DeviceCounters> {
         self.npu_window
     }
@@ -103,19 +124,21 @@ impl WindowEncoder {
         self.padded[..n].copy_from_slice(&samples[..n]);
         self.padded[n..].fill(0.0);
 
-        let before = self.engine.device_counters();
         let start = Instant::now();
         self.mel
             .compute_into(&self.padded, self.mel_frames.view_mut());
-        let mel_done = Instant::now();
-        let embeddings = self.encoder.forward(self.mel_frames.view());
+        let mel = start.elapsed();
+        let (embeddings, batch) = self
+            .encoder
+            .encode(&mut self.mel_frames)
+            .expect("a window's log-mel has the model's bands and the window's frames");
+        self.npu_window = batch.device;
         let timing = WindowTiming {
-            mel: mel_done - start,
-            encoder: mel_done.elapsed(),
+            mel,
+            encoder: batch.encoder,
+            waited: batch.waited,
+            batch: batch.batch,
         };
-        self.npu_window = before
-            .zip(self.engine.device_counters())
-            .map(|(before, after)| after.since(&before));
         (embeddings, timing)
     }
 }

@@ -12,9 +12,17 @@
 //! the prompt is run once for a batch of one, [`KvCache::repeat`] copies it to the batch, and
 //! [`KvCache::reorder`] follows the beams as they are chosen. Linear layers are prepared once on an
 //! [`Engine`]; attention runs here on the CPU, one rayon task per head.
+//!
+//! Memory: a transcriber keeps one [`KvCache`] (with the activations of a call) and one
+//! [`CrossKv`] from window to window, the cache reserved at start for the largest batch it will
+//! decode ([`KvCache::reserve_batch`]). Allocating them per window (tens of MiB at a best-of-5
+//! fallback) let glibc keep that memory in its arenas after the first fallback: a long
+//! transcription's resident memory stepped up minutes into the run instead of at start.
 use std::sync::Arc;
 
-use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, Zip};
+use ndarray::{
+    s, Array1, Array2, ArrayBase, ArrayView1, ArrayView2, ArrayViewMut2, Axis, DataMut, Ix2, Zip,
+};
 use rayon::prelude::*;
 
 use super::ops::{par_gelu, LayerNorm};
@@ -40,6 +48,7 @@ struct Layer {
 
 /// Cross-attention keys and values of one window's encoder output, one `positions x 2d` matrix
 /// (keys | values) per layer.
+#[derive(Default)]
 pub struct CrossKv {
     kv: Vec<Array2<f32>>,
 }
@@ -55,7 +64,7 @@ fn slice(a: &Array2<f32>) -> &[f32] {
     a.as_slice().expect("owned row-major array")
 }
 
-fn slice_mut(a: &mut Array2<f32>) -> &mut [f32] {
+fn slice_mut<S: DataMut<Elem = f32>>(a: &mut ArrayBase<S, Ix2>) -> &mut [f32] {
     a.as_slice_mut().expect("owned row-major array")
 }
 
@@ -98,6 +107,47 @@ pub struct KvCache {
     /// Per layer, `batch x capacity x d`.
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
+    /// Where [`Self::reorder`] builds a layer's new batch before swapping it in, so that following
+    /// the hypotheses allocates nothing.
+    spare: Vec<f32>,
+    /// The activations of a decoder call on this cache.
+    scratch: Scratch,
+}
+
+/// The activations of one decoder call (`rows x` d, 3d, d, d and 4d), kept with the cache, so
+/// that a call allocates no more than its input and output once the largest has run.
+#[derive(Clone, Default)]
+struct Scratch {
+    h: Vec<f32>,
+    qkv: Vec<f32>,
+    att: Vec<f32>,
+    proj: Vec<f32>,
+    ffn: Vec<f32>,
+}
+
+impl Scratch {
+    /// `h`, `qkv`, `att`, `proj` and `ffn` for `rows` rows of a `d`-wide model (their values are
+    /// stale: every one is written before it is read).
+    fn views(&mut self, rows: usize, d: usize) -> [ArrayViewMut2<'_, f32>; 5] {
+        fn view(buf: &mut Vec<f32>, rows: usize, cols: usize) -> ArrayViewMut2<'_, f32> {
+            buf.resize(rows * cols, 0.0);
+            ArrayViewMut2::from_shape((rows, cols), buf.as_mut_slice()).expect("rows x cols")
+        }
+        let Scratch {
+            h,
+            qkv,
+            att,
+            proj,
+            ffn,
+        } = self;
+        [
+            view(h, rows, d),
+            view(qkv, rows, 3 * d),
+            view(att, rows, d),
+            view(proj, rows, d),
+            view(ffn, rows, 4 * d),
+        ]
+    }
 }
 
 impl KvCache {
@@ -115,7 +165,7 @@ impl KvCache {
         self.len == 0
     }
 
-    /// Most tokens a sequence can have (the model's text context, 448).
+    /// Most tokens a sequence can have (at most the model's text context, 448).
     pub fn capacity(&self) -> usize {
         self.capacity
     }
@@ -123,6 +173,25 @@ impl KvCache {
     /// Forgets every token, keeping the buffers.
     pub fn clear(&mut self) {
         self.len = 0;
+    }
+
+    /// An empty batch of one again, for the next window, keeping the buffers (and their memory)
+    /// of the largest batch seen.
+    pub fn reset(&mut self) {
+        self.len = 0;
+        self.resize_batch(1);
+    }
+
+    /// Takes the memory of a batch of `n` now (written, so resident), and the activations of a
+    /// call on the whole capacity, so that decoding with up to `n` hypotheses and prompts of any
+    /// length later allocates nothing here: a long run's memory is then reached at start instead
+    /// of at its first temperature fallback, beam search or longest prompt, and stays there.
+    pub fn reserve_batch(&mut self, n: usize) {
+        let batch = self.batch;
+        self.resize_batch(n.max(batch));
+        self.spare.resize(self.k.first().map_or(0, Vec::len), 0.0);
+        self.resize_batch(batch);
+        self.scratch.views(self.capacity.max(n), self.d);
     }
 
     fn resize_batch(&mut self, batch: usize) {
@@ -163,15 +232,15 @@ impl KvCache {
             return;
         }
         let (len, stride) = (self.len * self.d, self.capacity * self.d);
-        let old_batch = self.batch;
         let new_batch = sources.len();
+        let spare = &mut self.spare;
         for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
-            let old: Vec<f32> = buf[..old_batch * stride].to_vec();
-            buf.resize(new_batch.max(1) * stride, 0.0);
+            spare.resize(new_batch.max(1) * stride, 0.0);
             for (i, &src) in sources.iter().enumerate() {
-                buf[i * stride..i * stride + len]
-                    .copy_from_slice(&old[src * stride..src * stride + len]);
+                spare[i * stride..i * stride + len]
+                    .copy_from_slice(&buf[src * stride..src * stride + len]);
             }
+            std::mem::swap(buf, spare);
         }
         self.batch = new_batch;
     }
@@ -186,7 +255,8 @@ pub struct Decoder {
     ln: LayerNorm,
     /// Logits: the embedding matrix as an n_vocab x d linear layer.
     proj: Box<dyn Linear>,
-    pool: rayon::ThreadPool,
+    /// The process's pool for this many threads ([`crate::shared::pool`]).
+    pool: Arc<rayon::ThreadPool>,
     math: Math,
 }
 
@@ -201,7 +271,7 @@ impl std::fmt::Debug for Decoder {
 
 impl Decoder {
     /// Converts the decoder's weights to f32 and prepares its linear layers on `engine`;
-    /// `threads` is the size of the decoder's rayon pool (0: one per core).
+    /// `threads` names the process pool it runs on ([`crate::shared::pool`]; 0: one per core).
     pub fn new(
         model: &WhisperModel,
         engine: Arc<dyn Engine>,
@@ -242,7 +312,7 @@ impl Decoder {
         }
         let ln = LayerNorm::load(model, "decoder/layer_norm")?;
         let proj = engine.prepare(embeddings.view(), None);
-        let pool = super::thread_pool(threads, "whisperdec")?;
+        let pool = crate::shared::pool::shared_pool(threads)?;
         Ok(Decoder {
             dims,
             embeddings,
@@ -270,15 +340,24 @@ impl Decoder {
 
     /// An empty cache for a batch of one.
     pub fn new_cache(&self) -> KvCache {
+        self.new_cache_for(self.dims.n_text_ctx)
+    }
+
+    /// An empty cache for a batch of one and sequences of at most `tokens` tokens (at most the
+    /// text context): a run of known length needs no more.
+    pub fn new_cache_for(&self, tokens: usize) -> KvCache {
         let n = self.dims.n_decoder_layers;
-        let size = self.dims.n_text_ctx * self.dims.d_model;
+        let capacity = tokens.min(self.dims.n_text_ctx);
+        let size = capacity * self.dims.d_model;
         KvCache {
             batch: 1,
             len: 0,
-            capacity: self.dims.n_text_ctx,
+            capacity,
             d: self.dims.d_model,
             k: vec![vec![0.0; size]; n],
             v: vec![vec![0.0; size]; n],
+            spare: Vec::new(),
+            scratch: Scratch::default(),
         }
     }
 
@@ -287,19 +366,32 @@ impl Decoder {
     /// # Panics
     /// If the encoder output is not d_model wide.
     pub fn cross_kv(&self, encoded: ArrayView2<f32>) -> CrossKv {
+        let mut out = CrossKv::default();
+        self.cross_kv_into(encoded, &mut out);
+        out
+    }
+
+    /// [`Self::cross_kv`] into `out`, in its memory: a transcriber keeps one from window to
+    /// window, so that a window allocates nothing here.
+    ///
+    /// # Panics
+    /// If the encoder output is not d_model wide.
+    pub fn cross_kv_into(&self, encoded: ArrayView2<f32>, out: &mut CrossKv) {
         assert_eq!(encoded.ncols(), self.dims.d_model, "encoder output width");
-        let d = self.dims.d_model;
-        self.pool.install(|| CrossKv {
-            kv: self
-                .layers
-                .iter()
-                .map(|l| {
-                    let mut kv = Array2::zeros((encoded.nrows(), 2 * d));
-                    l.kv_cross.forward(encoded, kv.view_mut());
-                    kv
-                })
-                .collect(),
-        })
+        let shape = (encoded.nrows(), 2 * self.dims.d_model);
+        out.kv
+            .resize_with(self.layers.len(), || Array2::zeros((0, 0)));
+        self.pool.install(|| {
+            for (l, kv) in self.layers.iter().zip(out.kv.iter_mut()) {
+                if kv.dim() != shape {
+                    let (mut buf, _) = std::mem::take(kv).into_raw_vec_and_offset();
+                    buf.clear();
+                    buf.resize(shape.0 * shape.1, 0.0);
+                    *kv = Array2::from_shape_vec(shape, buf).expect("positions x 2d values");
+                }
+                l.kv_cross.forward(encoded, kv.view_mut());
+            }
+        });
     }
 
     /// Runs `t` new tokens per sequence (`tokens` is `batch x t`, row-major) and returns the final
@@ -328,12 +420,25 @@ impl Decoder {
         tokens: &[u32],
         heads: &[(usize, usize)],
     ) -> Vec<Array2<f32>> {
-        let mut cache = self.new_cache();
+        let mut cache = self.new_cache_for(tokens.len());
+        self.cross_attention_scores_in(&mut cache, cross, tokens, heads)
+    }
+
+    /// [`Self::cross_attention_scores`] on `cache` (reset first), in its memory: a transcriber
+    /// runs it on the cache it decodes with.
+    pub fn cross_attention_scores_in(
+        &self,
+        cache: &mut KvCache,
+        cross: &CrossKv,
+        tokens: &[u32],
+        heads: &[(usize, usize)],
+    ) -> Vec<Array2<f32>> {
+        cache.reset();
         let mut capture = CrossCapture {
             heads,
             scores: vec![Array2::zeros((0, 0)); heads.len()],
         };
-        self.forward_impl(&mut cache, cross, tokens, tokens.len(), Some(&mut capture));
+        self.forward_impl(cache, cross, tokens, tokens.len(), Some(&mut capture));
         capture.scores
     }
 
@@ -362,11 +467,7 @@ impl Decoder {
         }
         self.pool.install(|| {
             let rows = b * t;
-            let mut h = Array2::<f32>::zeros((rows, d));
-            let mut qkv = Array2::<f32>::zeros((rows, 3 * d));
-            let mut att = Array2::<f32>::zeros((rows, d));
-            let mut proj = Array2::<f32>::zeros((rows, d));
-            let mut ffn = Array2::<f32>::zeros((rows, 4 * d));
+            let [mut h, mut qkv, mut att, mut proj, mut ffn] = cache.scratch.views(rows, d);
             for (li, layer) in self.layers.iter().enumerate() {
                 // Causal self-attention over the cache and the new tokens.
                 layer
@@ -430,9 +531,10 @@ impl Decoder {
                 layer.fc2.forward(ffn.view(), proj.view_mut());
                 x += &proj;
             }
-            self.ln.apply(self.math, d, slice(&x), slice_mut(&mut h));
+            let mut out = Array2::<f32>::zeros((rows, d));
+            self.ln.apply(self.math, d, slice(&x), slice_mut(&mut out));
             cache.len += t;
-            h
+            out
         })
     }
 
@@ -513,6 +615,8 @@ mod tests {
             d,
             k: vec![vec![0.0; cap * d]],
             v: vec![vec![0.0; cap * d]],
+            spare: Vec::new(),
+            scratch: Scratch::default(),
         };
         c.resize_batch(batch);
         for (i, x) in c.k[0].iter_mut().enumerate() {
@@ -538,5 +642,29 @@ mod tests {
         c.reorder(&[1]);
         assert_eq!(c.batch(), 1);
         assert_eq!(&c.k[0][0..4], &[16.0, 17.0, 18.0, 19.0]);
+    }
+
+    #[test]
+    fn a_reserved_cache_follows_its_batches_without_allocating() {
+        let buffers = |c: &KvCache| -> Vec<*const f32> {
+            let mut p: Vec<_> =
+                c.k.iter()
+                    .chain(&c.v)
+                    .chain([&c.spare])
+                    .map(|b| b.as_ptr())
+                    .collect();
+            p.sort();
+            p
+        };
+        let mut c = cache(1, 2);
+        c.reserve_batch(3);
+        let reserved = buffers(&c);
+        c.repeat(3);
+        c.reorder(&[2, 0]);
+        c.reset();
+        assert_eq!((c.batch(), c.len()), (1, 0));
+        c.repeat(3);
+        c.reorder(&[1, 1, 0]);
+        assert_eq!(buffers(&c), reserved);
     }
 }

@@ -10,8 +10,8 @@
 //! Both convolutions are a prepared linear layer on im2col rows, so an engine accelerates them like
 //! the other products; the im2col rows are overlapping views of a zero-padded, time-major copy of
 //! the input (no copy per row). Attention (activation x activation products) runs here on the
-//! CPU in float32 for both precisions (the fused AVX-512 kernel of [`cpu_attn`], head-major tasks
-//! on the encoder's pool). Layer norms use eps 1e-5; GELU is the erf form with a vectorized erf
+//! CPU in float32 for both precisions (the fused AVX-512 or AVX2 kernel of [`cpu_attn`],
+//! head-major tasks on the encoder's pool). Layer norms use eps 1e-5; GELU is the erf form with a vectorized erf
 //! ([`crate::npu::cpu_math`], within 5e-7 of libm's).
 //!
 //! Fusion: each residual add is fused with the layer norm that follows it (one pass over the
@@ -80,7 +80,7 @@ struct Scratch {
 struct AttnBuf {
     /// Generic path: block x p scores and the block's row sums.
     scores: Vec<f32>,
-    /// AVX-512 kernel: one head's packed K and V, and the kernel's buffers.
+    /// Fused kernel: one head's packed K and V, and the kernel's buffers.
     k: Vec<f32>,
     v: Vec<f32>,
     fast: AttnScratch,
@@ -108,6 +108,12 @@ fn part(buf: &[f32], n: usize) -> &[f32] {
     &buf[o..o + n]
 }
 
+/// The `n` elements [`buf`] gave out, to write.
+fn part_mut(buf: &mut [f32], n: usize) -> &mut [f32] {
+    let o = start(buf);
+    &mut buf[o..o + n]
+}
+
 /// `rows x cols` view of [`buf`]'s elements.
 fn mat(b: &mut Vec<f32>, rows: usize, cols: usize) -> ArrayViewMut2<'_, f32> {
     ArrayViewMut2::from_shape((rows, cols), buf(b, rows * cols)).expect("buffer sized above")
@@ -118,10 +124,11 @@ pub struct Encoder {
     weights: Weights,
     math: Math,
     engine: Arc<dyn Engine>,
-    pool: rayon::ThreadPool,
+    /// The process's pool for this many threads ([`crate::shared::pool`]).
+    pool: Arc<rayon::ThreadPool>,
     scratch: Scratch,
-    /// Frames of the input the per-thread buffers were last reserved for.
-    reserved_frames: usize,
+    /// Frames and windows per pass the per-thread buffers were last reserved for.
+    reserved_for: (usize, usize),
 }
 
 impl std::fmt::Debug for Encoder {
@@ -137,7 +144,7 @@ impl std::fmt::Debug for Encoder {
 
 impl Encoder {
     /// Converts the encoder's weights to f32 and prepares every linear layer on `engine`.
-    /// `threads` is the size of the encoder's own rayon pool; 0 means one thread per core
+    /// `threads` names the process pool it runs on ([`crate::shared::pool`]); 0 means one thread per core
     /// (or `RAYON_NUM_THREADS`).
     pub fn new(
         model: &WhisperModel,
@@ -184,7 +191,7 @@ impl Encoder {
         }
         let ln_post = LayerNorm::load(model, "encoder/layer_norm")?;
 
-        let pool = super::thread_pool(threads, "whisperenc")?;
+        let pool = crate::shared::pool::shared_pool(threads)?;
         let scratch = Scratch {
             scores: (0..pool.current_num_threads())
                 .map(|_| Mutex::new(AttnBuf::default()))
@@ -204,7 +211,7 @@ impl Encoder {
             engine,
             pool,
             scratch,
-            reserved_frames: 0,
+            reserved_for: (0, 0),
         })
     }
 
@@ -267,9 +274,57 @@ impl Encoder {
         mel: ArrayView2<f32>,
         out: ArrayViewMut2<f32>,
     ) -> Result<(), ModelError> {
-        self.check_input(mel)?;
-        let expected = (Self::positions_for(mel.ncols()), self.d_model());
-        if out.dim() != expected {
+        self.forward_batch_into(&[mel], &mut [out])
+    }
+
+    /// Encodes several windows of the same length in one pass (one per stream, say): the rows of
+    /// every window go through each linear layer together, so each weight panel is read once for
+    /// all of them; convolutions and attention stay per window. A window's output is the same as
+    /// encoded alone: every output element of a product sums over its row's inputs in the same
+    /// order whatever the other rows are (the kernels block the shared dimension alike for any
+    /// number of rows, and int8 quantizes each row with its own scale), and every other step is
+    /// row- or window-wise. `tests/encoder_batch.rs` checks it bit for bit.
+    pub fn forward_batch(
+        &mut self,
+        mels: &[ArrayView2<f32>],
+    ) -> Result<Vec<Array2<f32>>, ModelError> {
+        let mut outs: Vec<Array2<f32>> = mels
+            .iter()
+            .map(|m| Array2::zeros((Self::positions_for(m.ncols()), self.d_model())))
+            .collect();
+        let mut views: Vec<ArrayViewMut2<f32>> = outs.iter_mut().map(|o| o.view_mut()).collect();
+        self.forward_batch_into(mels, &mut views)?;
+        Ok(outs)
+    }
+
+    /// [`forward_batch`](Self::forward_batch) into `outs` (one per window, any strides).
+    pub fn forward_batch_into(
+        &mut self,
+        mels: &[ArrayView2<f32>],
+        outs: &mut [ArrayViewMut2<f32>],
+    ) -> Result<(), ModelError> {
+        let Some(first) = mels.first() else {
+            return Ok(());
+        };
+        let frames = first.ncols();
+        for mel in mels {
+            self.check_input(*mel)?;
+            if mel.ncols() != frames {
+                return Err(ModelError::InvalidInput(format!(
+                    "windows of one batch have {frames} and {} frames",
+                    mel.ncols()
+                )));
+            }
+        }
+        let expected = (Self::positions_for(frames), self.d_model());
+        if outs.len() != mels.len() {
+            return Err(ModelError::InvalidInput(format!(
+                "{} outputs for {} windows",
+                outs.len(),
+                mels.len()
+            )));
+        }
+        if let Some(out) = outs.iter().find(|o| o.dim() != expected) {
             return Err(ModelError::InvalidInput(format!(
                 "output is {:?}, expected {expected:?}",
                 out.dim()
@@ -277,10 +332,11 @@ impl Encoder {
         }
         let (pool, weights, scratch) = (&self.pool, &self.weights, &mut self.scratch);
         let math = self.math;
-        pool.install(|| weights.forward(math, scratch, mel, out));
-        if mel.ncols() != self.reserved_frames {
-            self.reserve_thread_buffers(Self::positions_for(mel.ncols()));
-            self.reserved_frames = mel.ncols();
+        pool.install(|| weights.forward(math, scratch, mels, outs));
+        let shape = (frames, mels.len());
+        if shape != self.reserved_for {
+            self.reserve_thread_buffers(Self::positions_for(frames));
+            self.reserved_for = shape;
         }
         Ok(())
     }
@@ -324,22 +380,122 @@ impl Encoder {
 }
 
 impl Weights {
+    /// Encodes the windows `mels` (same length) into `outs`: one pass, their rows stacked.
     fn forward(
         &self,
         math: Math,
         s: &mut Scratch,
+        mels: &[ArrayView2<f32>],
+        outs: &mut [ArrayViewMut2<f32>],
+    ) {
+        let (_, t) = mels[0].dim();
+        let d = self.dims.d_model;
+        let p = Encoder::positions_for(t);
+        let rows = mels.len() * p;
+
+        // The convolutions, window by window, into the window's rows of x.
+        let mut x = mat(&mut s.x, rows, d);
+        for (mel, x) in mels.iter().zip(x.axis_chunks_iter_mut(Axis(0), p)) {
+            self.convolutions(math, &mut s.mel_t, &mut s.h1, *mel, x);
+        }
+
+        // Every layer: x += out(attn(LN(x))); x += fc2(GELU(fc1(LN(x)))). Each residual add
+        // is fused with the layer norm that follows it (the next sub-layer's, or the final one).
+        let x = part_mut(&mut s.x, rows * d);
+        let ln = buf(&mut s.ln, rows * d);
+        match self.layers.first() {
+            Some(first) => first.ln_attn.apply(math, d, x, ln),
+            None => ln.copy_from_slice(x),
+        }
+        // Whether s.proj holds the last layer's residual, still to be added.
+        let mut pending = false;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let ln = ArrayView2::from_shape((rows, d), part(&s.ln, rows * d)).expect("sized");
+            let mut qkv = mat(&mut s.qkv, rows, 3 * d);
+            layer.qkv.forward(ln, qkv.view_mut());
+            let mut attn = mat(&mut s.attn, rows, d);
+            for (qkv, attn) in qkv
+                .axis_chunks_iter(Axis(0), p)
+                .zip(attn.axis_chunks_iter_mut(Axis(0), p))
+            {
+                self.attention(math, qkv, attn, &s.scores);
+            }
+            let mut proj = mat(&mut s.proj, rows, d);
+            layer.out.forward(attn.view(), proj.view_mut());
+            layer.ln_ffn.add_apply(
+                math,
+                d,
+                x,
+                part(&s.proj, rows * d),
+                buf(&mut s.ln, rows * d),
+            );
+
+            let ln = ArrayView2::from_shape((rows, d), part(&s.ln, rows * d)).expect("sized");
+            let mut ffn = mat(&mut s.ffn, rows, 4 * d);
+            // GELU in the product's epilogue where the engine fuses it, else a second pass.
+            if !layer.fc1.forward_gelu(ln, ffn.view_mut()) {
+                layer.fc1.forward(ln, ffn.view_mut());
+                par_gelu(math, buf(&mut s.ffn, rows * 4 * d));
+            }
+            let ffn =
+                ArrayView2::from_shape((rows, 4 * d), part(&s.ffn, rows * 4 * d)).expect("sized");
+            let mut proj = mat(&mut s.proj, rows, d);
+            layer.fc2.forward(ffn, proj.view_mut());
+            match self.layers.get(l + 1) {
+                Some(next) => next.ln_attn.add_apply(
+                    math,
+                    d,
+                    x,
+                    part(&s.proj, rows * d),
+                    buf(&mut s.ln, rows * d),
+                ),
+                None => pending = true,
+            }
+        }
+
+        // The final layer norm, fused with the last residual add, straight into each window's
+        // output when it is contiguous.
+        let ln_post = &self.ln_post;
+        let delta = part(&s.proj, rows * d);
+        for ((out, x), delta) in outs
+            .iter_mut()
+            .zip(x.chunks_exact_mut(p * d))
+            .zip(delta.chunks_exact(p * d))
+        {
+            let mut finish = |o: &mut [f32]| match pending {
+                true => ln_post.add_apply(math, d, x, delta, o),
+                false => ln_post.apply(math, d, x, o),
+            };
+            match out.as_slice_mut() {
+                Some(o) => finish(o),
+                None => {
+                    let tmp = buf(&mut s.attn, p * d);
+                    finish(tmp);
+                    out.assign(&ArrayView2::from_shape((p, d), &*tmp).expect("sized"));
+                }
+            }
+        }
+    }
+
+    /// One window's front of the encoder: `GELU(conv2(GELU(conv1(mel)))) + positions` into `x`
+    /// (p x d, contiguous), with `mel_t` and `h1` as scratch.
+    ///
+    /// Both convolutions (kernel 3, padding 1) read their im2col rows as overlapping views of
+    /// a time-major buffer with a zero row before and after: row o of conv1's input is
+    /// [mel[:, o-1], mel[:, o], mel[:, o+1]], 3 consecutive rows of the transposed mel; row o
+    /// of conv2's (stride 2) is rows 2o-1, 2o, 2o+1 of conv1's output. No im2col copy.
+    fn convolutions(
+        &self,
+        math: Math,
+        mel_t: &mut Vec<f32>,
+        h1: &mut Vec<f32>,
         mel: ArrayView2<f32>,
-        mut out: ArrayViewMut2<f32>,
+        mut x: ArrayViewMut2<f32>,
     ) {
         let (n_mels, t) = mel.dim();
         let d = self.dims.d_model;
         let p = Encoder::positions_for(t);
-
-        // Both convolutions (kernel 3, padding 1) read their im2col rows as overlapping views of
-        // a time-major buffer with a zero row before and after: row o of conv1's input is
-        // [mel[:, o-1], mel[:, o], mel[:, o+1]], 3 consecutive rows of the transposed mel; row o
-        // of conv2's (stride 2) is rows 2o-1, 2o, 2o+1 of conv1's output. No im2col copy.
-        let mel_t = buf(&mut s.mel_t, (t + 2) * n_mels);
+        let mel_t = buf(mel_t, (t + 2) * n_mels);
         mel_t[..n_mels].fill(0.0);
         mel_t[(t + 1) * n_mels..].fill(0.0);
         mel_t[n_mels..(t + 1) * n_mels]
@@ -354,7 +510,7 @@ impl Weights {
             });
         let cols1 = ArrayView2::from_shape((t, 3 * n_mels).strides((n_mels, 1)), &*mel_t)
             .expect("(t + 2) x n_mels holds the overlapping rows");
-        let h1_pad = buf(&mut s.h1, (t + 2) * d);
+        let h1_pad = buf(h1, (t + 2) * d);
         h1_pad[..d].fill(0.0);
         h1_pad[(t + 1) * d..].fill(0.0);
         let mut h1 = ArrayViewMut2::from_shape((t, d), &mut h1_pad[d..(t + 1) * d]).expect("sized");
@@ -364,77 +520,19 @@ impl Weights {
         }
         let cols2 = ArrayView2::from_shape((p, 3 * d).strides((2 * d, 1)), &*h1_pad)
             .expect("(t + 2) x d holds the overlapping rows");
-        let mut x = mat(&mut s.x, p, d);
         self.conv2.forward(cols2, x.view_mut());
         let pos = self.pos.slice(s![..p, ..]);
         let pos = pos.as_slice().expect("position encodings are contiguous");
-        let x = x.into_slice().expect("scratch is contiguous");
+        let x = x.as_slice_mut().expect("x rows of a window are contiguous");
         x.par_chunks_mut(d)
             .zip(pos.par_chunks(d))
             .for_each(|(x, pe)| math.gelu_add(x, pe));
-
-        // Every layer: x += out(attn(LN(x))); x += fc2(GELU(fc1(LN(x)))). Each residual add
-        // is fused with the layer norm that follows it (the next sub-layer's, or the final one).
-        let ln = buf(&mut s.ln, p * d);
-        match self.layers.first() {
-            Some(first) => first.ln_attn.apply(math, d, x, ln),
-            None => ln.copy_from_slice(x),
-        }
-        // Whether s.proj holds the last layer's residual, still to be added.
-        let mut pending = false;
-        for (l, layer) in self.layers.iter().enumerate() {
-            let ln = ArrayView2::from_shape((p, d), part(&s.ln, p * d)).expect("sized");
-            let mut qkv = mat(&mut s.qkv, p, 3 * d);
-            layer.qkv.forward(ln, qkv.view_mut());
-            let mut attn = mat(&mut s.attn, p, d);
-            self.attention(math, qkv.view(), attn.view_mut(), &s.scores);
-            let mut proj = mat(&mut s.proj, p, d);
-            layer.out.forward(attn.view(), proj.view_mut());
-            layer
-                .ln_ffn
-                .add_apply(math, d, x, part(&s.proj, p * d), buf(&mut s.ln, p * d));
-
-            let ln = ArrayView2::from_shape((p, d), part(&s.ln, p * d)).expect("sized");
-            let mut ffn = mat(&mut s.ffn, p, 4 * d);
-            // GELU in the product's epilogue where the engine fuses it, else a second pass.
-            if !layer.fc1.forward_gelu(ln, ffn.view_mut()) {
-                layer.fc1.forward(ln, ffn.view_mut());
-                par_gelu(math, buf(&mut s.ffn, p * 4 * d));
-            }
-            let ffn = ArrayView2::from_shape((p, 4 * d), part(&s.ffn, p * 4 * d)).expect("sized");
-            let mut proj = mat(&mut s.proj, p, d);
-            layer.fc2.forward(ffn, proj.view_mut());
-            match self.layers.get(l + 1) {
-                Some(next) => {
-                    next.ln_attn
-                        .add_apply(math, d, x, part(&s.proj, p * d), buf(&mut s.ln, p * d))
-                }
-                None => pending = true,
-            }
-        }
-
-        // The final layer norm, fused with the last residual add, straight into `out` when it is
-        // contiguous.
-        let ln_post = &self.ln_post;
-        let delta = part(&s.proj, p * d);
-        let mut finish = |o: &mut [f32]| match pending {
-            true => ln_post.add_apply(math, d, x, delta, o),
-            false => ln_post.apply(math, d, x, o),
-        };
-        match out.as_slice_mut() {
-            Some(o) => finish(o),
-            None => {
-                let tmp = buf(&mut s.attn, p * d);
-                finish(tmp);
-                out.assign(&ArrayView2::from_shape((p, d), &*tmp).expect("sized"));
-            }
-        }
     }
 
     /// Full (non-causal) multi-head attention: `qkv` is p x 3d (q | k | v), `out` p x d, both
     /// row-major and contiguous.
     ///
-    /// With AVX-512 and heads of 64 (every Whisper model), the fused kernel of [`cpu_attn`], in
+    /// With AVX-512 or AVX2 and heads of 64 (every Whisper model), the fused kernel of [`cpu_attn`], in
     /// head-major tasks (below). Otherwise one rayon task per block of [`ATTN_BLOCK`] query rows,
     /// all heads: scores `S = Q K^T` (block x p) through `matmul`,
     /// `E = exp((S - max) / sqrt(dh))` row by row, and `out = (E V) / rowsum(E)`: the

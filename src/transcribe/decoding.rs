@@ -6,7 +6,7 @@
 use ndarray::{s, ArrayView1};
 
 use crate::cancel::Cancel;
-use crate::model::decoder::{CrossKv, Decoder};
+use crate::model::decoder::{CrossKv, Decoder, KvCache};
 use crate::model::tokenizer::Tokenizer;
 
 use super::text::{compression_ratio, repetition_start, Words};
@@ -28,7 +28,8 @@ pub(crate) struct DecodeParams {
     pub best_of: usize,
     /// Most tokens sampled.
     pub sample_len: usize,
-    /// Timestamp index (0.02 s units) the first timestamp may not exceed.
+    /// Timestamp index (in [`TIMESTAMP_STEP`](crate::mel::TIMESTAMP_STEP)s) the first timestamp
+    /// may not exceed.
     pub max_initial_timestamp: Option<u32>,
     /// Last timestamp index allowed at all: the end of the audio in the window.
     pub max_timestamp: u32,
@@ -184,14 +185,27 @@ pub(crate) fn initial_tokens(p: &DecodeParams, tok: &Tokenizer) -> (Vec<u32>, us
     (out, sot_index)
 }
 
+/// The most hypotheses `o` decodes a window with at once: the beams at temperature 0, the
+/// best-of samples at the others (if any).
+pub(crate) fn largest_batch(o: &super::TranscribeOptions) -> usize {
+    let sampled = o.temperatures.iter().any(|&t| t > 0.0);
+    o.beam_size.max(if sampled { o.best_of } else { 1 })
+}
+
 /// Language probabilities of a window: `(token, probability)` over the language tokens, best first.
-pub(crate) fn detect_language(dec: &Decoder, tok: &Tokenizer, cross: &CrossKv) -> Vec<(u32, f32)> {
+/// `cache` is the transcriber's, reset here.
+pub(crate) fn detect_language(
+    dec: &Decoder,
+    tok: &Tokenizer,
+    cross: &CrossKv,
+    cache: &mut KvCache,
+) -> Vec<(u32, f32)> {
     let langs = tok.languages();
     if langs.is_empty() {
         return Vec::new();
     }
-    let mut cache = dec.new_cache();
-    let h = dec.forward(&mut cache, cross, &[tok.sot()], 1);
+    cache.reset();
+    let h = dec.forward(cache, cross, &[tok.sot()], 1);
     let logits = dec.logits_row(h.row(0));
     let vals: Vec<f32> = langs.iter().map(|&(_, id)| logits[id as usize]).collect();
     let lp = log_softmax(&vals);
@@ -236,20 +250,23 @@ fn finish(tok: &Tokenizer, h: Hyp, no_speech_prob: f32, temperature: f32) -> Dec
 }
 
 /// Decodes a window at `p.temperature`: greedy (or beam search) at 0, best-of-n sampling above.
+/// `cache` is the transcriber's (reserved for its largest batch, [`KvCache::reserve_batch`]),
+/// reset here.
 pub(crate) fn decode(
     dec: &Decoder,
     tok: &Tokenizer,
     cross: &CrossKv,
     p: &DecodeParams,
     rng: &mut Rng,
+    cache: &mut KvCache,
 ) -> DecodeResult {
     if p.cancel.is_set() {
         return DecodeResult::default();
     }
     let (initial, sot_index) = initial_tokens(p, tok);
     let eot = tok.eot();
-    let mut cache = dec.new_cache();
-    let h = dec.forward(&mut cache, cross, &initial, initial.len());
+    cache.reset();
+    let h = dec.forward(cache, cross, &initial, initial.len());
     let first = dec.logits(h.slice(s![sot_index..sot_index + 1, ..]));
     let no_speech_prob = match tok.special().no_speech {
         Some(ns) => {
@@ -338,7 +355,7 @@ pub(crate) fn decode(
             active = keep.iter().map(|&s| active[s]).collect();
         }
         let feed: Vec<u32> = keep.iter().map(|&s| next_tokens[s]).collect();
-        let h = dec.forward(&mut cache, cross, &feed, 1);
+        let h = dec.forward(cache, cross, &feed, 1);
         let lg = dec.logits(h.view());
         logits = lg.rows().into_iter().map(|r| r.to_vec()).collect();
     }
@@ -405,7 +422,7 @@ fn beam_search(
     tok: &Tokenizer,
     cross: &CrossKv,
     p: &DecodeParams,
-    mut cache: crate::model::decoder::KvCache,
+    cache: &mut KvCache,
     first: ArrayView1<f32>,
     sample_len: usize,
     no_speech_prob: f32,
@@ -504,7 +521,7 @@ fn beam_search(
             .map(|b| *b.tokens.last().expect("token"))
             .collect();
         beams = next;
-        let h = dec.forward(&mut cache, cross, &feed, 1);
+        let h = dec.forward(cache, cross, &feed, 1);
         let lg = dec.logits(h.view());
         logits = lg.rows().into_iter().map(|r| r.to_vec()).collect();
     }

@@ -40,14 +40,14 @@
 //!   ([`alignment`], OpenAI's word timestamps); the seek positions, prompt and look-back keep
 //!   following the timestamp tokens, so the text does not depend on the alignment.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::cancel::Cancel;
-use crate::mel::{SAMPLE_RATE, WINDOW_SAMPLES};
-use crate::model::decoder::{CrossKv, Decoder};
+use crate::mel::{SAMPLE_RATE, TIMESTAMP_STEP, WINDOW_SAMPLES};
+use crate::model::decoder::{CrossKv, Decoder, KvCache};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::WhisperModel;
-use crate::npu;
 use crate::window::{EncoderOptions, WindowEncoder};
 
 pub mod alignment;
@@ -58,6 +58,7 @@ mod options;
 mod segments;
 pub mod streaming;
 pub mod text;
+mod text_model;
 mod words;
 
 use decoding::{DecodeParams, DecodeResult, Rng};
@@ -68,6 +69,7 @@ pub use options::{
     SAMPLES_PER_TIMESTAMP,
 };
 use segments::{split_segments, Selection};
+pub use text_model::TextModel;
 
 /// The `log` target of the decoding diagnostics (the element routes it to its GStreamer debug
 /// category `whisperencnpu`).
@@ -108,13 +110,13 @@ struct DecodedWindow {
     /// the audio says it again).
     prompted: bool,
     language: Option<u32>,
-    cross: CrossKv,
 }
 
 /// The transcriber: owns the encoder, the decoder and the stream's seek position.
 pub struct Transcriber {
-    tokenizer: Tokenizer,
-    decoder: Decoder,
+    /// Shared with every stream of the same model ([`TextModel`]).
+    tokenizer: Arc<Tokenizer>,
+    decoder: Arc<Decoder>,
     encoder: WindowEncoder,
     options: TranscribeOptions,
     model_name: String,
@@ -146,6 +148,12 @@ pub struct Transcriber {
     alignment_heads: Vec<(usize, usize)>,
     /// Raised by the element to abandon the window being decoded (see [`Self::set_cancel`]).
     cancel: Cancel,
+    /// The decoder's self-attention cache, kept from window to window with the memory of the
+    /// largest batch the options decode with ([`decoding::largest_batch`]), taken at construction.
+    kv: KvCache,
+    /// The cross-attention keys and values of the last window run ([`Self::run_window`]), kept
+    /// from window to window; its words are aligned on them.
+    cross: CrossKv,
 }
 
 impl std::fmt::Debug for Transcriber {
@@ -180,7 +188,19 @@ impl Transcriber {
         decoder: Decoder,
         options: TranscribeOptions,
     ) -> Result<Transcriber, TranscribeError> {
-        let model_name = model.dir().display().to_string();
+        let text = TextModel::with_parts(model, tokenizer, decoder);
+        Self::with_text_model(&text, encoder, options)
+    }
+
+    /// A stream's transcriber on a text model and an encoder that other streams may share.
+    pub fn with_text_model(
+        text: &TextModel,
+        encoder: WindowEncoder,
+        options: TranscribeOptions,
+    ) -> Result<Transcriber, TranscribeError> {
+        let (tokenizer, decoder) = (text.tokenizer.clone(), text.decoder.clone());
+        let (config, dims) = (&text.config, &text.dims);
+        let model_name = text.name.clone();
         if options.temperatures.is_empty() {
             return Err(TranscribeError::InvalidOption(
                 "temperatures is empty".to_string(),
@@ -206,8 +226,7 @@ impl Transcriber {
         let sp = tokenizer.special().clone();
         let suppress: Vec<u32> = match &options.suppress_tokens {
             Some(list) => list.clone(),
-            None if !model.config().suppress_ids.is_empty() => model
-                .config()
+            None if !config.suppress_ids.is_empty() => config
                 .suppress_ids
                 .iter()
                 .filter_map(|&i| u32::try_from(i).ok())
@@ -229,13 +248,12 @@ impl Transcriber {
             .flatten(),
         )
         .collect();
-        let suppress_blank: Vec<u32> = if model.config().suppress_ids_begin.is_empty() {
+        let suppress_blank: Vec<u32> = if config.suppress_ids_begin.is_empty() {
             let mut v = tokenizer.encode(" ");
             v.push(sp.eot);
             v
         } else {
-            model
-                .config()
+            config
                 .suppress_ids_begin
                 .iter()
                 .filter_map(|&i| u32::try_from(i).ok())
@@ -247,10 +265,8 @@ impl Transcriber {
             .map(|p| tokenizer.encode(&format!(" {}", p.trim())))
             .unwrap_or_default();
         let seed = options.seed;
-        let dims = model.dims();
         let alignment_heads = if options.word_timestamps {
-            model
-                .config()
+            config
                 .alignment_heads
                 .iter()
                 .copied()
@@ -259,7 +275,11 @@ impl Transcriber {
         } else {
             Vec::new()
         };
+        let mut kv = decoder.new_cache();
+        kv.reserve_batch(decoding::largest_batch(&options));
         Ok(Transcriber {
+            kv,
+            cross: CrossKv::default(),
             alignment_heads,
             tokenizer,
             decoder,
@@ -305,13 +325,8 @@ impl Transcriber {
         encoder: WindowEncoder,
         options: TranscribeOptions,
     ) -> Result<Transcriber, TranscribeError> {
-        let tokenizer = model.tokenizer()?;
-        let engine: std::sync::Arc<dyn npu::Engine> = match options.decoder_precision {
-            npu::Precision::F32 => std::sync::Arc::new(npu::CpuF32Engine::new()),
-            npu::Precision::Int8 => std::sync::Arc::new(npu::cpu_int8::CpuInt8Engine::new()),
-        };
-        let decoder = Decoder::new(model, engine, options.decoder_threads)?;
-        Self::with_parts(model, tokenizer, encoder, decoder, options)
+        let text = TextModel::new(model, options.decoder_precision, options.decoder_threads)?;
+        Self::with_text_model(&text, encoder, options)
     }
 
     /// The flag that abandons decoding: once raised, decoding stops at its next token and the
@@ -436,7 +451,7 @@ impl Transcriber {
             best_of: o.best_of,
             // At most ~12 tokens a second of audio (fast speech is ~5 words a second).
             sample_len: (24.0 + 12.0 * seconds).ceil() as usize,
-            max_initial_timestamp: Some((o.max_initial_timestamp / 0.02).round() as u32),
+            max_initial_timestamp: Some((o.max_initial_timestamp / TIMESTAMP_STEP).round() as u32),
             max_timestamp: (audio_samples as u64 / SAMPLES_PER_TIMESTAMP) as u32,
             suppress_blank: if o.suppress_blank {
                 self.suppress_blank.clone()
@@ -469,6 +484,7 @@ impl Transcriber {
                 cross,
                 &params,
                 &mut self.rng,
+                &mut self.kv,
             );
             // Abandoned (NULL, flush): no other temperature is tried.
             if self.cancel.is_set() {
@@ -550,14 +566,19 @@ impl Transcriber {
         let (encoded, enc_timing) = self.encoder.encode(&self.buffer[off..off + n]);
         timing.mel += enc_timing.mel;
         timing.encoder += enc_timing.encoder;
+        timing.encoder_wait += enc_timing.waited;
+        timing.encoder_batch = enc_timing.batch;
         let t0 = Instant::now();
-        let cross = self.decoder.cross_kv(encoded.view());
+        let mut cross = std::mem::take(&mut self.cross);
+        self.decoder.cross_kv_into(encoded.view(), &mut cross);
         let language = if self.tokenizer.is_multilingual() {
             match self.language {
                 Some(l) => Some(l),
-                None => decoding::detect_language(&self.decoder, &self.tokenizer, &cross)
-                    .first()
-                    .map(|&(id, _)| id),
+                None => {
+                    decoding::detect_language(&self.decoder, &self.tokenizer, &cross, &mut self.kv)
+                }
+                .first()
+                .map(|&(id, _)| id),
             }
         } else {
             None
@@ -572,13 +593,13 @@ impl Transcriber {
             if last { ", last" } else { "" }
         );
         let (result, failed) = self.decode_with_fallback(&cross, params, last, timing);
+        self.cross = cross;
         timing.decoder += t0.elapsed();
         DecodedWindow {
             result,
             failed,
             prompted,
             language,
-            cross,
         }
     }
 
@@ -592,7 +613,7 @@ impl Transcriber {
         log::debug!(
             target: LOG_TARGET,
             "  {why}: again from {:.2} s without the prompt",
-            at as f64 / 16000.0
+            at as f64 / f64::from(SAMPLE_RATE)
         );
         self.retried_at = Some(at);
         self.history.clear();
@@ -624,7 +645,6 @@ impl Transcriber {
                 failed,
                 prompted,
                 language,
-                cross,
             } = self.run_window(start, n, true, prompt_before, &mut timing);
             let matched = (!failed && !self.is_silence(&result))
                 .then(|| {
@@ -644,15 +664,7 @@ impl Transcriber {
             }) = matched
             {
                 let t0 = Instant::now();
-                self.align_words(
-                    &cross,
-                    language,
-                    start,
-                    n,
-                    &result.tokens,
-                    new_from,
-                    &mut emit,
-                );
+                self.align_words(language, start, n, &result.tokens, new_from, &mut emit);
                 timing.decoder += t0.elapsed();
                 let mut out = self.window_result(index, start, n, true, &result, failed, language);
                 self.lock_language(language);
@@ -712,8 +724,8 @@ impl Transcriber {
                 log::debug!(
                     target: LOG_TARGET,
                     "pause from {:.2} s: the window starts at {:.2} s",
-                    self.seek as f64 / 16000.0,
-                    new_seek as f64 / 16000.0
+                    self.seek as f64 / f64::from(SAMPLE_RATE),
+                    new_seek as f64 / f64::from(SAMPLE_RATE)
                 );
                 self.advance(new_seek);
                 return out;
@@ -729,7 +741,7 @@ impl Transcriber {
             log::debug!(
                 target: LOG_TARGET,
                 "window at {:.2} s: below the silence threshold",
-                start as f64 / 16000.0
+                start as f64 / f64::from(SAMPLE_RATE)
             );
             self.advance(out.next_seek);
             return out;
@@ -739,7 +751,6 @@ impl Transcriber {
             failed,
             prompted,
             language,
-            cross,
         } = self.run_window(start, n, last, Some(start), &mut timing);
         let mut out = self.window_result(index, start, n, last, &result, failed, language);
         out.timing = timing;
@@ -772,7 +783,7 @@ impl Transcriber {
             })
             .collect();
         let t0 = Instant::now();
-        self.align_words(&cross, language, start, n, &result.tokens, 0, &mut emit);
+        self.align_words(language, start, n, &result.tokens, 0, &mut emit);
         out.timing.decoder += t0.elapsed();
         let untranscribed = self.emit(&mut out, emit, &result, prompted);
         out.next_seek = if last {
@@ -868,7 +879,7 @@ impl Transcriber {
                 log::debug!(
                     target: LOG_TARGET,
                     "dropped as said already (it ends before {:.2} s, where the text shown ends): {text:?}",
-                    self.shown_until as f64 / 16000.0
+                    self.shown_until as f64 / f64::from(SAMPLE_RATE)
                 );
                 continue;
             }
@@ -950,8 +961,8 @@ impl Transcriber {
             log::debug!(
                 target: LOG_TARGET,
                 "  speech from {:.2} s runs into the window's end: next window from {:.2} s",
-                (start + onset as u64 * SAMPLES_PER_TIMESTAMP) as f64 / 16000.0,
-                at as f64 / 16000.0
+                (start + onset as u64 * SAMPLES_PER_TIMESTAMP) as f64 / f64::from(SAMPLE_RATE),
+                at as f64 / f64::from(SAMPLE_RATE)
             );
             at
         } else {

@@ -7,8 +7,7 @@ use crate::model::ModelError;
 use crate::npu;
 use crate::window::SetupError;
 
-/// Samples per timestamp step (0.02 s, Whisper's timestamp resolution at 16 kHz).
-pub const SAMPLES_PER_TIMESTAMP: u64 = 320;
+pub use crate::mel::SAMPLES_PER_TIMESTAMP;
 
 /// What to produce.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -107,7 +106,7 @@ pub struct Segment {
     /// the sample given to [`Transcriber::reset`]).
     pub start_sample: u64,
     pub end_sample: u64,
-    /// Start and end in seconds of stream time (`sample / 16000`).
+    /// Start and end in seconds of stream time (`sample /` [`SAMPLE_RATE`](crate::mel::SAMPLE_RATE)).
     pub start: f64,
     pub end: f64,
     /// The text, as Whisper writes it (usually with a leading space).
@@ -139,6 +138,10 @@ pub struct Word {
 pub struct TranscribeTiming {
     pub mel: Duration,
     pub encoder: Duration,
+    /// Waiting for other streams' encoder batches (a shared encoder).
+    pub encoder_wait: Duration,
+    /// Windows in the last encoder batch (1: encoded alone).
+    pub encoder_batch: usize,
     /// Language detection, decoding at every temperature tried.
     pub decoder: Duration,
     /// Tokens run through the decoder (all temperatures and hypotheses, prompts excluded).

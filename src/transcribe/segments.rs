@@ -3,6 +3,7 @@
 
 use super::options::SAMPLES_PER_TIMESTAMP;
 use super::text;
+use crate::mel::TIMESTAMP_STEP;
 use crate::model::tokenizer::Tokenizer;
 
 /// A segment of the last window that starts less than this many timestamp steps (0.1 s) before the
@@ -85,7 +86,7 @@ pub(super) fn plausible(tok: &Tokenizer, raw: Vec<RawSegment>) -> Vec<RawSegment
         log::debug!(
             target: super::LOG_TARGET,
             "  too many words a second from {:.2} s: {} segment(s) dropped",
-            f64::from(raw[n].start) * 0.02,
+            f64::from(raw[n].start) * TIMESTAMP_STEP,
             raw.len() - n
         );
     }
@@ -98,7 +99,7 @@ fn too_fast(tok: &Tokenizer, s: &RawSegment) -> bool {
         return false;
     };
     let words = text::Words::from_tokens(tok, &s.tokens).words.len();
-    let seconds = f64::from(end.saturating_sub(s.start)) * 0.02;
+    let seconds = f64::from(end.saturating_sub(s.start)) * TIMESTAMP_STEP;
     words as f64 > MAX_WORDS_PER_SECOND * seconds + WORDS_SLACK
 }
 
@@ -114,7 +115,7 @@ pub(super) fn select_segments(
 ) -> Selection {
     let raw = plausible(tok, split_segments(tok, tokens));
     let max_ts = (n as u64 / SAMPLES_PER_TIMESTAMP) as u32;
-    let margin = (edge_margin / 0.02).round() as u32;
+    let margin = (edge_margin / TIMESTAMP_STEP).round() as u32;
     let with_text = |v: Vec<RawSegment>| -> Vec<RawSegment> {
         v.into_iter().filter(|s| has_text(tok, s)).collect()
     };

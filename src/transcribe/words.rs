@@ -4,17 +4,17 @@
 use super::loudness::Span;
 use super::options::{Task, Word, SAMPLES_PER_TIMESTAMP};
 use super::{alignment, Emit, Transcriber};
-use crate::model::decoder::CrossKv;
+use crate::mel::SAMPLE_RATE;
 use crate::model::tokenizer::Tokenizer;
 
 impl Transcriber {
     /// Sets where the words of each segment of `emit` are, by aligning all the text of the
     /// window's decoded `tokens` with its audio (`n` samples from `window_start`) through the
-    /// decoder's alignment heads. The segments are, in order, pieces of `tokens[from..]`.
+    /// decoder's alignment heads on the window's cross-attention keys and values (`self.cross`).
+    /// The segments are, in order, pieces of `tokens[from..]`.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn align_words(
-        &self,
-        cross: &CrossKv,
+        &mut self,
         language: Option<u32>,
         window_start: u64,
         n: usize,
@@ -45,7 +45,9 @@ impl Transcriber {
         seq.push(sp.no_timestamps);
         seq.extend_from_slice(&text);
         seq.push(sp.eot);
-        let scores = self.decoder.cross_attention_scores(cross, &seq, heads);
+        let scores = self
+            .decoder
+            .cross_attention_scores_in(&mut self.kv, &self.cross, &seq, heads);
         let positions = n / SAMPLES_PER_TIMESTAMP as usize;
         let Some(starts) = alignment::token_positions(&scores, prefix, text.len(), positions)
         else {
@@ -88,10 +90,10 @@ impl Transcriber {
                 log::debug!(
                     target: super::LOG_TARGET,
                     "  words at {:.2}-{:.2} s (timestamps {:.2}-{:.2} s)",
-                    at(starts[first]) as f64 / 16000.0,
-                    at(starts[cursor]) as f64 / 16000.0,
-                    e.start as f64 / 16000.0,
-                    e.end as f64 / 16000.0
+                    at(starts[first]) as f64 / f64::from(SAMPLE_RATE),
+                    at(starts[cursor]) as f64 / f64::from(SAMPLE_RATE),
+                    e.start as f64 / f64::from(SAMPLE_RATE),
+                    e.end as f64 / f64::from(SAMPLE_RATE)
                 );
             }
         }

@@ -8,7 +8,7 @@
 //! its seek position (so text does not wait for a fixed window grid).
 
 use std::path::PathBuf;
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Instant;
 
 use gst::glib;
@@ -20,14 +20,14 @@ use super::{Backend, LatencyMode, Mode, Precision, Task};
 use crate::cancel::Cancel;
 use crate::mel::{SAMPLE_RATE, WINDOW_SAMPLES};
 use crate::model::{ModelError, WhisperModel};
-use crate::transcribe::{TranscribeError, TranscribeOptions, Transcriber};
+use crate::transcribe::{TextModel, TranscribeError, TranscribeOptions, Transcriber};
 use crate::window::{EncoderOptions, SetupError, WindowEncoder};
 
 mod prepared;
 mod queue;
 mod text;
 
-use prepared::{ModelKey, Models, Prepared, Processor};
+use prepared::{ModelKey, Models, Prepared, Processor, SharedModel, SHARED_MODELS};
 use queue::{Chunk, HandOff, Item};
 use text::{TextClock, TextEngine, TextOutput};
 
@@ -63,6 +63,17 @@ const DISCONT_TOLERANCE: gst::ClockTime = gst::ClockTime::from_mseconds(40);
 /// before it is finished as at the end of a stream and the windows restart after it, so a hole of
 /// any length costs the same (a window of silence is 640 KiB; ten days would be 55 GB).
 const MAX_FILLED_HOLE_SAMPLES: u64 = WINDOW_SAMPLES as u64;
+
+/// A model that could not be loaded, as the user sees it.
+fn model_error(path: &std::path::Path, err: &dyn std::fmt::Display) -> gst::ErrorMessage {
+    gst::error_msg!(
+        gst::ResourceError::OpenRead,
+        (
+            "Could not load the Whisper model from '{}': {err}",
+            path.display()
+        )
+    )
+}
 
 fn window_duration() -> gst::ClockTime {
     samples_to_time(WINDOW_SAMPLES as u64)
@@ -319,6 +330,8 @@ impl WhisperEncNpu {
                     audio: samples_to_time(samples.len() as u64),
                     mel: timing.mel,
                     encoder: timing.encoder,
+                    encoder_wait: timing.waited,
+                    encoder_batch: timing.batch,
                     decoder: None,
                     processing: started.elapsed(),
                     backend: encoder.backend(),
@@ -327,12 +340,7 @@ impl WhisperEncNpu {
                 };
                 drop(models);
                 self.post(timing.message());
-                let bytes: Vec<u8> = embeddings
-                    .as_standard_layout()
-                    .iter()
-                    .flat_map(|v| v.to_le_bytes())
-                    .collect();
-                let mut buffer = gst::Buffer::from_mut_slice(bytes);
+                let mut buffer = embeddings_buffer(&embeddings)?;
                 {
                     let buffer = buffer.get_mut().unwrap();
                     buffer.set_pts(chunk.pts);
@@ -376,71 +384,49 @@ impl WhisperEncNpu {
         let key = ModelKey::new(&settings);
         let kept = self.models.lock().unwrap().take_kept(&key);
         if let Some(prepared) = kept {
-            gst::info!(CAT, imp = self, "using the model prepared before");
+            gst::info!(
+                CAT,
+                imp = self,
+                "using the model prepared before ({} elements of this process use it)",
+                Arc::strong_count(&prepared.shared)
+            );
             *self.loaded.lock().unwrap() = Some(prepared.loaded);
             self.models.lock().unwrap().running = Some(prepared);
             return Ok(());
         }
         // A new model: its own processing bound, measured below.
         *self.step_bound.lock().unwrap() = None;
-        let options = EncoderOptions {
-            backend: settings.backend.into(),
-            precision: settings.precision.into(),
-            threads: settings.threads as usize,
-        };
-        gst::info!(
-            CAT,
-            imp = self,
-            "loading {} with {options:?}",
-            settings.model.display()
-        );
-        let model_error = |err: &dyn std::fmt::Display| {
-            gst::error_msg!(
-                gst::ResourceError::OpenRead,
-                (
-                    "Could not load the Whisper model from '{}': {err}",
-                    settings.model.display()
-                )
-            )
-        };
-        let model = WhisperModel::load(&settings.model).map_err(|e| model_error(&e))?;
-        let setup_error = |err: SetupError| match err {
-            // The machine's fault, not the model's.
-            SetupError::Model(err @ ModelError::ThreadPool(_)) => {
-                gst::error_msg!(gst::LibraryError::Init, ("{err}"))
-            }
-            SetupError::Model(err) => model_error(&err),
-            other => gst::error_msg!(gst::LibraryError::Init, ("{other}")),
-        };
-        let mut encoder = WindowEncoder::new(&model, &options).map_err(setup_error)?;
-
-        // Two warm-up windows: the first pays for first touches of the weights and buffers (on
-        // base f32 about 0.16 s against 0.13 s after), the second is what a window costs from
-        // then on, which the latency bounds are made of.
-        let _ = encoder.encode(&[]);
-        let started = Instant::now();
-        let _ = encoder.encode(&[]);
-        let processing = gst::ClockTime::from_nseconds(started.elapsed().as_nanos() as u64);
+        let (shared, prepared_now) = SHARED_MODELS
+            .get_or_try_insert_with(&key.shared(), || self.prepare_shared(&settings))?;
+        if !prepared_now {
+            gst::info!(
+                CAT,
+                imp = self,
+                "sharing the {} {} model another element of this process prepared ({} elements use it)",
+                shared.encoder.backend().nick(),
+                shared.encoder.precision().nick(),
+                Arc::strong_count(&shared),
+            );
+        }
+        let encoder = WindowEncoder::with_shared(shared.encoder.clone());
         let loaded = Loaded {
             mode: settings.mode,
             d_model: encoder.d_model(),
             positions: encoder.positions(),
-            processing,
+            processing: shared.processing,
         };
-        gst::info!(
-            CAT,
-            imp = self,
-            "model loaded: d_model {}, {} positions, {} per window on {} {}",
-            loaded.d_model,
-            loaded.positions,
-            processing,
-            encoder.backend().nick(),
-            encoder.precision().nick()
-        );
 
         let processor = match settings.mode {
             Mode::Embeddings => Processor::Embeddings(Box::new(encoder)),
             Mode::Transcription => {
+                let (text_model, text_now) = shared.text_model(|| {
+                    let model = self.load_model(&settings.model)?;
+                    TextModel::new(&model, settings.precision.into(), settings.threads as usize)
+                        .map_err(|err| self.transcribe_error(&settings.model, err))
+                })?;
+                if !text_now {
+                    gst::info!(CAT, imp = self, "sharing the decoder and tokenizer");
+                }
                 let transcribe_options = TranscribeOptions {
                     language: settings.language.clone(),
                     task: settings.task.into(),
@@ -453,13 +439,8 @@ impl WhisperEncNpu {
                     ..Default::default()
                 };
                 let mut transcriber =
-                    Transcriber::with_encoder(&model, encoder, transcribe_options).map_err(
-                        |err| match err {
-                            TranscribeError::Setup(err) => setup_error(err),
-                            TranscribeError::Model(err) => model_error(&err),
-                            other => gst::error_msg!(gst::LibraryError::Settings, ("{other}")),
-                        },
-                    )?;
+                    Transcriber::with_text_model(&text_model, encoder, transcribe_options)
+                        .map_err(|err| self.transcribe_error(&settings.model, err))?;
                 transcriber.set_cancel(self.cancel.clone());
                 Processor::Transcription(Box::new(TextOutput {
                     engine: Some(TextEngine::Full(Box::new(transcriber))),
@@ -471,10 +452,82 @@ impl WhisperEncNpu {
         *self.loaded.lock().unwrap() = Some(loaded);
         self.models.lock().unwrap().running = Some(Prepared {
             key,
+            shared,
             processor,
             loaded,
         });
         Ok(())
+    }
+
+    /// Prepares the model for this process (the first element with these settings): the encoder
+    /// with its two warm-up windows, and the decoder too in transcription mode, so that the model
+    /// files are read once.
+    fn prepare_shared(&self, settings: &Settings) -> Result<SharedModel, gst::ErrorMessage> {
+        let options = EncoderOptions {
+            backend: settings.backend.into(),
+            precision: settings.precision.into(),
+            threads: settings.threads as usize,
+        };
+        gst::info!(
+            CAT,
+            imp = self,
+            "preparing {} with {options:?} for this process",
+            settings.model.display()
+        );
+        let started = Instant::now();
+        let model = self.load_model(&settings.model)?;
+        let encoder = WindowEncoder::prepare(&model, &options)
+            .map_err(|e| self.setup_error(&settings.model, e))?;
+        let encoder = Arc::new(encoder);
+        let mut window = WindowEncoder::with_shared(encoder.clone());
+
+        // Two warm-up windows: the first pays for first touches of the weights and buffers (on
+        // base f32 about 0.16 s against 0.13 s after), the second is what a window costs from
+        // then on, which the latency bounds are made of.
+        let _ = window.encode(&[]);
+        let (_, timing) = window.encode(&[]);
+        let processing =
+            gst::ClockTime::from_nseconds((timing.mel + timing.encoder).as_nanos() as u64);
+        let shared = SharedModel::new(encoder, processing);
+        if settings.mode == Mode::Transcription {
+            let text = TextModel::new(&model, settings.precision.into(), settings.threads as usize)
+                .map_err(|err| self.transcribe_error(&settings.model, err))?;
+            let _ = shared.text_model(|| Ok::<_, gst::ErrorMessage>(text));
+        }
+        gst::info!(
+            CAT,
+            imp = self,
+            "model prepared in {:?}: d_model {}, {} per window on {} {}",
+            started.elapsed(),
+            window.d_model(),
+            processing,
+            window.backend().nick(),
+            window.precision().nick()
+        );
+        Ok(shared)
+    }
+
+    fn load_model(&self, path: &std::path::Path) -> Result<WhisperModel, gst::ErrorMessage> {
+        WhisperModel::load(path).map_err(|e| model_error(path, &e))
+    }
+
+    fn setup_error(&self, path: &std::path::Path, err: SetupError) -> gst::ErrorMessage {
+        match err {
+            // The machine's fault, not the model's.
+            SetupError::Model(err @ ModelError::ThreadPool(_)) => {
+                gst::error_msg!(gst::LibraryError::Init, ("{err}"))
+            }
+            SetupError::Model(err) => model_error(path, &err),
+            other => gst::error_msg!(gst::LibraryError::Init, ("{other}")),
+        }
+    }
+
+    fn transcribe_error(&self, path: &std::path::Path, err: TranscribeError) -> gst::ErrorMessage {
+        match err {
+            TranscribeError::Setup(err) => self.setup_error(path, err),
+            TranscribeError::Model(err) => model_error(path, &err),
+            other => gst::error_msg!(gst::LibraryError::Settings, ("{other}")),
+        }
     }
 
     /// `threads` as used: more threads than cores only compete for them (threads=1000 on 2 cores
@@ -883,11 +936,27 @@ impl WhisperEncNpu {
 
 /// S16LE mono samples as an F32LE buffer, in [-1, 1).
 fn s16_to_f32le(data: &[u8]) -> gst::Buffer {
-    let bytes: Vec<u8> = data
-        .chunks_exact(2)
-        .flat_map(|b| (i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0).to_le_bytes())
-        .collect();
+    let mut bytes = vec![0u8; data.len() / 2 * 4];
+    for (out, b) in bytes.chunks_exact_mut(4).zip(data.chunks_exact(2)) {
+        out.copy_from_slice(&(i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0).to_le_bytes());
+    }
     gst::Buffer::from_mut_slice(bytes)
+}
+
+/// A window's embeddings as an F32LE tensor buffer, written once into a buffer of its size (no
+/// intermediate vector growing by doubling: a megabyte per window on base).
+fn embeddings_buffer(embeddings: &ndarray::Array2<f32>) -> Result<gst::Buffer, gst::FlowError> {
+    let mut buffer =
+        gst::Buffer::with_size(embeddings.len() * 4).map_err(|_| gst::FlowError::Error)?;
+    {
+        let buffer = buffer.get_mut().expect("a new buffer is writable");
+        let mut map = buffer.map_writable().map_err(|_| gst::FlowError::Error)?;
+        // Row-major, whatever the array's own layout.
+        for (out, v) in map.chunks_exact_mut(4).zip(embeddings.iter()) {
+            out.copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    Ok(buffer)
 }
 
 #[glib::object_subclass]

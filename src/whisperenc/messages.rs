@@ -1,5 +1,6 @@
-//! The element messages posted on the bus: `whisperencnpu-timing` per window and
-//! `whisperencnpu-segment` per transcribed segment.
+//! The element messages posted on the bus: `whisperencnpu-timing` per window,
+//! `whisperencnpu-segment` per transcribed segment and, in low-latency mode,
+//! `whisperencnpu-partial` for the text not yet committed.
 
 use std::time::Duration;
 
@@ -18,6 +19,10 @@ pub(super) struct TimingReport {
     pub audio: gst::ClockTime,
     pub mel: Duration,
     pub encoder: Duration,
+    /// Waiting for other elements' windows to be encoded first (elements sharing a model).
+    pub encoder_wait: Duration,
+    /// Windows encoded in one pass with this one, across elements sharing the model.
+    pub encoder_batch: usize,
     /// Transcription mode only.
     pub decoder: Option<Duration>,
     pub processing: Duration,
@@ -36,6 +41,8 @@ impl TimingReport {
             .field("audio-duration", self.audio)
             .field("mel-time", clock_time(self.mel))
             .field("encoder-time", clock_time(self.encoder))
+            .field("encoder-wait", clock_time(self.encoder_wait))
+            .field("encoder-batch", self.encoder_batch as u32)
             .field("processing-time", processing)
             .field(
                 "realtime-factor",

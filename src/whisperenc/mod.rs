@@ -1,4 +1,5 @@
-//! The `whisperencnpu` element: registers the type and its property enums; `imp` implements it.
+//! The `whisperencnpu` element: registers the type and its property enums (with their conversions
+//! to the core's types); `imp` implements it.
 
 use gst::glib;
 use gst::prelude::*;

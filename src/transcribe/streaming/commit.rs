@@ -155,7 +155,7 @@ impl CommitPolicy {
 mod tests {
     use super::*;
 
-    const SECOND: u64 = 16_000;
+    const SECOND: u64 = crate::mel::SAMPLE_RATE as u64;
     const BOUNDS: CommitBounds = CommitBounds {
         pause: SECOND / 2,
         force_after: 2 * SECOND,

@@ -538,11 +538,14 @@ impl StreamingTranscriber {
         let (encoded, enc) = self.core.encoder.encode(&self.core.buffer[off..off + n]);
         timing.mel += enc.mel;
         timing.encoder += enc.encoder;
+        timing.encoder_wait += enc.waited;
+        timing.encoder_batch = enc.batch;
         let t0 = Instant::now();
         let cross = self.core.decoder.cross_kv(encoded.view());
         let language = if self.core.tokenizer.is_multilingual() {
             self.core.language.or_else(|| {
-                decoding::detect_language(&self.core.decoder, &self.core.tokenizer, &cross)
+                let core = &mut self.core;
+                decoding::detect_language(&core.decoder, &core.tokenizer, &cross, &mut core.kv)
                     .first()
                     .map(|&(id, _)| id)
             })
@@ -614,8 +617,8 @@ impl StreamingTranscriber {
             .is_some_and(|th| text::compression_ratio(&tail_text) > th);
         log::debug!(
             "streaming: window {:.2}-{:.2} s, prefix {} prompt {} tokens: {:?} lp={:.2} ns={:.2}{}",
-            ws as f64 / 16000.0,
-            (ws + n as u64) as f64 / 16000.0,
+            ws as f64 / f64::from(SAMPLE_RATE),
+            (ws + n as u64) as f64 / f64::from(SAMPLE_RATE),
             prefix.len(),
             params.prompt.len(),
             tail_text,

@@ -1,12 +1,67 @@
 //! The model the src task runs chunks through, and the one kept from the last run with the
 //! settings it was prepared from (see `WhisperEncNpu::load`: preparing takes about a second, and
 //! bins such as transcriberbin cycle their transcriber's state).
+//!
+//! Elements of one process with the same model, backend, precision and threads share the
+//! prepared weights and the compute pool ([`SharedModel`], issue 12); each keeps its own stream
+//! state (front end, decoding state, caches) in its [`Processor`].
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use super::text::TextOutput;
 use super::{Backend, Loaded, Mode, Precision, Settings, Task};
+use crate::shared::{Registry, SharedEncoder};
+use crate::transcribe::TextModel;
 use crate::window::WindowEncoder;
+
+/// Every model prepared in this process and still used by an element.
+pub(super) static SHARED_MODELS: Registry<SharedKey, SharedModel> = Registry::new();
+
+/// What a model shared between elements depends on: the files and how its products run. Not the
+/// mode: an embeddings element and a transcription element share the encoder (the decoder is
+/// prepared when the first transcription element needs it).
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct SharedKey {
+    model: PathBuf,
+    file: String,
+    backend: Backend,
+    precision: Precision,
+    threads: u32,
+}
+
+/// A model prepared once for the process.
+pub(super) struct SharedModel {
+    pub encoder: Arc<SharedEncoder>,
+    /// What a window costs alone: the second of two warm-up windows.
+    pub processing: gst::ClockTime,
+    /// The decoder and tokenizer, once a transcription element asked for them.
+    text: Mutex<Option<Arc<TextModel>>>,
+}
+
+impl SharedModel {
+    pub(super) fn new(encoder: Arc<SharedEncoder>, processing: gst::ClockTime) -> SharedModel {
+        SharedModel {
+            encoder,
+            processing,
+            text: Mutex::default(),
+        }
+    }
+
+    /// The text model, prepared by `make` if no element has yet; says whether it was.
+    pub(super) fn text_model<E>(
+        &self,
+        make: impl FnOnce() -> Result<TextModel, E>,
+    ) -> Result<(Arc<TextModel>, bool), E> {
+        let mut text = self.text.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = &*text {
+            return Ok((t.clone(), false));
+        }
+        let t = Arc::new(make()?);
+        *text = Some(t.clone());
+        Ok((t, true))
+    }
+}
 
 /// What the src task runs chunks through.
 pub(super) enum Processor {
@@ -34,6 +89,17 @@ pub(super) struct ModelKey {
 }
 
 impl ModelKey {
+    /// What of it the model shared with other elements depends on.
+    pub(super) fn shared(&self) -> SharedKey {
+        SharedKey {
+            model: self.model.clone(),
+            file: self.file.clone(),
+            backend: self.backend,
+            precision: self.precision,
+            threads: self.threads,
+        }
+    }
+
     pub(super) fn new(settings: &Settings) -> ModelKey {
         let file = crate::model::locate::fingerprint(&settings.model);
         ModelKey {
@@ -54,6 +120,8 @@ impl ModelKey {
 /// A model ready to run, and what it was prepared from.
 pub(super) struct Prepared {
     pub key: ModelKey,
+    /// Held so that the shared model lives as long as this element may run it again.
+    pub shared: Arc<SharedModel>,
     pub processor: Processor,
     pub loaded: Loaded,
 }

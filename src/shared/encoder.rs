@@ -1,0 +1,229 @@
+//! One encoder for every stream with the same model: windows that are ready at the same time go
+//! through it as one batch ([`Encoder::forward_batch`]: a weight panel read once for all of them,
+//! each window's output bit for bit what it is alone).
+//!
+//! No thread of its own and no waiting for company: a stream with a window queues it; if no batch
+//! is running, it runs one itself with every window queued so far (up to [`MAX_BATCH`], oldest
+//! first), else it waits, and the windows that queued while a batch ran go together in the next
+//! one. A stream alone therefore pays a lock and nothing more, and streams are served in the
+//! order their windows came (none starves). One set of scratch buffers serves all streams, as
+//! only one batch runs at a time.
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ndarray::{Array2, ArrayView2};
+
+use crate::model::{Encoder, ModelError};
+use crate::npu::{BackendKind, DeviceCounters, Precision};
+
+/// Most windows in one batch. Past four the gain per window is small (every panel is already
+/// reused over 2048 rows) while the scratch grows by about 11 MB a window on base; a fifth stream
+/// waits for the next batch.
+pub const MAX_BATCH: usize = 4;
+
+/// How one window went through the shared encoder.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BatchTiming {
+    /// From queueing the window to the start of its batch (another stream's batch running).
+    pub waited: Duration,
+    /// The batch's encoding time.
+    pub encoder: Duration,
+    /// Windows in the batch (1: alone).
+    pub batch: usize,
+    /// The accelerator's launches during the batch (`None` on the CPU).
+    pub device: Option<DeviceCounters>,
+}
+
+struct Request {
+    ticket: u64,
+    mel: Array2<f32>,
+    queued: Instant,
+}
+
+type Outcome = Result<(Array2<f32>, BatchTiming), ModelError>;
+
+#[derive(Default)]
+struct Queue {
+    next_ticket: u64,
+    pending: VecDeque<Request>,
+    /// Finished windows: the outcome and the lent mel, by ticket.
+    done: HashMap<u64, (Outcome, Array2<f32>)>,
+    running: bool,
+}
+
+/// An encoder shared by streams (see the module doc).
+pub struct SharedEncoder {
+    queue: Mutex<Queue>,
+    finished: Condvar,
+    encoder: Mutex<Encoder>,
+    n_mels: usize,
+    d_model: usize,
+    max_frames: usize,
+    backend: BackendKind,
+    precision: Precision,
+}
+
+impl std::fmt::Debug for SharedEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedEncoder")
+            .field("backend", &self.backend)
+            .field("precision", &self.precision)
+            .field("d_model", &self.d_model)
+            .finish()
+    }
+}
+
+impl SharedEncoder {
+    pub fn new(encoder: Encoder) -> SharedEncoder {
+        SharedEncoder {
+            n_mels: encoder.n_mels(),
+            d_model: encoder.d_model(),
+            max_frames: encoder.max_frames(),
+            backend: encoder.engine().backend(),
+            precision: encoder.engine().precision(),
+            encoder: Mutex::new(encoder),
+            queue: Mutex::default(),
+            finished: Condvar::new(),
+        }
+    }
+
+    pub fn d_model(&self) -> usize {
+        self.d_model
+    }
+
+    pub fn n_mels(&self) -> usize {
+        self.n_mels
+    }
+
+    pub fn backend(&self) -> BackendKind {
+        self.backend
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Encodes `mel` (n_mels x frames), in a batch with other streams' windows if some are
+    /// ready at the same time; returns when its output is ready. The window is lent to the batch
+    /// and given back in `mel` (no copy per window: a stream keeps reusing its buffer).
+    pub fn encode(&self, mel: &mut Array2<f32>) -> Outcome {
+        let (m, t) = mel.dim();
+        if m != self.n_mels || t == 0 || t > self.max_frames {
+            return Err(ModelError::InvalidInput(format!(
+                "mel is {m} x {t}, the model takes {} x 1 to {}",
+                self.n_mels, self.max_frames
+            )));
+        }
+        let mut queue = self.lock_queue();
+        let ticket = queue.next_ticket;
+        queue.next_ticket += 1;
+        queue.pending.push_back(Request {
+            ticket,
+            mel: std::mem::take(mel),
+            queued: Instant::now(),
+        });
+        loop {
+            if let Some((outcome, lent)) = queue.done.remove(&ticket) {
+                *mel = lent;
+                return outcome;
+            }
+            if queue.running {
+                queue = self.finished.wait(queue).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            queue.running = true;
+            let batch = take_batch(&mut queue.pending);
+            drop(queue);
+            let mut running = Running {
+                owner: self,
+                batch,
+                outcomes: Vec::new(),
+            };
+            running.outcomes = self.run(&running.batch);
+            drop(running);
+            queue = self.lock_queue();
+        }
+    }
+
+    /// Encodes `batch` (same frame count) in one pass.
+    fn run(&self, batch: &[Request]) -> Vec<Outcome> {
+        let mut encoder = self.encoder.lock().unwrap_or_else(|e| e.into_inner());
+        let before = encoder.engine().device_counters();
+        let started = Instant::now();
+        let mels: Vec<ArrayView2<f32>> = batch.iter().map(|r| r.mel.view()).collect();
+        match encoder.forward_batch(&mels) {
+            Ok(outputs) => {
+                let timing = BatchTiming {
+                    waited: Duration::ZERO,
+                    encoder: started.elapsed(),
+                    batch: batch.len(),
+                    device: before
+                        .zip(encoder.engine().device_counters())
+                        .map(|(b, a)| a.since(&b)),
+                };
+                outputs
+                    .into_iter()
+                    .zip(batch)
+                    .map(|(out, r)| {
+                        let waited = started.saturating_duration_since(r.queued);
+                        Ok((out, BatchTiming { waited, ..timing }))
+                    })
+                    .collect()
+            }
+            // Inputs are checked when queued; should a batch still fail, the error is each one's.
+            Err(e) => batch
+                .iter()
+                .map(|_| Err(ModelError::InvalidInput(e.to_string())))
+                .collect(),
+        }
+    }
+
+    fn lock_queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Up to [`MAX_BATCH`] of the oldest windows, all of the oldest one's length (a shorter window at
+/// a stream's end goes in a later batch).
+fn take_batch(pending: &mut VecDeque<Request>) -> Vec<Request> {
+    let frames = pending.front().map(|r| r.mel.ncols());
+    let mut batch = Vec::new();
+    let mut rest = VecDeque::new();
+    while let Some(r) = pending.pop_front() {
+        if batch.len() < MAX_BATCH && Some(r.mel.ncols()) == frames {
+            batch.push(r);
+        } else {
+            rest.push_back(r);
+        }
+    }
+    *pending = rest;
+    batch
+}
+
+/// A batch being run: when it ends, however it ends (a panic in a kernel included), its outcomes
+/// and lent windows are handed back, the next batch may start and the waiting streams are woken,
+/// so none waits forever.
+struct Running<'a> {
+    owner: &'a SharedEncoder,
+    batch: Vec<Request>,
+    outcomes: Vec<Outcome>,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let mut queue = self.owner.lock_queue();
+        let mut outcomes = std::mem::take(&mut self.outcomes).into_iter();
+        for request in std::mem::take(&mut self.batch) {
+            let outcome = outcomes.next().unwrap_or_else(|| {
+                Err(ModelError::InvalidInput(
+                    "the encoder stopped during this window's batch".to_string(),
+                ))
+            });
+            queue.done.insert(request.ticket, (outcome, request.mel));
+        }
+        queue.running = false;
+        drop(queue);
+        self.owner.finished.notify_all();
+    }
+}
