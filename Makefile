@@ -73,6 +73,14 @@ ARGS ?= language=en
 bench-delay: setup
 	scripts/caption-delay $(FILE) $(ARGS)
 
+# Many live streams in one process (issue 12): N elements (STREAMS, default 1 2 4 8 16) fed
+# distinct speech at real time, in each latency mode, then embeddings as fast as it goes: caption
+# delay per stream, CPU, peak memory, the largest N that keeps up. MODEL, PRECISION, THREADS,
+# SECONDS, MODES override the defaults (base, int8, 2, 60, full low).
+.PHONY: bench-streams
+bench-streams: setup
+	scripts/bench-streams
+
 # Long runs (issue 9): the joins of jfk.wav and the eval clips (ROUNDS=2: 343 s, 7: 20 minutes)
 # built into target/long-join/, transcribed, checked for repeated sentences and zero-length
 # segments, with the word error rate per round. JOIN_ARGS passes element properties.

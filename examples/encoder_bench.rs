@@ -3,8 +3,12 @@
 //!
 //! ```sh
 //! cargo run --release --example encoder_bench -- --model base --precision int8 --threads 2 \
-//!     --mel ../shared/golden/mel_jfk.npy --runs 30 [--save out.npy] [--serve]
+//!     --mel ../shared/golden/mel_jfk.npy --runs 30 [--batch N] [--save out.npy] [--serve]
 //! ```
+//!
+//! `--batch N` encodes N copies of the window in one pass, as the shared encoder batches the
+//! windows of N streams ([`Encoder::forward_batch_into`]); the times are then per window (the
+//! pass's time / N), so they compare with `--batch 1` directly.
 //!
 //! Without `--serve`: `--warmup` untimed runs, then `--runs` timed ones, one JSON line
 //! `{"model":..,"precision":..,"threads":..,"times_ms":[..],"median_ms":..}`.
@@ -30,11 +34,12 @@ struct Args {
     warmup: usize,
     save: Option<PathBuf>,
     serve: bool,
+    batch: usize,
 }
 
 fn usage() -> &'static str {
     "usage: encoder_bench [--model NAME|DIR] [--precision f32|int8] [--threads N] [--mel FILE.npy] \
-     [--runs N] [--warmup N] [--save OUT.npy] [--serve]"
+     [--runs N] [--warmup N] [--batch N] [--save OUT.npy] [--serve]"
 }
 
 fn parse() -> Result<Args, String> {
@@ -51,6 +56,7 @@ fn parse() -> Result<Args, String> {
         warmup: 3,
         save: None,
         serve: false,
+        batch: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -70,6 +76,12 @@ fn parse() -> Result<Args, String> {
             "--warmup" => a.warmup = value()?.parse().map_err(|e| format!("--warmup: {e}"))?,
             "--save" => a.save = Some(PathBuf::from(value()?)),
             "--serve" => a.serve = true,
+            "--batch" => {
+                a.batch = value()?.parse().map_err(|e| format!("--batch: {e}"))?;
+                if a.batch == 0 {
+                    return Err("--batch: at least 1".to_string());
+                }
+            }
             "-h" | "--help" => return Err(usage().to_string()),
             other => return Err(format!("unknown argument {other:?}\n{}", usage())),
         }
@@ -114,21 +126,25 @@ fn run(a: &Args) -> Result<(), String> {
         .map_err(|e| format!("reading mel {}: {e}", a.mel.display()))?;
     let engine = open_engine(BackendChoice::Cpu, a.precision).map_err(|e| e.to_string())?;
     let mut encoder = Encoder::new(&model, engine, a.threads).map_err(|e| e.to_string())?;
-    let mut out = Array2::<f32>::zeros((Encoder::positions_for(mel.ncols()), encoder.d_model()));
-    let mut once = |out: &mut Array2<f32>| -> Result<f64, String> {
+    let shape = (Encoder::positions_for(mel.ncols()), encoder.d_model());
+    let mut outs: Vec<Array2<f32>> = (0..a.batch).map(|_| Array2::zeros(shape)).collect();
+    let mels = vec![mel.view(); a.batch];
+    let per_window = a.batch as f64;
+    let mut once = |outs: &mut Vec<Array2<f32>>| -> Result<f64, String> {
+        let mut views: Vec<_> = outs.iter_mut().map(|o| o.view_mut()).collect();
         let t = Instant::now();
         encoder
-            .forward_into(mel.view(), out.view_mut())
+            .forward_batch_into(&mels, &mut views)
             .map_err(|e| e.to_string())?;
-        Ok(t.elapsed().as_secs_f64() * 1e3)
+        Ok(t.elapsed().as_secs_f64() * 1e3 / per_window)
     };
     for _ in 0..a.warmup {
-        once(&mut out)?;
+        once(&mut outs)?;
     }
     let name = a.model.file_name().unwrap_or_default().to_string_lossy();
     let head = format!(
-        "\"model\":\"{name}\",\"precision\":\"{}\",\"threads\":{}",
-        a.precision, a.threads
+        "\"model\":\"{name}\",\"precision\":\"{}\",\"threads\":{},\"batch\":{}",
+        a.precision, a.threads, a.batch
     );
     let stdout = std::io::stdout();
     if a.serve {
@@ -137,7 +153,7 @@ fn run(a: &Args) -> Result<(), String> {
             let line = line.map_err(|e| e.to_string())?;
             match line.trim() {
                 "run" => {
-                    let ms = once(&mut out)?;
+                    let ms = once(&mut outs)?;
                     writeln!(stdout.lock(), "{{\"ms\":{ms:.4}}}").map_err(|e| e.to_string())?;
                 }
                 "quit" => break,
@@ -148,12 +164,13 @@ fn run(a: &Args) -> Result<(), String> {
     } else {
         let cpu0 = process_cpu_ms();
         let times = (0..a.runs)
-            .map(|_| once(&mut out))
+            .map(|_| once(&mut outs))
             .collect::<Result<Vec<f64>, String>>()?;
-        // CPU time per run (all threads; includes the pool's spinning while it waits): with
+        // CPU time per window (all threads; includes the pool's spinning while it waits): with
         // --threads 1 a measure that other processes on the machine hardly disturb.
+        let windows = (a.runs * a.batch) as f64;
         let cpu = match (cpu0, process_cpu_ms()) {
-            (Some(a0), Some(a1)) if a.runs > 0 => format!("{:.2}", (a1 - a0) / a.runs as f64),
+            (Some(a0), Some(a1)) if a.runs > 0 => format!("{:.2}", (a1 - a0) / windows),
             _ => "null".to_string(),
         };
         let list: Vec<String> = times.iter().map(|t| format!("{t:.4}")).collect();
@@ -166,7 +183,7 @@ fn run(a: &Args) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     }
     if let Some(path) = &a.save {
-        ndarray_npy::write_npy(path, &out).map_err(|e| format!("{}: {e}", path.display()))?;
+        ndarray_npy::write_npy(path, &outs[0]).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(())
 }
