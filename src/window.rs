@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ndarray::Array2;
+use ndarray::{Array2, ArrayView2};
 
 use crate::mel::{LogMel, WINDOW_SAMPLES};
 use crate::model::encoder::Encoder;
@@ -48,9 +48,10 @@ pub struct WindowEncoder {
     encoder: Arc<SharedEncoder>,
     /// Launches and reconfigurations of the last window's batch (accelerators only).
     npu_window: Option<DeviceCounters>,
-    /// Reused every window: the zero-padded audio and its log-mel.
+    /// Reused every window: the zero-padded audio, its log-mel and the encoder's output.
     padded: Vec<f32>,
     mel_frames: Array2<f32>,
+    embeddings: Array2<f32>,
 }
 
 impl WindowEncoder {
@@ -86,6 +87,8 @@ impl WindowEncoder {
             npu_window: None,
             padded: vec![0.0; WINDOW_SAMPLES],
             mel_frames: Array2::zeros((n_mels, crate::mel::WINDOW_FRAMES)),
+            // Shaped by the first window.
+            embeddings: Array2::zeros((0, 0)),
         }
     }
 
@@ -118,8 +121,9 @@ impl WindowEncoder {
     }
 
     /// Encodes one window; a shorter input is zero-padded to the window length (the end of a
-    /// stream), a longer one is cut to it.
-    pub fn encode(&mut self, samples: &[f32]) -> (Array2<f32>, WindowTiming) {
+    /// stream), a longer one is cut to it. The embeddings (`positions x d_model`) are this encoder's buffer, overwritten by the next
+    /// window.
+    pub fn encode(&mut self, samples: &[f32]) -> (ArrayView2<'_, f32>, WindowTiming) {
         let n = samples.len().min(WINDOW_SAMPLES);
         self.padded[..n].copy_from_slice(&samples[..n]);
         self.padded[n..].fill(0.0);
@@ -128,9 +132,9 @@ impl WindowEncoder {
         self.mel
             .compute_into(&self.padded, self.mel_frames.view_mut());
         let mel = start.elapsed();
-        let (embeddings, batch) = self
+        let batch = self
             .encoder
-            .encode(&mut self.mel_frames)
+            .encode(&mut self.mel_frames, &mut self.embeddings)
             .expect("a window's log-mel has the model's bands and the window's frames");
         self.npu_window = batch.device;
         let timing = WindowTiming {
@@ -139,6 +143,6 @@ impl WindowEncoder {
             waited: batch.waited,
             batch: batch.batch,
         };
-        (embeddings, timing)
+        (self.embeddings.view(), timing)
     }
 }

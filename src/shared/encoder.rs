@@ -12,15 +12,18 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
 use crate::model::{Encoder, ModelError};
 use crate::npu::{BackendKind, DeviceCounters, Precision};
 
-/// Most windows in one batch. Past four the gain per window is small (every panel is already
-/// reused over 2048 rows) while the scratch grows by about 11 MB a window on base; a fifth stream
-/// waits for the next batch.
-pub const MAX_BATCH: usize = 4;
+/// Most windows in one batch. A window alone already reuses every weight panel over its 512
+/// positions, so batching gains little per window (`encoder_bench --batch`, base, 2 threads, per
+/// window: f32 144.7 / 147.5 / 149.2 ms for 1 / 2 / 4 windows, int8 59.9 / 59.2 / 55.2 ms), while
+/// the scratch grows by about 11 MB a window: with 4, eight embeddings elements cost 10 MiB each
+/// beyond the first, with 2 about 7 (issue 12 asks at most 10). A third stream waits for the next
+/// batch.
+pub const MAX_BATCH: usize = 2;
 
 /// How one window went through the shared encoder.
 #[derive(Clone, Copy, Debug, Default)]
@@ -38,17 +41,25 @@ pub struct BatchTiming {
 struct Request {
     ticket: u64,
     mel: Array2<f32>,
+    out: Array2<f32>,
     queued: Instant,
 }
 
-type Outcome = Result<(Array2<f32>, BatchTiming), ModelError>;
+type Outcome = Result<BatchTiming, ModelError>;
+
+/// A finished window: its outcome and the stream's lent buffers.
+struct Done {
+    outcome: Outcome,
+    mel: Array2<f32>,
+    out: Array2<f32>,
+}
 
 #[derive(Default)]
 struct Queue {
     next_ticket: u64,
     pending: VecDeque<Request>,
-    /// Finished windows: the outcome and the lent mel, by ticket.
-    done: HashMap<u64, (Outcome, Array2<f32>)>,
+    /// Finished windows, by ticket.
+    done: HashMap<u64, Done>,
     running: bool,
 }
 
@@ -104,10 +115,12 @@ impl SharedEncoder {
         self.precision
     }
 
-    /// Encodes `mel` (n_mels x frames), in a batch with other streams' windows if some are
-    /// ready at the same time; returns when its output is ready. The window is lent to the batch
-    /// and given back in `mel` (no copy per window: a stream keeps reusing its buffer).
-    pub fn encode(&self, mel: &mut Array2<f32>) -> Outcome {
+    /// Encodes `mel` (n_mels x frames) into `out`, in a batch with other streams' windows if
+    /// some are ready at the same time; returns when `out` holds the window's output
+    /// (`positions x d_model`, reshaped if it was not). Both are lent to the batch and given back,
+    /// so a stream reuses its buffers from window to window: an allocator that keeps what a
+    /// thread freed would otherwise hold a megabyte or two per stream and thread.
+    pub fn encode(&self, mel: &mut Array2<f32>, out: &mut Array2<f32>) -> Outcome {
         let (m, t) = mel.dim();
         if m != self.n_mels || t == 0 || t > self.max_frames {
             return Err(ModelError::InvalidInput(format!(
@@ -115,18 +128,24 @@ impl SharedEncoder {
                 self.n_mels, self.max_frames
             )));
         }
+        let shape = (Encoder::positions_for(t), self.d_model);
+        if out.dim() != shape {
+            *out = Array2::zeros(shape);
+        }
         let mut queue = self.lock_queue();
         let ticket = queue.next_ticket;
         queue.next_ticket += 1;
         queue.pending.push_back(Request {
             ticket,
             mel: std::mem::take(mel),
+            out: std::mem::take(out),
             queued: Instant::now(),
         });
         loop {
-            if let Some((outcome, lent)) = queue.done.remove(&ticket) {
-                *mel = lent;
-                return outcome;
+            if let Some(done) = queue.done.remove(&ticket) {
+                *mel = done.mel;
+                *out = done.out;
+                return done.outcome;
             }
             if queue.running {
                 queue = self.finished.wait(queue).unwrap_or_else(|e| e.into_inner());
@@ -140,20 +159,23 @@ impl SharedEncoder {
                 batch,
                 outcomes: Vec::new(),
             };
-            running.outcomes = self.run(&running.batch);
+            running.outcomes = self.run(&mut running.batch);
             drop(running);
             queue = self.lock_queue();
         }
     }
 
-    /// Encodes `batch` (same frame count) in one pass.
-    fn run(&self, batch: &[Request]) -> Vec<Outcome> {
+    /// Encodes `batch` (same frame count) in one pass, into each request's `out`.
+    fn run(&self, batch: &mut [Request]) -> Vec<Outcome> {
         let mut encoder = self.encoder.lock().unwrap_or_else(|e| e.into_inner());
         let before = encoder.engine().device_counters();
         let started = Instant::now();
-        let mels: Vec<ArrayView2<f32>> = batch.iter().map(|r| r.mel.view()).collect();
-        match encoder.forward_batch(&mels) {
-            Ok(outputs) => {
+        let (mels, mut outs): (Vec<ArrayView2<f32>>, Vec<ArrayViewMut2<f32>>) = batch
+            .iter_mut()
+            .map(|r| (r.mel.view(), r.out.view_mut()))
+            .unzip();
+        match encoder.forward_batch_into(&mels, &mut outs) {
+            Ok(()) => {
                 let timing = BatchTiming {
                     waited: Duration::ZERO,
                     encoder: started.elapsed(),
@@ -162,12 +184,11 @@ impl SharedEncoder {
                         .zip(encoder.engine().device_counters())
                         .map(|(b, a)| a.since(&b)),
                 };
-                outputs
-                    .into_iter()
-                    .zip(batch)
-                    .map(|(out, r)| {
+                batch
+                    .iter()
+                    .map(|r| {
                         let waited = started.saturating_duration_since(r.queued);
-                        Ok((out, BatchTiming { waited, ..timing }))
+                        Ok(BatchTiming { waited, ..timing })
                     })
                     .collect()
             }
@@ -220,7 +241,14 @@ impl Drop for Running<'_> {
                     "the encoder stopped during this window's batch".to_string(),
                 ))
             });
-            queue.done.insert(request.ticket, (outcome, request.mel));
+            queue.done.insert(
+                request.ticket,
+                Done {
+                    outcome,
+                    mel: request.mel,
+                    out: request.out,
+                },
+            );
         }
         queue.running = false;
         drop(queue);

@@ -23,10 +23,12 @@ use crate::model::{ModelError, WhisperModel};
 use crate::transcribe::{TextModel, TranscribeError, TranscribeOptions, Transcriber};
 use crate::window::{EncoderOptions, SetupError, WindowEncoder};
 
+mod embeddings;
 mod prepared;
 mod queue;
 mod text;
 
+use embeddings::EmbeddingsOutput;
 use prepared::{ModelKey, Models, Prepared, Processor, SharedModel, SHARED_MODELS};
 use queue::{Chunk, HandOff, Item};
 use text::{TextClock, TextEngine, TextOutput};
@@ -309,38 +311,34 @@ impl WhisperEncNpu {
     // ---- the work itself ------------------------------------------------------------------
 
     fn process(&self, chunk: Chunk) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let samples = {
-            let map = chunk.audio.map_readable().map_err(|_| {
-                gst::element_imp_error!(self, gst::StreamError::Failed, ("Can't map audio"));
-                gst::FlowError::Error
-            })?;
-            map.chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect::<Vec<f32>>()
-        };
+        let map = chunk.audio.map_readable().map_err(|_| {
+            gst::element_imp_error!(self, gst::StreamError::Failed, ("Can't map audio"));
+            gst::FlowError::Error
+        })?;
         let mut models = self.models.lock().unwrap();
         match models.processor() {
             None => Err(gst::FlowError::Flushing),
-            Some(Processor::Embeddings(encoder)) => {
+            Some(Processor::Embeddings(output)) => {
                 let started = Instant::now();
-                let (embeddings, timing) = encoder.encode(&samples);
+                let (mut buffer, timing) = output.encode(&map)?;
+                let window = output.window();
                 let timing = TimingReport {
                     index: chunk.index,
                     pts: chunk.pts,
-                    audio: samples_to_time(samples.len() as u64),
+                    audio: samples_to_time((map.size() / std::mem::size_of::<f32>()) as u64),
                     mel: timing.mel,
                     encoder: timing.encoder,
                     encoder_wait: timing.waited,
                     encoder_batch: timing.batch,
                     decoder: None,
                     processing: started.elapsed(),
-                    backend: encoder.backend(),
-                    precision: encoder.precision(),
-                    npu: encoder.npu_window(),
+                    backend: window.backend(),
+                    precision: window.precision(),
+                    npu: window.npu_window(),
                 };
                 drop(models);
+                drop(map);
                 self.post(timing.message());
-                let mut buffer = embeddings_buffer(&embeddings)?;
                 {
                     let buffer = buffer.get_mut().unwrap();
                     buffer.set_pts(chunk.pts);
@@ -352,7 +350,13 @@ impl WhisperEncNpu {
                 }
                 self.srcpad.push(buffer)
             }
-            Some(Processor::Transcription(text)) => self.process_text(text, chunk.pts, &samples),
+            Some(Processor::Transcription(text)) => {
+                let samples: Vec<f32> = map
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                self.process_text(text, chunk.pts, &samples)
+            }
         }
     }
 
@@ -417,7 +421,14 @@ impl WhisperEncNpu {
         };
 
         let processor = match settings.mode {
-            Mode::Embeddings => Processor::Embeddings(Box::new(encoder)),
+            Mode::Embeddings => {
+                Processor::Embeddings(Box::new(EmbeddingsOutput::new(encoder).map_err(|e| {
+                    gst::error_msg!(
+                        gst::ResourceError::Failed,
+                        ["Can't start the embeddings buffer pool: {e}"]
+                    )
+                })?))
+            }
             Mode::Transcription => {
                 let (text_model, text_now) = shared.text_model(|| {
                     let model = self.load_model(&settings.model)?;
@@ -941,22 +952,6 @@ fn s16_to_f32le(data: &[u8]) -> gst::Buffer {
         out.copy_from_slice(&(i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0).to_le_bytes());
     }
     gst::Buffer::from_mut_slice(bytes)
-}
-
-/// A window's embeddings as an F32LE tensor buffer, written once into a buffer of its size (no
-/// intermediate vector growing by doubling: a megabyte per window on base).
-fn embeddings_buffer(embeddings: &ndarray::Array2<f32>) -> Result<gst::Buffer, gst::FlowError> {
-    let mut buffer =
-        gst::Buffer::with_size(embeddings.len() * 4).map_err(|_| gst::FlowError::Error)?;
-    {
-        let buffer = buffer.get_mut().expect("a new buffer is writable");
-        let mut map = buffer.map_writable().map_err(|_| gst::FlowError::Error)?;
-        // Row-major, whatever the array's own layout.
-        for (out, v) in map.chunks_exact_mut(4).zip(embeddings.iter()) {
-            out.copy_from_slice(&v.to_le_bytes());
-        }
-    }
-    Ok(buffer)
 }
 
 #[glib::object_subclass]

@@ -13,7 +13,6 @@ use super::text::TextOutput;
 use super::{Backend, Loaded, Mode, Precision, Settings, Task};
 use crate::shared::{Registry, SharedEncoder};
 use crate::transcribe::TextModel;
-use crate::window::WindowEncoder;
 
 /// Every model prepared in this process and still used by an element.
 pub(super) static SHARED_MODELS: Registry<SharedKey, SharedModel> = Registry::new();
@@ -65,7 +64,7 @@ impl SharedModel {
 
 /// What the src task runs chunks through.
 pub(super) enum Processor {
-    Embeddings(Box<WindowEncoder>),
+    Embeddings(Box<super::EmbeddingsOutput>),
     Transcription(Box<TextOutput>),
 }
 
