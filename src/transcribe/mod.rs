@@ -117,6 +117,8 @@ pub struct Transcriber {
     /// Shared with every stream of the same model ([`TextModel`]).
     tokenizer: Arc<Tokenizer>,
     decoder: Arc<Decoder>,
+    /// For decodings of several hypotheses, shared likewise ([`text_model::WideCache`]).
+    wide: Arc<text_model::WideCache>,
     encoder: WindowEncoder,
     options: TranscribeOptions,
     model_name: String,
@@ -199,6 +201,7 @@ impl Transcriber {
         options: TranscribeOptions,
     ) -> Result<Transcriber, TranscribeError> {
         let (tokenizer, decoder) = (text.tokenizer.clone(), text.decoder.clone());
+        let wide = text.wide.clone();
         let (config, dims) = (&text.config, &text.dims);
         let model_name = text.name.clone();
         if options.temperatures.is_empty() {
@@ -276,13 +279,15 @@ impl Transcriber {
             Vec::new()
         };
         let mut kv = decoder.new_cache();
-        kv.reserve_batch(decoding::largest_batch(&options));
+        // One hypothesis: several are decoded in the shared wide cache.
+        kv.reserve_batch(1);
         Ok(Transcriber {
             kv,
             cross: CrossKv::default(),
             alignment_heads,
             tokenizer,
             decoder,
+            wide,
             encoder,
             language_fixed: language.is_some(),
             language_option: language,
@@ -478,14 +483,26 @@ impl Transcriber {
         let mut tried: Vec<DecodeResult> = Vec::new();
         for &t in &o.temperatures {
             params.temperature = t;
-            let r = decoding::decode(
-                &self.decoder,
-                &self.tokenizer,
-                cross,
-                &params,
-                &mut self.rng,
-                &mut self.kv,
-            );
+            let hypotheses = if t > 0.0 { o.best_of } else { o.beam_size };
+            let r = if hypotheses > 1 {
+                match self.wide.take(&self.cancel) {
+                    Some(mut wide) => {
+                        wide.reserve_batch(hypotheses);
+                        let (dec, tok) = (&self.decoder, &self.tokenizer);
+                        decoding::decode(dec, tok, cross, &params, &mut self.rng, &mut wide)
+                    }
+                    None => DecodeResult::default(),
+                }
+            } else {
+                decoding::decode(
+                    &self.decoder,
+                    &self.tokenizer,
+                    cross,
+                    &params,
+                    &mut self.rng,
+                    &mut self.kv,
+                )
+            };
             // Abandoned (NULL, flush): no other temperature is tried.
             if self.cancel.is_set() {
                 return (r, false);
