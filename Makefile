@@ -81,6 +81,12 @@ bench-delay: setup
 bench-streams: setup
 	scripts/bench-streams
 
+# N elements behind one tee (COUNTS, default 1 2 4 8) in one gst-launch-1.0: wall time, peak and
+# prepared resident memory, encoder time per window, per mode and precision (issue 12).
+.PHONY: bench-tee
+bench-tee: setup
+	scripts/bench-tee
+
 # Long runs (issue 9): the joins of jfk.wav and the eval clips (ROUNDS=2: 343 s, 7: 20 minutes)
 # built into target/long-join/, transcribed, checked for repeated sentences and zero-length
 # segments, with the word error rate per round. JOIN_ARGS passes element properties.
