@@ -124,8 +124,21 @@ impl WindowEncoder {
     /// stream), a longer one is cut to it. The embeddings (`positions x d_model`) are this encoder's buffer, overwritten by the next
     /// window.
     pub fn encode(&mut self, samples: &[f32]) -> (ArrayView2<'_, f32>, WindowTiming) {
-        let n = samples.len().min(WINDOW_SAMPLES);
-        self.padded[..n].copy_from_slice(&samples[..n]);
+        self.encode_filled(|window| {
+            let n = samples.len().min(window.len());
+            window[..n].copy_from_slice(&samples[..n]);
+            n
+        })
+    }
+
+    /// [`encode`](Self::encode) with the audio written by `fill` straight into the window
+    /// (`WINDOW_SAMPLES` long), which returns how many samples it wrote: a caller holding the
+    /// audio in another format needs no buffer of its own.
+    pub fn encode_filled(
+        &mut self,
+        fill: impl FnOnce(&mut [f32]) -> usize,
+    ) -> (ArrayView2<'_, f32>, WindowTiming) {
+        let n = fill(&mut self.padded).min(WINDOW_SAMPLES);
         self.padded[n..].fill(0.0);
 
         let start = Instant::now();

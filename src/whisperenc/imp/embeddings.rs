@@ -1,8 +1,8 @@
 //! Embeddings output on the src task: a window's audio through the (shared) encoder into a tensor
 //! buffer.
 //!
-//! Every buffer a window needs is reused: the samples, the mel and the encoder's output inside the
-//! window encoder, and the output buffers from a pool, which get back to it when downstream lets
+//! Every buffer a window needs is reused: the window's samples (decoded straight into the window
+//! encoder's), the mel and the encoder's output inside the window encoder, and the output buffers from a pool, which get back to it when downstream lets
 //! go. A megabyte allocated per window and freed on another thread is what glibc's allocator keeps
 //! per thread (its arenas and its raised mmap threshold): with eight elements in one process that
 //! was about 6 MB per element (issue 12).
@@ -13,8 +13,6 @@ use crate::window::{WindowEncoder, WindowTiming};
 
 pub(super) struct EmbeddingsOutput {
     window: WindowEncoder,
-    /// The window's F32LE audio as samples.
-    samples: Vec<f32>,
     /// Buffers of one window's embeddings (`positions x d_model` float32).
     pool: gst::BufferPool,
 }
@@ -29,11 +27,7 @@ impl EmbeddingsOutput {
         config.set_params(None, size as u32, 0, 0);
         pool.set_config(config)?;
         pool.set_active(true)?;
-        Ok(EmbeddingsOutput {
-            window,
-            samples: Vec::new(),
-            pool,
-        })
+        Ok(EmbeddingsOutput { window, pool })
     }
 
     pub(super) fn window(&self) -> &WindowEncoder {
@@ -46,13 +40,14 @@ impl EmbeddingsOutput {
         &mut self,
         audio: &[u8],
     ) -> Result<(gst::Buffer, WindowTiming), gst::FlowError> {
-        self.samples.clear();
-        self.samples.extend(
-            audio
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        );
-        let (embeddings, timing) = self.window.encode(&self.samples);
+        let (embeddings, timing) = self.window.encode_filled(|window| {
+            let samples = audio.chunks_exact(4).take(window.len());
+            let n = samples.len();
+            for (w, b) in window.iter_mut().zip(samples) {
+                *w = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+            n
+        });
         let mut buffer = self.pool.acquire_buffer(None)?;
         {
             let buffer = buffer.get_mut().ok_or(gst::FlowError::Error)?;
