@@ -27,6 +27,8 @@ const ELEMENTS: &[(&str, &str)] = &[
     ("fakesrc", "libgstreamer1.0-0"),
     ("filesink", "libgstreamer1.0-0"),
     ("filesrc", "libgstreamer1.0-0"),
+    ("queue", "libgstreamer1.0-0"),
+    ("tee", "libgstreamer1.0-0"),
     ("whisperencnpu", "(this plugin: cargo build --release)"),
 ];
 
