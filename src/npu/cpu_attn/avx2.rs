@@ -21,18 +21,6 @@ const VR: usize = 6;
 /// Query vectors (8 lanes) per block.
 const QV: usize = BLOCK / 8;
 
-/// Whether this CPU runs the kernel.
-pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// The block's attention, as the AVX-512 kernel computes it.
 ///
 /// # Safety

@@ -22,26 +22,27 @@ use std::arch::x86_64::*;
 
 mod avx2;
 
+use super::cpu_math::{self, Isa};
+
 /// Query rows per block (two zmm of queries in `S^T`).
 pub const BLOCK: usize = 32;
 /// The head width this kernel handles.
 pub const HEAD: usize = 64;
 
-/// Whether this CPU runs one of the kernels (AVX-512F, or AVX2 + FMA).
+/// Whether this CPU runs one of the kernels (AVX-512F, or AVX2 + FMA: the element-wise
+/// kernels' instruction sets, [`cpu_math::isa`]).
 pub fn available() -> bool {
-    has_avx512() || avx2::available()
+    cpu_math::isa() != Isa::Scalar
 }
 
 /// Whether the AVX-512 kernel runs here (else the AVX2 one).
 fn has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    cpu_math::isa() == Isa::Avx512
+}
+
+/// Whether the AVX2 + FMA kernel can run here (on an AVX-512 CPU too, as the tests force it).
+fn has_avx2() -> bool {
+    cpu_math::available_isas().contains(&Isa::Avx2)
 }
 
 /// Per-thread buffers of the kernel.
@@ -154,11 +155,7 @@ fn block_with(
     scratch: &mut AttnScratch,
     avx512: bool,
 ) {
-    let usable = if avx512 {
-        has_avx512()
-    } else {
-        avx2::available()
-    };
+    let usable = if avx512 { has_avx512() } else { has_avx2() };
     assert!(usable, "attention kernel needs AVX-512F or AVX2 + FMA");
     let rows = out.nrows();
     assert!(
@@ -463,7 +460,7 @@ mod tests {
                         ndarray::ArrayViewMut2::from_shape((rows, ldo), &mut out[..]).unwrap();
                     // The dispatched kernel, and the AVX2 one where AVX-512 took the first.
                     attention_block(view, r0, o.slice_mut(ndarray::s![.., ..HEAD]), &mut scratch);
-                    if has_avx512() && avx2::available() {
+                    if has_avx512() && has_avx2() {
                         let mut out2 = vec![f32::NAN; rows * ldo];
                         let mut o2 =
                             ndarray::ArrayViewMut2::from_shape((rows, ldo), &mut out2[..]).unwrap();

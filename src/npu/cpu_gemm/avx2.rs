@@ -22,18 +22,6 @@ const SUB_ROWS: usize = 6;
 /// Columns per half panel (two ymm).
 const HALF: usize = NR / 2;
 
-/// Whether this CPU runs the kernel.
-pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// [`super::gemm_raw`] with AVX2 + FMA.
 ///
 /// # Safety

@@ -27,6 +27,8 @@ use std::arch::x86_64::*;
 
 mod avx2;
 
+use super::cpu_math::{self, Isa};
+
 /// Output columns per packed panel.
 pub const NR: usize = 32;
 /// Rows per microkernel tile.
@@ -36,21 +38,21 @@ pub const KC: usize = 256;
 /// Inputs per group of the packed rows (and the kernel's unrolling).
 const KU: usize = 16;
 
-/// Whether this CPU runs one of the kernels (AVX-512F, or AVX2 + FMA).
+/// Whether this CPU runs one of the kernels (AVX-512F, or AVX2 + FMA: the element-wise
+/// kernels' instruction sets, [`cpu_math::isa`]).
 pub fn available() -> bool {
-    has_avx512() || avx2::available()
+    cpu_math::isa() != Isa::Scalar
 }
 
 /// Whether the AVX-512 kernel runs here (else the AVX2 one).
 fn has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    cpu_math::isa() == Isa::Avx512
+}
+
+/// Whether the AVX2 + FMA kernel can run here (on an AVX-512 CPU too, as the tests force it).
+#[cfg(test)]
+fn has_avx2() -> bool {
+    cpu_math::available_isas().contains(&Isa::Avx2)
 }
 
 /// A weight `n x k` packed into panels of [`NR`] columns.
@@ -493,7 +495,7 @@ mod tests {
                 gemm(&a, lda, m, &pw, b, &mut c, ldc, &mut scratch);
                 // The AVX2 kernel (the same as `gemm` without AVX-512) gives the same bits.
                 let mut c2 = vec![f32::NAN; m * ldc];
-                if avx2::available() {
+                if has_avx2() {
                     // SAFETY: AVX2 + FMA checked just above; the shapes are those `gemm` checked.
                     unsafe {
                         avx2::gemm_raw(
