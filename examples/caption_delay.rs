@@ -26,7 +26,10 @@
 //! shows a buffer at PTS + that latency, so a buffer arriving later than it would be late there.
 //! Per-minute means (by PTS, without the buffers EOS flushed) show whether the delay drifts over a
 //! long run. Where the element posts `whisperencnpu-partial` messages (low mode's interim text),
-//! how long after their first and last word they are posted is reported too.
+//! how long after their first and last word they are posted is reported too. A caption whose words
+//! were committed later than the latency allows is stamped later by the element so that a syncing
+//! sink still shows it (`caption-moved` in its timing message): its delay here is counted from the
+//! new PTS, so those captions and how far they were moved are reported on their own line.
 //!
 //! The last line of the output is the result as one JSON object.
 mod support;
@@ -172,6 +175,9 @@ struct Run {
     /// `whisperencnpu-partial` messages (low mode's uncommitted hypothesis): running time when
     /// posted, and their `start` and `end`.
     partials: Vec<Partial>,
+    /// The `caption-moved` of timing messages: captions the element stamped later than their
+    /// first word so as to be on time at a syncing sink (their words came later than the latency).
+    moved: Vec<f64>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -320,6 +326,7 @@ fn run_live(audio: Vec<i16>, args: &Args) -> Result<Run, String> {
     };
 
     let mut processing = Vec::new();
+    let mut moved = Vec::new();
     let mut slowest: Option<(f64, f64, f64)> = None;
     let mut failure = None;
     // A window's timing message comes at least every window while audio flows, so a silent bus for
@@ -340,6 +347,7 @@ fn run_live(audio: Vec<i16>, args: &Args) -> Result<Run, String> {
             gst::MessageView::Element(e) => {
                 if let Some(s) = e.structure().filter(|s| s.name() == "whisperencnpu-timing") {
                     let time = |f: &str| s.get::<gst::ClockTime>(f).ok().map(secs);
+                    moved.extend(time("caption-moved"));
                     if let Some(t) = time("processing-time") {
                         processing.push(t);
                         if slowest.is_none_or(|(_, p, _)| t > p) {
@@ -367,6 +375,7 @@ fn run_live(audio: Vec<i16>, args: &Args) -> Result<Run, String> {
         processing,
         slowest,
         partials,
+        moved,
     })
 }
 
@@ -580,6 +589,13 @@ fn main() {
             s(partial_end_stats.max)
         );
     }
+    let moved_max = run.moved.iter().copied().fold(0.0, f64::max);
+    println!(
+        "  moved to be on time     {} (by up to {}: their first words came that much later than \
+         the reported latency)",
+        run.moved.len(),
+        s(moved_max)
+    );
     let processing_max = run.processing.iter().copied().fold(f64::NAN, f64::max);
     println!(
         "  windows                 {} (processing mean {}, max {})",
@@ -618,6 +634,8 @@ fn main() {
         "reported_live": run.reported.map(|r| r.live),
         "upstream_latency_s": run.reported.map(|r| json_number(secs(r.upstream))),
         "late": late,
+        "moved": run.moved.len(),
+        "moved_max_s": json_number(moved_max),
         // Every buffer's delay, in arrival order, for other thresholds later (e.g. transcriberbin's
         // latency=3000 makes the element report 14.26 s).
         "delays_s": delays.iter().map(|&d| json_number(d)).collect::<Vec<_>>(),

@@ -9,8 +9,8 @@ use std::time::Duration;
 use gst::prelude::*;
 
 use common::{
-    init_gst as init, jfk_samples, model_dir, run_text_harness, white_noise, words, TextOutput,
-    JFK_WORDS,
+    init_gst as init, jfk_samples, model_dir, run_text_harness, run_text_harness_at, white_noise,
+    words, TextOutput, JFK_WORDS,
 };
 use gstwhisperencnpu::transcribe::streaming::StreamOptions;
 
@@ -104,6 +104,49 @@ fn jfk_live_is_committed_once_in_pieces() {
             p.get::<&str>("text").unwrap();
         }
     }
+}
+
+/// Words that reach the element later than its latency allows (here the whole of jfk.wav, its
+/// capture 100 s behind the clock) would be late at a synchronising sink, which shows a buffer at
+/// its PTS plus the latency: every caption is stamped at the earliest time that is on time
+/// instead, says how far it was moved in its step's timing message, and the text is unchanged.
+/// On time (the clock at 0), nothing is moved.
+#[test]
+fn late_words_are_moved_to_be_on_time() {
+    let upstream = gst::ClockTime::from_mseconds(20);
+    let now = gst::ClockTime::from_seconds(100);
+    let el = transcriber("base", "low");
+    let out = run_text_harness_at(&el, &jfk(), 320, Some(upstream), Some(now));
+    let texts: Vec<&str> = out.texts.iter().map(|(_, _, t)| t.as_str()).collect();
+    assert_eq!(words(&texts.join(" ")), JFK_WORDS, "{texts:?}");
+    let latency = out.latency.expect("the latency answered");
+    let earliest = now - latency;
+    let moved: Vec<gst::ClockTime> = out
+        .timings
+        .iter()
+        .filter_map(|t| t.get::<gst::ClockTime>("caption-moved").ok())
+        .collect();
+    // The first caption is moved; those after it follow it, so they are on time as they are.
+    assert!(
+        !moved.is_empty() && moved[0] > gst::ClockTime::from_seconds(80),
+        "the first caption moved by about 100 s less the latency: {moved:?}"
+    );
+    for (i, (pts, _, text)) in out.texts.iter().enumerate() {
+        // The clock stood still while the audio was pushed: each was stamped at now - latency.
+        assert!(
+            *pts >= earliest,
+            "caption {i} {text:?} at {pts}, before {earliest} (latency {latency})"
+        );
+    }
+
+    let on_time = run(&transcriber("base", "low"), &jfk());
+    assert!(
+        on_time
+            .timings
+            .iter()
+            .all(|t| !t.has_field("caption-moved")),
+        "nothing moved when on time"
+    );
 }
 
 /// 30 s of silence live: no text, and GAP events keep downstream's time moving over it.

@@ -225,6 +225,9 @@ pub struct WhisperEncNpu {
     /// Low latency: how long a step may take, as the latency query last answered; raised when a
     /// step takes longer (see `adapt_step_bound`).
     step_bound: Mutex<Option<std::time::Duration>>,
+    /// The latency this element last answered downstream, upstream's included, while upstream is
+    /// live: a text buffer must not start earlier than its arrival minus this.
+    live_latency: Mutex<Option<gst::ClockTime>>,
     /// Raised while flushing or stopping: decoding in progress stops at its next token, and
     /// nothing more is posted for it.
     cancel: Cancel,
@@ -335,6 +338,7 @@ impl WhisperEncNpu {
                     backend: window.backend(),
                     precision: window.precision(),
                     npu: window.npu_window(),
+                    caption_moved: None,
                 };
                 drop(models);
                 drop(map);
@@ -926,6 +930,7 @@ impl WhisperEncNpu {
                 let (live, min, max) = upstream.result();
                 let ours = self.own_latency(live);
                 gst::debug!(CAT, imp = self, "upstream latency {min}, ours {ours}");
+                *self.live_latency.lock().unwrap() = live.then_some(min + ours);
                 q.set(live, min + ours, max.opt_add(ours));
                 true
             }
@@ -998,6 +1003,7 @@ impl ObjectSubclass for WhisperEncNpu {
             models: Mutex::new(Models::default()),
             loaded: Mutex::new(None),
             step_bound: Mutex::new(None),
+            live_latency: Mutex::new(None),
             cancel: Cancel::new(),
         }
     }

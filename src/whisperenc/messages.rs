@@ -30,6 +30,9 @@ pub(super) struct TimingReport {
     pub precision: Precision,
     /// The NPU's launches and reconfigurations for the window's encoder pass (NPU only).
     pub npu: Option<DeviceCounters>,
+    /// Low latency: how far the step's caption was moved later so that it is not late at a
+    /// synchronising sink (its words were committed later than the latency allows).
+    pub caption_moved: Option<gst::ClockTime>,
 }
 
 impl TimingReport {
@@ -57,6 +60,9 @@ impl TimingReport {
         if let Some(npu) = self.npu {
             s.set("npu-launches", npu.launches);
             s.set("npu-reconfigurations", npu.reconfigurations);
+        }
+        if let Some(moved) = self.caption_moved {
+            s.set("caption-moved", moved);
         }
         s
     }

@@ -180,6 +180,9 @@ pub struct TextOutput {
     pub caps: Option<gst::Caps>,
     pub segments: Vec<gst::Structure>,
     pub partials: Vec<gst::Structure>,
+    pub timings: Vec<gst::Structure>,
+    /// The latency the element answered (asked only when the clock was set).
+    pub latency: Option<gst::ClockTime>,
 }
 
 /// Runs `el` in a gst-check Harness (which answers the latency query as a live source, with
@@ -191,6 +194,18 @@ pub fn run_text_harness(
     chunk: usize,
     upstream_latency: Option<gst::ClockTime>,
 ) -> TextOutput {
+    run_text_harness_at(el, audio, chunk, upstream_latency, None)
+}
+
+/// [`run_text_harness`] with the harness's test clock set to the running time `now` once the
+/// latency was asked, before the audio comes: the audio then arrives that much after its capture.
+pub fn run_text_harness_at(
+    el: &gst::Element,
+    audio: &[f32],
+    chunk: usize,
+    upstream_latency: Option<gst::ClockTime>,
+    now: Option<gst::ClockTime>,
+) -> TextOutput {
     let bus = gst::Bus::new();
     el.set_bus(Some(&bus));
     let mut h = gst_check::Harness::with_element(el, Some("sink"), Some("src"));
@@ -199,13 +214,21 @@ pub fn run_text_harness(
         h.set_upstream_latency(latency);
     }
     h.play();
+    let latency = now.map(|now| {
+        let latency = h.query_latency().expect("a latency answer");
+        h.set_time(now).expect("the harness's test clock");
+        latency
+    });
     for (i, piece) in audio.chunks(chunk).enumerate() {
         let pts = gst::ClockTime::from_nseconds((i * chunk) as u64 * 1_000_000_000 / 16_000);
         h.push(f32_buffer(piece, pts)).unwrap();
     }
     h.push_event(gst::event::Eos::new());
 
-    let mut out = TextOutput::default();
+    let mut out = TextOutput {
+        latency,
+        ..TextOutput::default()
+    };
     loop {
         match h.pull_until_eos() {
             Ok(Some(b)) => {
@@ -239,6 +262,7 @@ pub fn run_text_harness(
             match s.name().as_str() {
                 "whisperencnpu-segment" => out.segments.push(s.to_owned()),
                 "whisperencnpu-partial" => out.partials.push(s.to_owned()),
+                "whisperencnpu-timing" => out.timings.push(s.to_owned()),
                 _ => {}
             }
         }

@@ -62,6 +62,15 @@ impl TextClock {
     }
 }
 
+/// One low-latency step's committed words as a text buffer.
+struct Caption {
+    start: gst::ClockTime,
+    end: gst::ClockTime,
+    text: String,
+    /// How much later than its words it was put to be on time ([`WhisperEncNpu::on_time_caption`]).
+    moved: Option<gst::ClockTime>,
+}
+
 /// The transcriber and where its output stands in stream time.
 pub(super) struct TextOutput {
     /// `None` only while switching between the two engines.
@@ -320,6 +329,7 @@ impl WhisperEncNpu {
             backend: encoder.backend(),
             precision: encoder.precision(),
             npu: encoder.npu_window(),
+            caption_moved: None,
         };
         self.post(timing.message());
 
@@ -350,6 +360,25 @@ impl WhisperEncNpu {
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
         let base = clock.base_pts.unwrap_or(gst::ClockTime::ZERO);
         let at = |sample: u64| base + samples_to_time(sample);
+        let mut position = clock.position.unwrap_or(at(0));
+        let caption = match (result.committed.first(), result.committed.last()) {
+            (Some(first), Some(last)) => {
+                let start = at(first.start_sample).max(position);
+                // Words the alignment put over text already shown collapse onto its end: they
+                // were said before the live edge, and a caption of no duration is never shown.
+                let shortest = (MIN_WORD_CAPTION * result.committed.len() as u64)
+                    .min(at(result.live_edge).saturating_sub(start));
+                let end = at(last.end_sample).max(start + shortest);
+                let text = result
+                    .committed
+                    .iter()
+                    .map(|w| w.text.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                Some(self.on_time_caption(start, end, text))
+            }
+            _ => None,
+        };
         let encoder = transcriber.transcriber().encoder();
         let timing = TimingReport {
             index: report.index,
@@ -364,25 +393,13 @@ impl WhisperEncNpu {
             backend: encoder.backend(),
             precision: encoder.precision(),
             npu: encoder.npu_window(),
+            caption_moved: caption.as_ref().and_then(|c| c.moved),
         };
         self.post(timing.message());
         self.adapt_step_bound(report.index, report.processing);
 
-        let mut position = clock.position.unwrap_or(at(0));
-        if let (Some(first), Some(last)) = (result.committed.first(), result.committed.last()) {
-            let start = at(first.start_sample).max(position);
-            // Words the alignment put over text already shown collapse onto its end: they were
-            // said before the live edge, and a caption of no duration is never shown.
-            let shortest = (MIN_WORD_CAPTION * result.committed.len() as u64)
-                .min(at(result.live_edge).saturating_sub(start));
-            let end = at(last.end_sample).max(start + shortest);
-            let text = result
-                .committed
-                .iter()
-                .map(|w| w.text.as_str())
-                .collect::<Vec<_>>()
-                .join(" ");
-            self.push_text_buffer(&mut position, start, end, &text)?;
+        if let Some(c) = caption {
+            self.push_text_buffer(&mut position, c.start, c.end, &c.text)?;
         }
         clock
             .open_words
@@ -421,6 +438,43 @@ impl WhisperEncNpu {
         self.push_gap_until(&mut position, at(result.settled));
         clock.position = Some(position);
         Ok(gst::FlowSuccess::Ok)
+    }
+
+    /// `[start, end]` as a caption that is on time at a synchronising sink: a sink shows a buffer
+    /// at its running time plus the pipeline's latency, so one pushed now must not start before
+    /// now minus the latency this element answered. Words committed later than the policy allows
+    /// (rare: a word the decoder only found after a stall or a pause) are moved that much later,
+    /// whole, rather than shown late or, behind `textoverlay`, not at all.
+    fn on_time_caption(&self, start: gst::ClockTime, end: gst::ClockTime, text: String) -> Caption {
+        let moved = self
+            .earliest_on_time()
+            .and_then(|earliest| earliest.checked_sub(start))
+            .filter(|m| !m.is_zero());
+        if let Some(m) = moved {
+            gst::info!(
+                CAT,
+                imp = self,
+                "{text:?} committed {m} later than the latency allows: moved to be on time"
+            );
+        }
+        let m = moved.unwrap_or(gst::ClockTime::ZERO);
+        Caption {
+            start: start + m,
+            end: end + m,
+            text,
+            moved,
+        }
+    }
+
+    /// The earliest stream time a buffer pushed now may carry and still be on time downstream;
+    /// `None` when upstream is not live or the element runs without a clock.
+    fn earliest_on_time(&self) -> Option<gst::ClockTime> {
+        let latency = (*self.live_latency.lock().unwrap())?;
+        let now = self.obj().current_running_time()?;
+        let deadline = now.checked_sub(latency)?;
+        let event = self.srcpad.sticky_event::<gst::event::Segment>(0)?;
+        let segment = event.segment().downcast_ref::<gst::ClockTime>()?;
+        segment.position_from_running_time(deadline)
     }
 
     /// A step slower than the processing bound the latency query answered with would make its words
