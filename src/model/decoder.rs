@@ -187,11 +187,20 @@ impl KvCache {
     /// length later allocates nothing here: a long run's memory is then reached at start instead
     /// of at its first temperature fallback, beam search or longest prompt, and stays there.
     pub fn reserve_batch(&mut self, n: usize) {
+        self.reserve(n, self.capacity.max(n));
+    }
+
+    /// [`Self::reserve_batch`] for calls of at most `rows` rows (batch times tokens): a cache
+    /// whose largest call is known holds no more activations than it needs. A batch of one needs
+    /// no spare buffer (it is never reordered).
+    pub fn reserve(&mut self, n: usize, rows: usize) {
         let batch = self.batch;
         self.resize_batch(n.max(batch));
-        self.spare.resize(self.k.first().map_or(0, Vec::len), 0.0);
+        if n > 1 {
+            self.spare.resize(self.k.first().map_or(0, Vec::len), 0.0);
+        }
         self.resize_batch(batch);
-        self.scratch.views(self.capacity.max(n), self.d);
+        self.scratch.views(rows, self.d);
     }
 
     fn resize_batch(&mut self, batch: usize) {

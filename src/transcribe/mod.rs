@@ -82,6 +82,12 @@ const LOOKBACK_TOLERANCE: f64 = 0.4;
 const REPEATED_PHRASE_WORDS: usize = 6;
 /// Tokens of previous text given as prompt at most (`n_text_ctx / 2 - 1`).
 pub const MAX_PROMPT_TOKENS: usize = 223;
+/// Rows of the largest call a transcriber makes on its own decoder cache: the prefill of
+/// `<|startofprev|>`, the prompt and the start tokens (`<|startoftranscript|>`, language, task,
+/// `<|notimestamps|>`). A window's alignment pass is shorter: its text is at most
+/// 24 + 12 x 10.24 = 147 tokens. Activations for 228 rows rather than the 448 of the text context
+/// are 4.4 MiB less per stream (issue 12); a longer call would grow them once.
+const LARGEST_OWN_CALL: usize = MAX_PROMPT_TOKENS + 5;
 
 /// A segment to emit, in stream samples.
 struct Emit {
@@ -280,7 +286,7 @@ impl Transcriber {
         };
         let mut kv = decoder.new_cache();
         // One hypothesis: several are decoded in the shared wide cache.
-        kv.reserve_batch(1);
+        kv.reserve(1, LARGEST_OWN_CALL);
         Ok(Transcriber {
             kv,
             cross: CrossKv::default(),

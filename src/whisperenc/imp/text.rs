@@ -28,6 +28,9 @@ const STEP_PROCESSING_WARMUPS: u32 = 4;
 const STEP_BOUND_MARGIN: f64 = 1.25;
 /// A caption lasts at least this long a word (a fast speaker's pace).
 const MIN_WORD_CAPTION: gst::ClockTime = gst::ClockTime::from_mseconds(150);
+/// A caption moved to be on time is stamped this much after the earliest time that is: the time
+/// it takes to reach the sink (a queue, textoverlay) after it is pushed.
+const ON_TIME_MARGIN: gst::ClockTime = gst::ClockTime::from_mseconds(50);
 /// The first steps (allocations, caches) do not move the bound.
 const STEPS_BEFORE_ADAPTING: u64 = 3;
 
@@ -375,7 +378,7 @@ impl WhisperEncNpu {
                     .map(|w| w.text.as_str())
                     .collect::<Vec<_>>()
                     .join(" ");
-                Some(self.on_time_caption(start, end, text))
+                Some(self.on_time_caption(start, end, result.committed.len(), text))
             }
             _ => None,
         };
@@ -443,24 +446,39 @@ impl WhisperEncNpu {
     /// `[start, end]` as a caption that is on time at a synchronising sink: a sink shows a buffer
     /// at its running time plus the pipeline's latency, so one pushed now must not start before
     /// now minus the latency this element answered. Words committed later than the policy allows
-    /// (rare: a word the decoder only found after a stall or a pause) are moved that much later,
-    /// whole, rather than shown late or, behind `textoverlay`, not at all.
-    fn on_time_caption(&self, start: gst::ClockTime, end: gst::ClockTime, text: String) -> Caption {
+    /// (rare: a word the decoder only found after a stall or a pause) start that much later
+    /// (and [`ON_TIME_MARGIN`]) rather than be shown late or, behind `textoverlay`, not at all.
+    fn on_time_caption(
+        &self,
+        start: gst::ClockTime,
+        end: gst::ClockTime,
+        words: usize,
+        text: String,
+    ) -> Caption {
         let moved = self
             .earliest_on_time()
+            .map(|earliest| earliest + ON_TIME_MARGIN)
             .and_then(|earliest| earliest.checked_sub(start))
             .filter(|m| !m.is_zero());
-        if let Some(m) = moved {
-            gst::info!(
-                CAT,
-                imp = self,
-                "{text:?} committed {m} later than the latency allows: moved to be on time"
-            );
-        }
-        let m = moved.unwrap_or(gst::ClockTime::ZERO);
+        let Some(m) = moved else {
+            return Caption {
+                start,
+                end,
+                text,
+                moved,
+            };
+        };
+        gst::info!(
+            CAT,
+            imp = self,
+            "{text:?} committed {m} later than the latency allows: moved to be on time"
+        );
+        // Its end stays where its words end (the next caption is not pushed later for it), but
+        // the caption lasts as long as its words need.
+        let start = start + m;
         Caption {
-            start: start + m,
-            end: end + m,
+            start,
+            end: end.max(start + MIN_WORD_CAPTION * words as u64),
             text,
             moved,
         }
