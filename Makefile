@@ -87,6 +87,11 @@ bench-streams: setup
 bench-tee: setup
 	scripts/bench-tee
 
+# The element's encoder time per window against encoder_bench's, in interleaved rounds (issue 12).
+.PHONY: bench-encoder-gap
+bench-encoder-gap: setup
+	scripts/bench-encoder-gap
+
 # Long runs (issue 9): the joins of jfk.wav and the eval clips (ROUNDS=2: 343 s, 7: 20 minutes)
 # built into target/long-join/, transcribed, checked for repeated sentences and zero-length
 # segments, with the word error rate per round. JOIN_ARGS passes element properties.
