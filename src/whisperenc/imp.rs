@@ -1275,6 +1275,8 @@ impl ElementImpl for WhisperEncNpu {
             }
             gst::StateChange::PausedToReady => {
                 let _ = self.srcpad.stop_task();
+                // The next run's pipeline answers for its own liveness.
+                *self.live_latency.lock().unwrap() = None;
                 let mut stream = self.stream.lock().unwrap();
                 stream.reset();
                 stream.info = None;
