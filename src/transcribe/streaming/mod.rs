@@ -601,7 +601,7 @@ impl StreamingTranscriber {
             check_repetition: o.check_repetition,
             cancel: self.core.cancel.clone(),
         };
-        let cont = continue_text(&self.core, &cross, &params, &prefix);
+        let cont = continue_text(&mut self.core, &cross, &params, &prefix);
         timing.decoded_tokens += cont.tail.len() + 1;
         let is_silence = self.core.options.no_speech_threshold.is_some_and(|th| {
             f64::from(cont.no_speech_prob) > th
@@ -727,18 +727,19 @@ struct Continuation {
 }
 
 /// Runs prompt, start tokens and `prefix` through the decoder in one batched pass, then decodes
-/// greedily token by token.
+/// greedily token by token, in the transcriber's own cache (a step would otherwise allocate a
+/// 448-token cache, 11 MB on base).
 fn continue_text(
-    core: &Transcriber,
+    core: &mut Transcriber,
     cross: &CrossKv,
     p: &DecodeParams,
     prefix: &[u32],
 ) -> Continuation {
-    let (dec, tok) = (&core.decoder, &core.tokenizer);
+    let (dec, tok, cache) = (&core.decoder, &core.tokenizer, &mut core.kv);
     let (mut initial, sot_index) = decoding::initial_tokens(p, tok);
     initial.extend_from_slice(prefix);
-    let mut cache = dec.new_cache();
-    let h = dec.forward(&mut cache, cross, &initial, initial.len());
+    cache.reset();
+    let h = dec.forward(cache, cross, &initial, initial.len());
     let sot_logits = dec.logits(h.slice(s![sot_index..sot_index + 1, ..]));
     let no_speech_prob = match tok.special().no_speech {
         Some(ns) => {
@@ -779,7 +780,7 @@ fn continue_text(
                 break;
             }
         }
-        let h = dec.forward(&mut cache, cross, &[next], 1);
+        let h = dec.forward(cache, cross, &[next], 1);
         logits = dec.logits(h.view()).row(0).to_vec();
     }
     Continuation {
