@@ -2,6 +2,7 @@
 //! Free of GStreamer: the element drives it, and tests and benches can too.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,6 +53,9 @@ pub struct WindowEncoder {
     padded: Vec<f32>,
     mel_frames: Array2<f32>,
     embeddings: Array2<f32>,
+    /// The stream is live (set by its element when upstream says so): its windows go before
+    /// other streams' in the shared encoder.
+    live: Arc<AtomicBool>,
 }
 
 impl WindowEncoder {
@@ -89,7 +93,13 @@ impl WindowEncoder {
             mel_frames: Array2::zeros((n_mels, crate::mel::WINDOW_FRAMES)),
             // Shaped by the first window.
             embeddings: Array2::zeros((0, 0)),
+            live: Arc::default(),
         }
+    }
+
+    /// This stream's windows go first in the shared encoder while `live` is set.
+    pub fn with_live_flag(self, live: Arc<AtomicBool>) -> Self {
+        Self { live, ..self }
     }
 
     /// The encoder, shared or not.
@@ -147,7 +157,11 @@ impl WindowEncoder {
         let mel = start.elapsed();
         let batch = self
             .encoder
-            .encode(&mut self.mel_frames, &mut self.embeddings)
+            .encode(
+                &mut self.mel_frames,
+                &mut self.embeddings,
+                self.live.load(Ordering::Relaxed),
+            )
             .expect("a window's log-mel has the model's bands and the window's frames");
         self.npu_window = batch.device;
         let timing = WindowTiming {

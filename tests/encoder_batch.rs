@@ -149,7 +149,7 @@ fn streams_sharing_an_encoder_are_batched_and_get_their_own_output() {
                         let mut mel = windows[w].1.clone();
                         // A fresh output each window: the encoder must shape it.
                         let mut out = Array2::zeros((0, 0));
-                        let timing = shared.encode(&mut mel, &mut out).expect("encodes");
+                        let timing = shared.encode(&mut mel, &mut out, false).expect("encodes");
                         assert_eq!(
                             mel, windows[w].1,
                             "stream {stream}: its window came back changed"

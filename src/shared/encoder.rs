@@ -5,9 +5,11 @@
 //! No thread of its own and no waiting for company: a stream with a window queues it; if no batch
 //! is running, it runs one itself with every window queued so far (up to [`MAX_BATCH`], oldest
 //! first), else it waits, and the windows that queued while a batch ran go together in the next
-//! one. A stream alone therefore pays a lock and nothing more, and streams are served in the
-//! order their windows came (none starves). One set of scratch buffers serves all streams, as
-//! only one batch runs at a time.
+//! one. A stream alone therefore pays a lock and nothing more. Windows of live streams (a
+//! listener waits on each: their deadline is the latency the element reported) go first, the
+//! oldest first; then the others in the order they came, so a file stream takes what live
+//! streams leave and none waits behind a stream of its own kind. One set of scratch buffers
+//! serves all streams, as only one batch runs at a time.
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -43,6 +45,7 @@ struct Request {
     mel: Array2<f32>,
     out: Array2<f32>,
     queued: Instant,
+    live: bool,
 }
 
 type Outcome = Result<BatchTiming, ModelError>;
@@ -119,8 +122,9 @@ impl SharedEncoder {
     /// some are ready at the same time; returns when `out` holds the window's output
     /// (`positions x d_model`, reshaped if it was not). Both are lent to the batch and given back,
     /// so a stream reuses its buffers from window to window: an allocator that keeps what a
-    /// thread freed would otherwise hold a megabyte or two per stream and thread.
-    pub fn encode(&self, mel: &mut Array2<f32>, out: &mut Array2<f32>) -> Outcome {
+    /// thread freed would otherwise hold a megabyte or two per stream and thread. A `live`
+    /// stream's window goes before the others waiting.
+    pub fn encode(&self, mel: &mut Array2<f32>, out: &mut Array2<f32>, live: bool) -> Outcome {
         let (m, t) = mel.dim();
         if m != self.n_mels || t == 0 || t > self.max_frames {
             return Err(ModelError::InvalidInput(format!(
@@ -140,6 +144,7 @@ impl SharedEncoder {
             mel: std::mem::take(mel),
             out: std::mem::take(out),
             queued: Instant::now(),
+            live,
         });
         loop {
             if let Some(done) = queue.done.remove(&ticket) {
@@ -205,20 +210,24 @@ impl SharedEncoder {
     }
 }
 
-/// Up to [`MAX_BATCH`] of the oldest windows, all of the oldest one's length (a shorter window at
-/// a stream's end goes in a later batch).
+/// Up to [`MAX_BATCH`] windows: live streams' first, each kind oldest first, all of the first
+/// one's length (a shorter window at a stream's end goes in a later batch). `pending` is in the
+/// order the windows came.
 fn take_batch(pending: &mut VecDeque<Request>) -> Vec<Request> {
-    let frames = pending.front().map(|r| r.mel.ncols());
+    let first = pending.iter().find(|r| r.live).or(pending.front());
+    let frames = first.map(|r| r.mel.ncols());
     let mut batch = Vec::new();
-    let mut rest = VecDeque::new();
-    while let Some(r) = pending.pop_front() {
-        if batch.len() < MAX_BATCH && Some(r.mel.ncols()) == frames {
-            batch.push(r);
-        } else {
-            rest.push_back(r);
+    for live in [true, false] {
+        let mut rest = VecDeque::with_capacity(pending.len());
+        while let Some(r) = pending.pop_front() {
+            if r.live == live && batch.len() < MAX_BATCH && Some(r.mel.ncols()) == frames {
+                batch.push(r);
+            } else {
+                rest.push_back(r);
+            }
         }
+        *pending = rest;
     }
-    *pending = rest;
     batch
 }
 
@@ -253,5 +262,74 @@ impl Drop for Running<'_> {
         queue.running = false;
         drop(queue);
         self.owner.finished.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A waiting window: its ticket, whether its stream is live, its frames.
+    fn request(ticket: u64, live: bool, frames: usize) -> Request {
+        Request {
+            ticket,
+            mel: Array2::zeros((1, frames)),
+            out: Array2::zeros((0, 0)),
+            queued: Instant::now(),
+            live,
+        }
+    }
+
+    #[test]
+    fn live_windows_go_first_then_the_oldest() {
+        // (waiting: ticket, live, frames), then the tickets of each batch taken in turn.
+        type Case = (
+            &'static str,
+            &'static [(u64, bool, usize)],
+            &'static [&'static [u64]],
+        );
+        let cases: &[Case] = &[
+            (
+                "in the order they came",
+                &[(0, false, 1024), (1, false, 1024), (2, false, 1024)],
+                &[&[0, 1], &[2]],
+            ),
+            (
+                "a live window passes the files' windows",
+                &[(0, false, 1024), (1, false, 1024), (2, true, 1024)],
+                &[&[2, 0], &[1]],
+            ),
+            (
+                "live windows oldest first",
+                &[
+                    (0, false, 1024),
+                    (1, true, 1024),
+                    (2, true, 1024),
+                    (3, true, 1024),
+                ],
+                &[&[1, 2], &[3, 0]],
+            ),
+            (
+                "one length a batch, the first window's",
+                &[
+                    (0, false, 1024),
+                    (1, true, 600),
+                    (2, false, 600),
+                    (3, true, 1024),
+                ],
+                &[&[1, 2], &[3, 0]],
+            ),
+        ];
+        for &(name, waiting, batches) in cases {
+            let mut pending: VecDeque<Request> = waiting
+                .iter()
+                .map(|&(t, live, frames)| request(t, live, frames))
+                .collect();
+            for (k, want) in batches.iter().enumerate() {
+                let got: Vec<u64> = take_batch(&mut pending).iter().map(|r| r.ticket).collect();
+                assert_eq!(got, *want, "{name}: batch {k}");
+            }
+            assert!(pending.is_empty(), "{name}: windows left over");
+        }
     }
 }

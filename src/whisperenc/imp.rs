@@ -8,6 +8,7 @@
 //! its seek position (so text does not wait for a fixed window grid).
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Instant;
 
@@ -230,6 +231,9 @@ pub struct WhisperEncNpu {
     /// The latency this element last answered downstream, upstream's included, while upstream is
     /// live: a text buffer must not start earlier than its arrival minus this.
     live_latency: Mutex<Option<gst::ClockTime>>,
+    /// Upstream is live, as the latency query last said: this element's windows go before those
+    /// of elements on files in the encoder they share.
+    upstream_live: Arc<AtomicBool>,
     /// Raised while flushing or stopping: decoding in progress stops at its next token, and
     /// nothing more is posted for it.
     cancel: Cancel,
@@ -418,7 +422,8 @@ impl WhisperEncNpu {
                 Arc::strong_count(&shared),
             );
         }
-        let encoder = WindowEncoder::with_shared(shared.encoder.clone());
+        let encoder = WindowEncoder::with_shared(shared.encoder.clone())
+            .with_live_flag(self.upstream_live.clone());
         let loaded = Loaded {
             mode: settings.mode,
             d_model: encoder.d_model(),
@@ -940,6 +945,7 @@ impl WhisperEncNpu {
                 let ours = self.own_latency(live);
                 gst::debug!(CAT, imp = self, "upstream latency {min}, ours {ours}");
                 *self.live_latency.lock().unwrap() = live.then_some(min + ours);
+                self.upstream_live.store(live, Ordering::Relaxed);
                 q.set(live, min + ours, max.opt_add(ours));
                 true
             }
@@ -1013,6 +1019,7 @@ impl ObjectSubclass for WhisperEncNpu {
             loaded: Mutex::new(None),
             step_bound: Mutex::new(None),
             live_latency: Mutex::new(None),
+            upstream_live: Arc::default(),
             cancel: Cancel::new(),
         }
     }
@@ -1277,6 +1284,7 @@ impl ElementImpl for WhisperEncNpu {
                 let _ = self.srcpad.stop_task();
                 // The next run's pipeline answers for its own liveness.
                 *self.live_latency.lock().unwrap() = None;
+                self.upstream_live.store(false, Ordering::Relaxed);
                 let mut stream = self.stream.lock().unwrap();
                 stream.reset();
                 stream.info = None;
