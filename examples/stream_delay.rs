@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! cargo run --release --example stream_delay -- [--model base|DIR] [--step S] [--force S]
-//!     [--pause S] [--min-age S] [--prompt N] [--threads N] [--verbose] [--debug] [--processing S]
+//!     [--pause S] [--min-age S] [--min-prob P] [--alone-prob P] [--prompt N] [--threads N] [--verbose] [--debug] [--processing S]
 //!     [--manifest TSV] [--all-real] [--all-eval] WAV...
 //! ```
 //! `--processing S` lets S seconds of audio arrive during every step instead of the step's
@@ -104,6 +104,8 @@ fn main() {
             "--force" => options.force_after = secs(value()),
             "--pause" => options.pause = secs(value()),
             "--min-age" => options.min_age = secs(value()),
+            "--min-prob" => options.min_word_prob = value().parse().expect("--min-prob P"),
+            "--alone-prob" => options.alone_word_prob = value().parse().expect("--alone-prob P"),
             "--prompt" => options.prompt_tokens = value().parse().expect("tokens"),
             "--threads" => threads = value().parse().expect("threads"),
             "--processing" => processing = Some(value().parse().expect("seconds")),

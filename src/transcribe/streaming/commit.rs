@@ -4,8 +4,9 @@
 //! A word is committed (said, never retracted) when:
 //! - **agreement** (LocalAgreement-2, ufal/whisper_streaming): this pass and the one before agree
 //!   on it and on every word before it, this pass has a word after it (the last word of a pass
-//!   may be cut by the live edge: "American" before "Americans"), and it ended `min_age` before
-//!   the live edge;
+//!   may be cut by the live edge: "American" before "Americans"), it ended `min_age` before
+//!   the live edge, and the decoder was sure of it and of every word before it (a word it
+//!   guesses, two passes guess alike: they see nearly the same audio);
 //! - **pause**: nothing was spoken for `pause` up to the live edge: the whole hypothesis is final;
 //! - **forced**: the word started `force_after` or more before the live edge: every word up to it
 //!   is committed whatever the passes said, so the delay is bounded and the uncommitted span stays
@@ -22,10 +23,12 @@ pub struct TimedWord {
     /// Start and end as stream samples (from the alignment).
     pub start: u64,
     pub end: u64,
+    /// The probability the decoder gave it (the product of its tokens').
+    pub prob: f64,
 }
 
 /// Bounds of the policy, in stream samples.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CommitBounds {
     /// Silence up to the live edge that makes the whole hypothesis final.
     pub pause: u64,
@@ -34,6 +37,13 @@ pub struct CommitBounds {
     /// Agreement commits only words that ended at least this long before the live edge: at the
     /// edge the decoder guesses (words cut, or words it expects next that are not there yet).
     pub min_age: u64,
+    /// Agreement commits only words the decoder gave at least this probability: a word it
+    /// guesses, two passes guess alike (they see nearly the same audio); such words wait for a
+    /// pause or their forced commit, with more audio after them.
+    pub min_prob: f64,
+    /// A word given at least this probability (with every word before it) needs no second
+    /// pass; 1 or more: every word needs two.
+    pub alone_prob: f64,
 }
 
 /// Why words were committed (the strongest reason of the pass).
@@ -108,9 +118,18 @@ impl CommitPolicy {
                 .take_while(|(h, p)| h.key == **p)
                 .count()
                 .min(hyp.len() - 1)
+                .max(
+                    hyp.iter()
+                        .take_while(|w| w.prob >= self.bounds.alone_prob)
+                        .count(),
+                )
+                .min(hyp.len() - 1)
                 .min(
                     hyp.iter()
-                        .take_while(|w| w.end + self.bounds.min_age <= live_edge)
+                        .take_while(|w| {
+                            w.prob >= self.bounds.min_prob
+                                && w.end + self.bounds.min_age <= live_edge
+                        })
                         .count(),
                 );
             let forced = hyp
@@ -160,6 +179,8 @@ mod tests {
         pause: SECOND / 2,
         force_after: 2 * SECOND,
         min_age: 0,
+        min_prob: 0.5,
+        alone_prob: 2.0,
     };
 
     /// Words "a b c" at 0.4 s each from `from` seconds.
@@ -169,9 +190,10 @@ mod tests {
             .map(|(i, w)| {
                 let start = ((from + 0.4 * i as f64) * SECOND as f64) as u64;
                 TimedWord {
-                    key: w.to_string(),
+                    key: w.trim_end_matches('?').to_string(),
                     start,
                     end: start + SECOND * 3 / 10,
+                    prob: if w.ends_with('?') { 0.1 } else { 0.9 },
                 }
             })
             .collect()
@@ -263,6 +285,42 @@ mod tests {
         assert_eq!(p.decide(&hyp, SECOND, Some(SECOND)).count, 0, "first pass");
         let d = p.decide(&hyp, SECOND, Some(SECOND));
         assert_eq!((d.count, d.reason), (1, Some(Agreement)), "second pass");
+    }
+
+    #[test]
+    fn agreement_waits_for_words_the_decoder_is_unsure_of() {
+        run(
+            "an unsure word stops the agreement until its forced commit",
+            &[
+                ("the merch? can do", 0.0, 1.5, Some(1.5), "", None),
+                (
+                    "the merch? can do so",
+                    0.0,
+                    1.7,
+                    Some(1.7),
+                    "the",
+                    Some(Agreement),
+                ),
+                ("merch? can do so you", 0.4, 2.0, Some(2.0), "", None),
+                // "merch" started 2 s before the edge.
+                (
+                    "merch? can do so you",
+                    0.4,
+                    2.4,
+                    Some(2.4),
+                    "merch",
+                    Some(Forced),
+                ),
+                (
+                    "can do so you",
+                    0.8,
+                    2.6,
+                    Some(2.6),
+                    "can do so",
+                    Some(Agreement),
+                ),
+            ],
+        );
     }
 
     #[test]
