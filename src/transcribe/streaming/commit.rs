@@ -6,7 +6,8 @@
 //!   on it and on every word before it, this pass has a word after it (the last word of a pass
 //!   may be cut by the live edge: "American" before "Americans"), it ended `min_age` before
 //!   the live edge, and the decoder was sure of it and of every word before it (a word it
-//!   guesses, two passes guess alike: they see nearly the same audio);
+//!   guesses, two passes guess alike: they see nearly the same audio); of a word it is very sure
+//!   of (`alone_prob`), one pass is enough;
 //! - **pause**: nothing was spoken for `pause` up to the live edge: the whole hypothesis is final;
 //! - **forced**: the word started `force_after` or more before the live edge: every word up to it
 //!   is committed whatever the passes said, so the delay is bounded and the uncommitted span stays
@@ -117,7 +118,6 @@ impl CommitPolicy {
                 .zip(&self.previous)
                 .take_while(|(h, p)| h.key == **p)
                 .count()
-                .min(hyp.len() - 1)
                 .max(
                     hyp.iter()
                         .take_while(|w| w.prob >= self.bounds.alone_prob)
@@ -321,6 +321,25 @@ mod tests {
                 ),
             ],
         );
+    }
+
+    #[test]
+    fn one_pass_is_enough_for_words_the_decoder_is_very_sure_of() {
+        let mut p = CommitPolicy::new(CommitBounds {
+            alone_prob: 0.8,
+            ..BOUNDS
+        });
+        // "ask" and "not" at 0.9, "what" at 0.1, "your" last: a first pass commits "ask not".
+        let hyp = words("ask not what? your", 0.0);
+        let d = p.decide(&hyp, 2 * SECOND, Some(2 * SECOND));
+        assert_eq!((d.count, d.reason), (2, Some(Agreement)), "very sure words");
+        // Nor is the last word of a pass committed alone.
+        let mut p = CommitPolicy::new(CommitBounds {
+            alone_prob: 0.8,
+            ..BOUNDS
+        });
+        let d = p.decide(&words("country", 0.0), SECOND, Some(SECOND));
+        assert_eq!((d.count, d.reason), (0, None), "the last word");
     }
 
     #[test]
