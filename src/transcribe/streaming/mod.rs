@@ -11,8 +11,10 @@
 //! - [`commit::CommitPolicy`] decides which words are final (two passes agree, a pause, or a
 //!   forced commit when a word gets old); committed words are never retracted;
 //! - hallucination guards that leave real speech alone: no decoding while the uncommitted audio
-//!   is quiet, Whisper's no-speech rule on the step, a loop in the new text cut off, and words
-//!   the alignment puts after the speech has ended (over silence) are not kept.
+//!   is quiet, Whisper's no-speech rule on the step, a loop in the new text cut off, words
+//!   the alignment puts after the speech has ended (over silence) are not kept, and the text of
+//!   a short window decoded without the forced prefix (a stall) counts only when the decoder is
+//!   sure of it.
 //!
 //! A step always covers all the audio up to the live edge, so steps merge when processing falls
 //! behind and the delay stays bounded.
@@ -380,6 +382,7 @@ impl StreamingTranscriber {
                 "streaming: no text for speech from {:.2} s: again without the forced prefix",
                 speech.map_or(0.0, |s| s.0 as f64 / f64::from(SAMPLE_RATE))
             );
+            let min_prob = self.options.min_word_prob;
             let last_key = self
                 .committed
                 .last()
@@ -397,6 +400,17 @@ impl StreamingTranscriber {
                     // Not the last committed word again.
                     if p.words.first().map(|w| Some(&w.key)) == Some(last_key.as_ref()) {
                         p.words.remove(0);
+                    }
+                    // The short window is where Whisper invents ("Great.", "Thanks.", "Yeah."
+                    // over the noise after a sentence): its text counts only when the decoder is
+                    // sure of it on the whole (a word of it may be unsure: "It" before a clear
+                    // sentence). Else the audio stays uncommitted; later passes see more of it.
+                    if !p.words.is_empty() && p.avg_logprob < min_prob.ln() {
+                        log::debug!(
+                            "streaming: the short window's text is unsure (lp {:.2}): dropped",
+                            p.avg_logprob
+                        );
+                        p.words.clear();
                     }
                     p
                 });
