@@ -35,20 +35,25 @@ pub fn isa() -> Isa {
     Isa::Scalar
 }
 
+/// Whether this CPU runs `isa` (without allocating: kernels ask it on their hot path).
+pub fn supports(isa: Isa) -> bool {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => is_x86_feature_detected!("avx512f"),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+        Isa::Scalar => true,
+        #[allow(unreachable_patterns)]
+        _ => false,
+    }
+}
+
 /// Instruction sets this CPU can run, best first (tests force each).
 pub fn available_isas() -> Vec<Isa> {
-    let mut v = Vec::new();
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") {
-            v.push(Isa::Avx512);
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            v.push(Isa::Avx2);
-        }
-    }
-    v.push(Isa::Scalar);
-    v
+    [Isa::Avx512, Isa::Avx2, Isa::Scalar]
+        .into_iter()
+        .filter(|&isa| supports(isa))
+        .collect()
 }
 
 const LN_EPS: f32 = 1e-5;
@@ -705,7 +710,7 @@ impl Math {
 
     /// The kernels of `isa`, if this CPU runs them.
     pub fn with_isa(isa: Isa) -> Option<Math> {
-        available_isas().contains(&isa).then_some(Math { isa })
+        supports(isa).then_some(Math { isa })
     }
 
     pub fn isa(&self) -> Isa {

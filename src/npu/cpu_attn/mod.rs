@@ -42,7 +42,7 @@ fn has_avx512() -> bool {
 
 /// Whether the AVX2 + FMA kernel can run here (on an AVX-512 CPU too, as the tests force it).
 fn has_avx2() -> bool {
-    cpu_math::available_isas().contains(&Isa::Avx2)
+    cpu_math::supports(Isa::Avx2)
 }
 
 /// Per-thread buffers of the kernel.
