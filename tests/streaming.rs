@@ -32,15 +32,7 @@ fn streaming(model: &str) -> StreamingTranscriber {
 
 /// Pushes `audio` in 20 ms pieces, steps whenever a step is due, then finishes the stream.
 fn run(st: &mut StreamingTranscriber, audio: &[f32]) -> Vec<StepResult> {
-    let mut steps = Vec::new();
-    for piece in audio.chunks(PIECE) {
-        st.push_audio(piece);
-        if st.wants_step() {
-            steps.push(st.step());
-        }
-    }
-    steps.push(st.finish());
-    steps
+    run_lagging(st, audio, 0)
 }
 
 /// As [`run`], with `lag` samples arriving while each step computes (a loaded machine's timing:
