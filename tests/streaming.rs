@@ -1,6 +1,7 @@
 //! The streaming (low-latency) transcriber with the real base model: jfk.wav pushed in 20 ms
 //! pieces gives the sentence once, word times in order and inside the speech; 30 s of silence and
-//! of noise give no text, committed or interim; the noise after a sentence gets no invented word.
+//! of noise give no text, committed or interim; the noise after a sentence gets no invented word;
+//! checking the last step's words as a draft changes nothing of what is said.
 mod common;
 
 use gstwhisperencnpu::model::WhisperModel;
@@ -16,6 +17,10 @@ const JFK: &str = "And so my fellow Americans, ask not what your country can do 
 const PIECE: usize = 320;
 
 fn streaming(model: &str) -> StreamingTranscriber {
+    streaming_with(model, StreamOptions::default())
+}
+
+fn streaming_with(model: &str, stream: StreamOptions) -> StreamingTranscriber {
     let model = WhisperModel::load(&common::model_dir(model)).unwrap();
     let enc = EncoderOptions {
         backend: BackendChoice::Cpu,
@@ -27,7 +32,7 @@ fn streaming(model: &str) -> StreamingTranscriber {
         ..TranscribeOptions::default()
     };
     let core = Transcriber::new(&model, &enc, options).unwrap();
-    StreamingTranscriber::new(core, StreamOptions::default())
+    StreamingTranscriber::new(core, stream)
 }
 
 /// Pushes `audio` in 20 ms pieces, steps whenever a step is due, then finishes the stream.
@@ -177,4 +182,41 @@ fn the_noise_after_a_sentence_gets_no_invented_words() {
         next.starts_with("ri"),
         "the word after the sentence is {next:?}, not the next sentence's \"Rice\": {words:?}"
     );
+}
+
+/// The draft (the last step's uncommitted words, checked in the pass that reads the prefix) only
+/// saves token-by-token passes: every step commits the same words at the same times, with the
+/// same interim text, as decoding token by token. Over jfk's sentence, the noise after it and the
+/// next sentences (the first 30 s of long-form-mixed, 0.3 s arriving during each step).
+#[test]
+fn a_draft_changes_no_token() {
+    let audio = wav("audio/eval/long-form-mixed.wav");
+    let audio = &audio[..30 * 16_000];
+    let lag = 16_000 * 3 / 10;
+    let with = run_lagging(&mut streaming("base"), audio, lag);
+    let without = run_lagging(
+        &mut streaming_with(
+            "base",
+            StreamOptions {
+                draft: false,
+                ..StreamOptions::default()
+            },
+        ),
+        audio,
+        lag,
+    );
+    assert_eq!(with.len(), without.len(), "steps");
+    let committed: usize = with.iter().map(|s| s.committed.len()).sum();
+    assert!(committed > 40, "only {committed} words committed");
+    for (i, (a, b)) in with.iter().zip(&without).enumerate() {
+        let at = a.live_edge as f64 / 16_000.0;
+        assert_eq!(
+            a.committed, b.committed,
+            "step {i} (live edge {at:.2} s): committed words"
+        );
+        assert_eq!(
+            a.partial, b.partial,
+            "step {i} (live edge {at:.2} s): interim text"
+        );
+    }
 }

@@ -175,6 +175,11 @@ impl KvCache {
         self.len = 0;
     }
 
+    /// Forgets the tokens after the first `len` (a draft the decoder did not confirm).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
     /// An empty batch of one again, for the next window, keeping the buffers (and their memory)
     /// of the largest batch seen.
     pub fn reset(&mut self) {
