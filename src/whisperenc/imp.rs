@@ -27,11 +27,13 @@ use crate::window::{EncoderOptions, SetupError, WindowEncoder};
 mod embeddings;
 mod prepared;
 mod queue;
+mod step_bound;
 mod text;
 
 use embeddings::EmbeddingsOutput;
 use prepared::{ModelKey, Models, Prepared, Processor, SharedModel, SHARED_MODELS};
 use queue::{Chunk, HandOff, Item};
+use step_bound::StepBound;
 use text::{TextClock, TextEngine, TextOutput};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -225,9 +227,9 @@ pub struct WhisperEncNpu {
     /// What the running model can do (for caps, chunking and latency): readable while the src
     /// task holds `models` for a window.
     loaded: Mutex<Option<Loaded>>,
-    /// Low latency: how long a step may take, as the latency query last answered; raised when a
-    /// step takes longer (see `adapt_step_bound`).
-    step_bound: Mutex<Option<std::time::Duration>>,
+    /// Low latency: how long a step may take, as the latency query last answered; raised when
+    /// steps take longer (see `adapt_step_bound`).
+    step_bound: Mutex<StepBound>,
     /// The latency this element last answered downstream, upstream's included, while upstream is
     /// live: a text buffer must not start earlier than its arrival minus this.
     live_latency: Mutex<Option<gst::ClockTime>>,
@@ -409,7 +411,7 @@ impl WhisperEncNpu {
             return Ok(());
         }
         // A new model: its own processing bound, measured below.
-        *self.step_bound.lock().unwrap() = None;
+        self.step_bound.lock().unwrap().reset();
         let (shared, prepared_now) = SHARED_MODELS
             .get_or_try_insert_with(&key.shared(), || self.prepare_shared(&settings))?;
         if !prepared_now {
@@ -1017,7 +1019,7 @@ impl ObjectSubclass for WhisperEncNpu {
             queue: HandOff::default(),
             models: Mutex::new(Models::default()),
             loaded: Mutex::new(None),
-            step_bound: Mutex::new(None),
+            step_bound: Mutex::new(StepBound::default()),
             live_latency: Mutex::new(None),
             upstream_live: Arc::default(),
             cancel: Cancel::new(),

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
+use super::step_bound::SLOW_STEPS;
 use super::{samples_to_time, window_duration, Processor, WhisperEncNpu, CAT};
 use crate::mel::SAMPLE_RATE;
 use crate::transcribe::streaming::{StepResult, StreamOptions, StreamingTranscriber};
@@ -23,13 +24,11 @@ const MAX_MERGED_STEPS: u32 = 4;
 /// not say, in warm-up windows (the encoder's time at load): a step encodes one window and decodes
 /// a few tokens, which took half to one encoder time again on base and tiny.en (0.35 s on average
 /// against a 0.135 s warm-up, base f32 on 2 AVX2 cores). The slowest steps of a 10-minute live run
-/// took 4 to 6 warm-ups: no multiple covers a shared host's worst step, so a slower step raises
+/// took 4 to 6 warm-ups: no multiple covers a shared host's worst step, so slower steps raise
 /// the bound ([`WhisperEncNpu::adapt_step_bound`]) and a caption that still comes late is stamped
 /// on time ([`WhisperEncNpu::on_time_caption`]); 4 warm-ups put the reported latency at 3.06 s on
 /// this machine, 3.5 at 2.9 s.
 const STEP_PROCESSING_WARMUPS: f64 = 3.5;
-/// A step slower than the bound raises it to this many times its own time, with a latency message.
-const STEP_BOUND_MARGIN: f64 = 1.25;
 /// A caption lasts at least this long a word (a fast speaker's pace).
 const MIN_WORD_CAPTION: gst::ClockTime = gst::ClockTime::from_mseconds(150);
 /// A caption moved to be on time is stamped this much after the earliest time that is: the time
@@ -213,7 +212,7 @@ impl WhisperEncNpu {
     ) -> gst::ClockTime {
         let processing = match configured {
             Some(c) => Duration::from_nanos(c.nseconds()),
-            None => *self.step_bound.lock().unwrap().get_or_insert_with(|| {
+            None => self.step_bound.lock().unwrap().get_or_init(|| {
                 let warmup = warmup.unwrap_or_else(window_duration);
                 Duration::from_nanos(warmup.nseconds()).mul_f64(STEP_PROCESSING_WARMUPS)
             }),
@@ -499,28 +498,23 @@ impl WhisperEncNpu {
         segment.position_from_running_time(deadline)
     }
 
-    /// A step slower than the processing bound the latency query answered with would make its words
-    /// late at a syncing sink: the bound is raised past it and the pipeline told to ask again.
+    /// Steps slower than the processing bound the latency query answered with would make their
+    /// words late at a syncing sink: when a few recent ones are ([`StepBound::record`]), the bound
+    /// is raised past them and the pipeline told to ask again.
     fn adapt_step_bound(&self, index: u64, processing: std::time::Duration) {
         if index < STEPS_BEFORE_ADAPTING || self.settings.lock().unwrap().latency_ms > 0 {
             return;
         }
-        let mut bound = self.step_bound.lock().unwrap();
-        match *bound {
-            Some(b) if processing > b => {
-                let raised = processing.mul_f64(STEP_BOUND_MARGIN);
-                gst::info!(
-                    CAT,
-                    imp = self,
-                    "a step took {processing:?}, more than the {b:?} the latency allows: {raised:?} now"
-                );
-                *bound = Some(raised);
-                drop(bound);
-                let _ = self
-                    .obj()
-                    .post_message(gst::message::Latency::builder().src(&*self.obj()).build());
-            }
-            _ => {}
+        let raised = self.step_bound.lock().unwrap().record(processing);
+        if let Some(raised) = raised {
+            gst::info!(
+                CAT,
+                imp = self,
+                "{} of the last steps took more than the latency allows (this one {processing:?}): {raised:?} now", SLOW_STEPS
+            );
+            let _ = self
+                .obj()
+                .post_message(gst::message::Latency::builder().src(&*self.obj()).build());
         }
     }
 
