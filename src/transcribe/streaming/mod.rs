@@ -6,6 +6,9 @@
 //!   ends) so that it is at most 10.24 s long; the committed words inside it are the decoder's
 //!   forced prefix, the committed text before it the `<|startofprev|>` prompt. Decoding only
 //!   continues the committed text, so nothing is said twice by construction;
+//! - the last step's uncommitted words are a draft of the text: the pass that reads the prefix
+//!   reads them too, and every draft token the decoder would pick next costs no token-by-token
+//!   pass of its own (speculative decoding; the text is the greedy decoding's);
 //! - where the hypothesis' words are comes from the decoder's alignment heads over prefix and
 //!   hypothesis ([`super::alignment`]), narrowed to loud audio as the window decoding does;
 //! - [`commit::CommitPolicy`] decides which words are final (two passes agree, a pause, or a
