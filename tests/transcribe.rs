@@ -313,6 +313,50 @@ fn decoder_cache_batch_and_full_sequence_agree() {
     }
 }
 
+/// Word alignment runs the decoder only up to the layer of the last head it reads: the scores
+/// are bit for bit those of a pass through every layer (asked for with a head the model does not
+/// have, which makes it run them all).
+#[test]
+fn alignment_scores_need_no_later_layer() {
+    use gstwhisperencnpu::model::decoder::Decoder;
+    use gstwhisperencnpu::model::tokenizer::Tokenizer;
+    use gstwhisperencnpu::npu::CpuF32Engine;
+    let dir = common::model_dir("tiny.en");
+    let model = WhisperModel::load(&dir).unwrap();
+    let tok = Tokenizer::load(&dir.join("tokenizer.json"), model.dims().n_vocab).unwrap();
+    let dec = Decoder::new(&model, std::sync::Arc::new(CpuF32Engine::new()), 0).unwrap();
+    let layers = model.dims().n_decoder_layers;
+    let cross = dec.cross_kv(common::read_npy_2d("golden/enc_tiny.en_jfk.npy").view());
+    let mut tokens = vec![tok.sot(), tok.special().no_timestamps];
+    tokens.extend(tok.encode(" And so my fellow Americans"));
+    tokens.push(tok.eot());
+    for (name, heads) in [
+        (
+            "the model's alignment heads",
+            model.config().alignment_heads.clone(),
+        ),
+        ("heads of the second layer", vec![(1, 0), (1, 3)]),
+        ("one head of the first layer", vec![(0, 2)]),
+    ] {
+        let mut all_layers = heads.clone();
+        all_layers.push((layers, 0));
+        let short = dec.cross_attention_scores(&cross, &tokens, &heads);
+        let full = dec.cross_attention_scores(&cross, &tokens, &all_layers);
+        assert!(
+            full[heads.len()].is_empty(),
+            "{name}: a head the model lacks has scores"
+        );
+        for (i, (a, b)) in short.iter().zip(&full).enumerate() {
+            assert_eq!(
+                a.dim(),
+                (tokens.len(), cross.positions()),
+                "{name}: head {i}"
+            );
+            assert!(a == b, "{name}: head {i} ({:?}) differs", heads[i]);
+        }
+    }
+}
+
 #[test]
 fn transcriber_can_move_to_a_streaming_thread() {
     fn assert_send<T: Send>() {}

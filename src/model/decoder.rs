@@ -75,6 +75,11 @@ struct CrossCapture<'a> {
 }
 
 impl CrossCapture<'_> {
+    /// The deepest layer with a head of interest.
+    fn last_layer(&self) -> Option<usize> {
+        self.heads.iter().map(|&(l, _)| l).max()
+    }
+
     /// Records layer `layer`'s heads of interest from its queries and the window's keys.
     fn record(&mut self, layer: usize, q: ArrayView2<f32>, k: ArrayView2<f32>, dh: usize) {
         let scale = 1.0 / (dh as f32).sqrt();
@@ -438,8 +443,9 @@ impl Decoder {
         self.cross_attention_scores_in(&mut cache, cross, tokens, heads)
     }
 
-    /// [`Self::cross_attention_scores`] on `cache` (reset first), in its memory: a transcriber
-    /// runs it on the cache it decodes with.
+    /// [`Self::cross_attention_scores`] on `cache` (reset first, and left empty: the layers after
+    /// the last head's do not run), in its memory: a transcriber runs it on the cache it decodes
+    /// with.
     pub fn cross_attention_scores_in(
         &self,
         cache: &mut KvCache,
@@ -532,6 +538,13 @@ impl Decoder {
                 if let Some(cap) = capture.as_deref_mut() {
                     let dh = d / self.dims.n_decoder_heads;
                     cap.record(li, qkv.slice(s![.., ..d]), kv.slice(s![.., ..d]), dh);
+                    // Nothing after the last head's scores changes them: the rest of the layers
+                    // would only make hidden states no one reads (base: the last layer's
+                    // feed-forward, a tenth of the pass; tiny.en: its last layer too).
+                    if cap.last_layer() == Some(li) {
+                        cache.clear();
+                        return Array2::zeros((0, d));
+                    }
                 }
                 layer.out_cross.forward(att.view(), proj.view_mut());
                 x += &proj;

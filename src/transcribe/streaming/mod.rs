@@ -736,14 +736,14 @@ impl StreamingTranscriber {
     /// Start position (20 ms steps from the window start) of every token of `prefix` + `tail`,
     /// and where the text ends, from the alignment heads; `None` without them.
     fn align(
-        &self,
+        &mut self,
         cross: &CrossKv,
         language: Option<u32>,
         n: usize,
         prefix: &[u32],
         tail: &[u32],
     ) -> Option<Vec<usize>> {
-        let core = &self.core;
+        let core = &mut self.core;
         if core.alignment_heads.is_empty() {
             return None;
         }
@@ -765,9 +765,12 @@ impl StreamingTranscriber {
         seq.extend_from_slice(prefix);
         seq.extend_from_slice(tail);
         seq.push(sp.eot);
-        let scores = core
-            .decoder
-            .cross_attention_scores(cross, &seq, &core.alignment_heads);
+        let scores = core.decoder.cross_attention_scores_in(
+            &mut core.kv,
+            cross,
+            &seq,
+            &core.alignment_heads,
+        );
         let positions = n.div_ceil(SAMPLES_PER_TIMESTAMP as usize);
         alignment::token_positions(&scores, start_tokens, n_text, positions)
     }
@@ -792,7 +795,9 @@ struct Continuation {
 /// tokens, so every draft token that is what greedy decoding picks costs no token-by-token pass
 /// (each reads all the decoder's weights and the vocabulary's: on base f32, 194 MB). The first
 /// token that differs ends the draft; what follows is decoded as without one. The text is the
-/// greedy decoding's whatever the draft (tested: `a_draft_changes_no_token`).
+/// greedy decoding's whatever the draft (tested: `a_draft_changes_no_token`), up to the last bits
+/// of a logit: a row computed in the batched pass may round differently from the same row
+/// computed alone (as the prefix's rows already do), which could only matter at a near-tie.
 fn continue_text(
     core: &mut Transcriber,
     cross: &CrossKv,
