@@ -95,10 +95,7 @@ pub struct StreamOptions {
 /// - a word of probability 0.95 or more needs no second pass: 74 + 72 against 76 + 72 at 0.7,
 ///   0.01 to 0.04 s sooner;
 /// - forcing after 1.6 s rather than 1.8 s then: 78 + 75 errors at 1.82 s, and 0.2 s less in the
-///   latency bound; live at real time 1.93 s against 2.02 s (the issue asks at most 2);
-/// - a prompt of 48 tokens of committed text rather than 96 (`--processing 0.4`): 77 + 70 errors
-///   against 77 + 72, the same delays, and the pass over prompt and prefix (61 ms a step on
-///   average with 96) a third shorter.
+///   latency bound; live at real time 1.93 s against 2.02 s (the issue asks at most 2).
 impl Default for StreamOptions {
     fn default() -> Self {
         StreamOptions {
@@ -106,7 +103,7 @@ impl Default for StreamOptions {
             pause: Duration::from_millis(500),
             force_after: Duration::from_millis(1600),
             min_age: Duration::from_millis(300),
-            prompt_tokens: 48,
+            prompt_tokens: 96,
             min_word_prob: 0.6,
             alone_word_prob: 0.95,
             draft: true,
