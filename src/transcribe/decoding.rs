@@ -314,6 +314,7 @@ pub(crate) fn decode(
     // Hypotheses still running, in cache order, and their logits.
     let mut active: Vec<usize> = (0..n).collect();
     let mut logits: Vec<Vec<f32>> = vec![last.row(0).to_vec(); n];
+    let _stepping = dec.stepping();
     for _ in 0..sample_len {
         if p.cancel.is_set() {
             break;
@@ -355,8 +356,7 @@ pub(crate) fn decode(
             active = keep.iter().map(|&s| active[s]).collect();
         }
         let feed: Vec<u32> = keep.iter().map(|&s| next_tokens[s]).collect();
-        let h = dec.forward(cache, cross, &feed, 1);
-        let lg = dec.logits(h.view());
+        let lg = dec.step(cache, cross, &feed);
         logits = lg.rows().into_iter().map(|r| r.to_vec()).collect();
     }
     // Rank: sum of log-probabilities over length (OpenAI's ranker without length penalty).
@@ -438,6 +438,7 @@ fn beam_search(
     };
     let mut beams: Vec<Beam> = vec![empty; beam];
     let mut logits: Vec<Vec<f32>> = vec![first.to_vec(); beam];
+    let _stepping = dec.stepping();
     // Finished beams; the log-probability of <|endoftext|> is in `logprobs`, not in `tokens`.
     let mut finished: Vec<Beam> = Vec::new();
     for _ in 0..sample_len {
@@ -521,8 +522,7 @@ fn beam_search(
             .map(|b| *b.tokens.last().expect("token"))
             .collect();
         beams = next;
-        let h = dec.forward(cache, cross, &feed, 1);
-        let lg = dec.logits(h.view());
+        let lg = dec.step(cache, cross, &feed);
         logits = lg.rows().into_iter().map(|r| r.to_vec()).collect();
     }
     if finished.is_empty() {

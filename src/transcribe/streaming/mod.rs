@@ -832,6 +832,7 @@ fn continue_text(
     let mut sum_logprob = 0.0;
     let mut sampled = 0usize;
     let mut repetition = false;
+    let _stepping = dec.stepping();
     for _ in 0..sample_len {
         if p.cancel.is_set() {
             break;
@@ -869,8 +870,7 @@ fn continue_text(
             }
             None => {}
         }
-        let h = dec.forward(cache, cross, &[next], 1);
-        logits = dec.logits(h.view()).row(0).to_vec();
+        logits = dec.step(cache, cross, &[next]).row(0).to_vec();
     }
     Continuation {
         tail: seq[prefix.len()..].to_vec(),

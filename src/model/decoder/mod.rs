@@ -18,7 +18,7 @@
 //! decode ([`KvCache::reserve_batch`]). Allocating them per window (tens of MiB at a best-of-5
 //! fallback) let glibc keep that memory in its arenas after the first fallback: a long
 //! transcription's resident memory stepped up minutes into the run instead of at start.
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use ndarray::{
     s, Array1, Array2, ArrayBase, ArrayView1, ArrayView2, ArrayViewMut2, Axis, DataMut, Ix2, Zip,
@@ -30,6 +30,10 @@ use super::{Dims, ModelError, WhisperModel};
 use crate::npu::cpu::{matmul, Parallel};
 use crate::npu::cpu_math::Math;
 use crate::npu::{Engine, Linear};
+
+pub mod batch;
+
+use batch::StepBatcher;
 
 struct Layer {
     ln_self: LayerNorm,
@@ -265,6 +269,26 @@ impl KvCache {
     }
 }
 
+/// One cache's share of a decoder call.
+struct Part<'a> {
+    cache: &'a mut KvCache,
+    cross: &'a CrossKv,
+    tokens: &'a [u32],
+}
+
+/// A stream's token-by-token step, queued for a batch: the borrows of its [`Decoder::step`] call,
+/// as pointers (the batch may run on another stream's thread while this one waits).
+pub struct StepJob {
+    cache: *mut KvCache,
+    cross: *const CrossKv,
+    tokens: *const [u32],
+    logits: *mut Array2<f32>,
+}
+
+// SAFETY: a job is only dereferenced by the batch that runs it, while the stream that queued it
+// waits for that batch to finish (see `Decoder::run_steps`).
+unsafe impl Send for StepJob {}
+
 /// The Whisper decoder, weights prepared on an engine.
 pub struct Decoder {
     dims: Dims,
@@ -277,6 +301,10 @@ pub struct Decoder {
     /// The process's pool for this many threads ([`crate::shared::pool`]).
     pool: Arc<rayon::ThreadPool>,
     math: Math,
+    /// Where the token-by-token steps of the streams sharing this decoder meet ([`batch`]).
+    steps: StepBatcher<StepJob>,
+    /// The activations of a batch of steps (one batch runs at a time).
+    step_scratch: Mutex<Scratch>,
 }
 
 impl std::fmt::Debug for Decoder {
@@ -341,6 +369,8 @@ impl Decoder {
             proj,
             pool,
             math: Math::new(),
+            steps: StepBatcher::default(),
+            step_scratch: Mutex::new(Scratch::default()),
         })
     }
 
@@ -426,7 +456,7 @@ impl Decoder {
         tokens: &[u32],
         t: usize,
     ) -> Array2<f32> {
-        self.forward_impl(cache, cross, tokens, t, None)
+        self.forward_one(cache, cross, tokens, t, None)
     }
 
     /// Runs one token sequence from the start (a fresh cache) and returns, for each `(layer, head)`
@@ -458,91 +488,116 @@ impl Decoder {
             heads,
             scores: vec![Array2::zeros((0, 0)); heads.len()],
         };
-        self.forward_impl(cache, cross, tokens, tokens.len(), Some(&mut capture));
+        self.forward_one(cache, cross, tokens, tokens.len(), Some(&mut capture));
         capture.scores
     }
 
+    /// The layers over `parts`, each `t` new tokens per sequence of its cache, as one call: the
+    /// linear layers run once on all the parts' rows (the weights read once), attention runs per
+    /// part on its own cache and window. Returns the final hidden states, the parts' rows in
+    /// order. `capture` needs a single part.
     fn forward_impl(
         &self,
-        cache: &mut KvCache,
-        cross: &CrossKv,
-        tokens: &[u32],
+        parts: &mut [Part<'_>],
         t: usize,
+        scratch: &mut Scratch,
         mut capture: Option<&mut CrossCapture<'_>>,
     ) -> Array2<f32> {
-        let b = cache.batch;
-        assert_eq!(tokens.len(), b * t, "tokens must be batch x t");
-        assert!(cache.len + t <= cache.capacity, "text context exceeded");
+        assert!(capture.is_none() || parts.len() == 1, "capture of one part");
         let d = self.dims.d_model;
-        let p0 = cache.len;
-        let mut x = Array2::<f32>::zeros((b * t, d));
-        for (r, mut row) in x.rows_mut().into_iter().enumerate() {
-            let tok = tokens[r] as usize;
-            assert!(tok < self.dims.n_vocab, "token {tok} out of the vocabulary");
-            let p = p0 + r % t;
-            Zip::from(&mut row)
-                .and(self.embeddings.row(tok))
-                .and(self.pos.row(p))
-                .for_each(|x, &e, &q| *x = e + q);
+        // Each part's first row in the call.
+        let mut first_row = Vec::with_capacity(parts.len());
+        let mut rows = 0;
+        for part in parts.iter() {
+            let b = part.cache.batch;
+            assert_eq!(part.tokens.len(), b * t, "tokens must be batch x t");
+            assert!(
+                part.cache.len + t <= part.cache.capacity,
+                "text context exceeded"
+            );
+            first_row.push(rows);
+            rows += b * t;
+        }
+        let mut x = Array2::<f32>::zeros((rows, d));
+        for (part, &r0) in parts.iter().zip(&first_row) {
+            for (r, &tok) in part.tokens.iter().enumerate() {
+                let tok = tok as usize;
+                assert!(tok < self.dims.n_vocab, "token {tok} out of the vocabulary");
+                let p = part.cache.len + r % t;
+                Zip::from(&mut x.row_mut(r0 + r))
+                    .and(self.embeddings.row(tok))
+                    .and(self.pos.row(p))
+                    .for_each(|x, &e, &q| *x = e + q);
+            }
         }
         self.pool.install(|| {
-            let rows = b * t;
-            let [mut h, mut qkv, mut att, mut proj, mut ffn] = cache.scratch.views(rows, d);
+            let [mut h, mut qkv, mut att, mut proj, mut ffn] = scratch.views(rows, d);
             for (li, layer) in self.layers.iter().enumerate() {
-                // Causal self-attention over the cache and the new tokens.
+                // Causal self-attention over each part's cache and its new tokens.
                 layer
                     .ln_self
                     .apply(self.math, d, slice(&x), slice_mut(&mut h));
                 layer.qkv.forward(h.view(), qkv.view_mut());
-                let (kc, vc) = (&mut cache.k[li], &mut cache.v[li]);
-                let stride = cache.capacity * d;
-                for bi in 0..b {
-                    for i in 0..t {
-                        let row = qkv.row(bi * t + i);
-                        let off = bi * stride + (p0 + i) * d;
-                        for (dst, src) in kc[off..off + d].iter_mut().zip(row.slice(s![d..2 * d])) {
-                            *dst = *src;
-                        }
-                        for (dst, src) in vc[off..off + d].iter_mut().zip(row.slice(s![2 * d..])) {
-                            *dst = *src;
+                for (part, &r0) in parts.iter_mut().zip(&first_row) {
+                    let cache = &mut *part.cache;
+                    let (b, p0) = (cache.batch, cache.len);
+                    let (kc, vc) = (&mut cache.k[li], &mut cache.v[li]);
+                    let stride = cache.capacity * d;
+                    for bi in 0..b {
+                        for i in 0..t {
+                            let row = qkv.row(r0 + bi * t + i);
+                            let off = bi * stride + (p0 + i) * d;
+                            kc[off..off + d].copy_from_slice(
+                                row.slice(s![d..2 * d]).as_slice().expect("contiguous row"),
+                            );
+                            vc[off..off + d].copy_from_slice(
+                                row.slice(s![2 * d..]).as_slice().expect("contiguous row"),
+                            );
                         }
                     }
-                }
-                for bi in 0..b {
-                    let n_keys = p0 + t;
-                    let k = ArrayView2::from_shape((n_keys, d), &kc[bi * stride..][..n_keys * d])
-                        .expect("cache slice");
-                    let v = ArrayView2::from_shape((n_keys, d), &vc[bi * stride..][..n_keys * d])
-                        .expect("cache slice");
-                    let q = qkv.slice(s![bi * t..(bi + 1) * t, ..d]);
-                    let out = att.slice_mut(s![bi * t..(bi + 1) * t, ..]);
-                    self.attend(q, k, v, Some(p0), out);
+                    for bi in 0..b {
+                        let n_keys = p0 + t;
+                        let k =
+                            ArrayView2::from_shape((n_keys, d), &kc[bi * stride..][..n_keys * d])
+                                .expect("cache slice");
+                        let v =
+                            ArrayView2::from_shape((n_keys, d), &vc[bi * stride..][..n_keys * d])
+                                .expect("cache slice");
+                        let rows = r0 + bi * t..r0 + (bi + 1) * t;
+                        let q = qkv.slice(s![rows.clone(), ..d]);
+                        let out = att.slice_mut(s![rows, ..]);
+                        self.attend(q, k, v, Some(p0), out);
+                    }
                 }
                 layer.out_self.forward(att.view(), proj.view_mut());
                 x += &proj;
 
-                // Cross-attention on the window.
+                // Cross-attention on each part's window.
                 layer
                     .ln_cross
                     .apply(self.math, d, slice(&x), slice_mut(&mut h));
                 let mut q = qkv.slice_mut(s![.., ..d]);
                 layer.q_cross.forward(h.view(), q.view_mut());
-                let kv = &cross.kv[li];
-                self.attend(
-                    qkv.slice(s![.., ..d]),
-                    kv.slice(s![.., ..d]),
-                    kv.slice(s![.., d..]),
-                    None,
-                    att.view_mut(),
-                );
+                for (part, &r0) in parts.iter().zip(&first_row) {
+                    let kv = &part.cross.kv[li];
+                    let rows = r0..r0 + part.cache.batch * t;
+                    self.attend(
+                        qkv.slice(s![rows.clone(), ..d]),
+                        kv.slice(s![.., ..d]),
+                        kv.slice(s![.., d..]),
+                        None,
+                        att.slice_mut(s![rows, ..]),
+                    );
+                }
                 if let Some(cap) = capture.as_deref_mut() {
                     let dh = d / self.dims.n_decoder_heads;
+                    let kv = &parts[0].cross.kv[li];
                     cap.record(li, qkv.slice(s![.., ..d]), kv.slice(s![.., ..d]), dh);
                     // Nothing after the last head's scores changes them: the rest of the layers
                     // would only make hidden states no one reads (base: the last layer's
                     // feed-forward, a tenth of the pass; tiny.en: its last layer too).
                     if cap.last_layer() == Some(li) {
-                        cache.clear();
+                        parts[0].cache.clear();
                         return Array2::zeros((0, d));
                     }
                 }
@@ -560,9 +615,96 @@ impl Decoder {
             }
             let mut out = Array2::<f32>::zeros((rows, d));
             self.ln.apply(self.math, d, slice(&x), slice_mut(&mut out));
-            cache.len += t;
+            for part in parts.iter_mut() {
+                part.cache.len += t;
+            }
             out
         })
+    }
+
+    /// [`Self::forward_impl`] on one cache, with the cache's own activations.
+    fn forward_one(
+        &self,
+        cache: &mut KvCache,
+        cross: &CrossKv,
+        tokens: &[u32],
+        t: usize,
+        capture: Option<&mut CrossCapture<'_>>,
+    ) -> Array2<f32> {
+        let mut scratch = std::mem::take(&mut cache.scratch);
+        let out = self.forward_impl(
+            &mut [Part {
+                cache: &mut *cache,
+                cross,
+                tokens,
+            }],
+            t,
+            &mut scratch,
+            capture,
+        );
+        cache.scratch = scratch;
+        out
+    }
+
+    /// One token per sequence of `cache` (`tokens`, one per sequence) and the logits that follow
+    /// (`batch x n_vocab`): a token-by-token step. Streams in a token loop
+    /// ([`Self::stepping`]) that step at the same time run as one call ([`batch`]); a stream's
+    /// logits are bit for bit those of its step alone (every row of the call is computed as it
+    /// would be alone: the linear layers' kernels give a row the same sums whatever rows come
+    /// with it, and attention runs per part; `tests/decoder_batch.rs`).
+    ///
+    /// # Panics
+    /// As [`Self::forward`]; also if the batch this step ran in panicked in another stream.
+    pub fn step(&self, cache: &mut KvCache, cross: &CrossKv, tokens: &[u32]) -> Array2<f32> {
+        let mut logits = Array2::zeros((0, 0));
+        let job = StepJob {
+            cache,
+            cross,
+            tokens,
+            logits: &mut logits,
+        };
+        self.steps.run(job, |jobs| self.run_steps(jobs));
+        logits
+    }
+
+    /// Marks the calling stream as in a token loop until the guard is dropped: the steps of other
+    /// streams wait for its steps (a moment at most, [`batch::GRACE`]) to run with them.
+    pub fn stepping(&self) -> batch::Stepping<'_, StepJob> {
+        self.steps.enter()
+    }
+
+    /// The token-by-token steps run so far by this decoder, and the batches they ran in.
+    pub fn step_counts(&self) -> batch::BatchCounts {
+        self.steps.counts()
+    }
+
+    /// Runs the steps of several streams as one call and hands each its logits.
+    fn run_steps(&self, jobs: &mut [StepJob]) {
+        // SAFETY: each job's pointers come from the borrows of a `step` call that stays blocked
+        // in `StepBatcher::run` until this batch is finished, so they are valid, and no one else
+        // uses them meanwhile; two jobs never share a cache (a stream has one step queued at a
+        // time, and a cache is borrowed mutably by its one stream).
+        let mut parts: Vec<Part<'_>> = jobs
+            .iter()
+            .map(|j| unsafe {
+                Part {
+                    cache: &mut *j.cache,
+                    cross: &*j.cross,
+                    tokens: &*j.tokens,
+                }
+            })
+            .collect();
+        let rows: Vec<usize> = parts.iter().map(|p| p.cache.batch).collect();
+        let mut scratch = self.step_scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let h = self.forward_impl(&mut parts, 1, &mut scratch, None);
+        drop(scratch);
+        let logits = self.logits(h.view());
+        let mut r0 = 0;
+        for (job, n) in jobs.iter().zip(rows) {
+            // SAFETY: as above.
+            unsafe { *job.logits = logits.slice(s![r0..r0 + n, ..]).to_owned() };
+            r0 += n;
+        }
     }
 
     /// Logits (`rows x n_vocab`) of final hidden states.
