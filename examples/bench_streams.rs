@@ -279,6 +279,7 @@ fn main() {
     let mut failure = None;
     let mut windows = 0u64;
     let mut batched = Vec::new();
+    let mut decoder_batched = Vec::new();
     let mut busy = vec![0.0f64; args.streams];
     loop {
         let Some(msg) = bus.timed_pop(gst::ClockTime::from_seconds(300)) else {
@@ -302,6 +303,10 @@ fn main() {
                     }
                     if let Ok(b) = s.get::<u32>("encoder-batch") {
                         batched.push(b as f64);
+                    }
+                    // Windows whose decoding ran token steps (0: none).
+                    if let Some(b) = s.get::<f64>("decoder-batch").ok().filter(|&b| b > 0.0) {
+                        decoder_batched.push(b);
                     }
                 }
             }
@@ -334,14 +339,17 @@ fn main() {
         "cpu_cores": json_number(cpu / wall),
         "peak_rss_mib": json_number(rss),
         "mean_batch": json_number(mean(&batched)),
+        "mean_decoder_batch": json_number(mean(&decoder_batched)),
         "load": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().next().unwrap_or("-"),
     });
     println!(
         "{} streams, {mode} {latency_mode}, {audio_seconds:.0} s of audio each: prepared in \
-         {prepared:.1} s, CPU {:.2} cores, peak RSS {rss:.0} MiB, mean encoder batch {:.2}",
+         {prepared:.1} s, CPU {:.2} cores, peak RSS {rss:.0} MiB, mean encoder batch {:.2}, \
+         mean decoder batch {:.2}",
         args.streams,
         cpu / wall,
-        mean(&batched)
+        mean(&batched),
+        mean(&decoder_batched)
     );
 
     if args.embeddings {

@@ -45,7 +45,7 @@ use std::time::Instant;
 
 use crate::cancel::Cancel;
 use crate::mel::{SAMPLE_RATE, TIMESTAMP_STEP, WINDOW_SAMPLES};
-use crate::model::decoder::{CrossKv, Decoder, KvCache};
+use crate::model::decoder::{batch, CrossKv, Decoder, KvCache};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::WhisperModel;
 use crate::window::{EncoderOptions, WindowEncoder};
@@ -644,6 +644,13 @@ impl Transcriber {
     }
 
     fn process(&mut self, at_end: bool) -> WindowResult {
+        batch::take_tally();
+        let mut out = self.process_window(at_end);
+        out.timing.decoder_batch = batch::take_tally().mean_batch();
+        out
+    }
+
+    fn process_window(&mut self, at_end: bool) -> WindowResult {
         let available = (self.pushed_end() - self.seek) as usize;
         let last = at_end && available <= WINDOW_SAMPLES;
         let index = self.window_index;

@@ -146,6 +146,9 @@ pub struct TranscribeTiming {
     pub decoder: Duration,
     /// Tokens run through the decoder (all temperatures and hypotheses, prompts excluded).
     pub decoded_tokens: usize,
+    /// Streams' token-by-token steps per decoder call, seen from this window's steps (1: all
+    /// alone; more: run with other streams' steps, a shared decoder; 0: no step).
+    pub decoder_batch: f64,
 }
 
 /// What one window gave.

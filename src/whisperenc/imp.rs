@@ -342,6 +342,7 @@ impl WhisperEncNpu {
                     encoder_wait: timing.waited,
                     encoder_batch: timing.batch,
                     decoder: None,
+                    decoder_batch: None,
                     processing: started.elapsed(),
                     backend: window.backend(),
                     precision: window.precision(),

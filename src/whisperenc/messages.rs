@@ -25,6 +25,8 @@ pub(super) struct TimingReport {
     pub encoder_batch: usize,
     /// Transcription mode only.
     pub decoder: Option<Duration>,
+    /// Transcription mode only: streams' token steps per decoder call, seen from this window's.
+    pub decoder_batch: Option<f64>,
     pub processing: Duration,
     pub backend: BackendKind,
     pub precision: Precision,
@@ -56,6 +58,9 @@ impl TimingReport {
             .build();
         if let Some(decoder) = self.decoder {
             s.set("decoder-time", clock_time(decoder));
+        }
+        if let Some(batch) = self.decoder_batch {
+            s.set("decoder-batch", batch);
         }
         if let Some(npu) = self.npu {
             s.set("npu-launches", npu.launches);

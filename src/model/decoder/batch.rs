@@ -15,6 +15,7 @@
 //!
 //! The batcher knows nothing of decoders: a job is whatever the closure given to
 //! [`StepBatcher::run`] runs, so that the rendezvous is tested here on its own.
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -37,14 +38,48 @@ pub struct BatchCounts {
     pub jobs: u64,
 }
 
+/// The steps a thread ran through a batcher and the company they had.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepTally {
+    pub steps: u64,
+    /// The sum over those steps of the jobs in their batch.
+    pub batched_with: u64,
+}
+
+impl StepTally {
+    /// Jobs per batch, seen from this thread's steps (1: alone; 0: no step).
+    pub fn mean_batch(&self) -> f64 {
+        self.batched_with as f64 / self.steps.max(1) as f64
+    }
+}
+
+thread_local! {
+    static TALLY: Cell<StepTally> = const { Cell::new(StepTally { steps: 0, batched_with: 0 }) };
+}
+
+/// The calling thread's steps since the last call (a stream decodes on one thread, so that a
+/// window's steps are what its thread ran between two calls).
+pub fn take_tally() -> StepTally {
+    TALLY.with(|t| t.take())
+}
+
+fn tally(batch: usize) {
+    TALLY.with(|t| {
+        let mut v = t.get();
+        v.steps += 1;
+        v.batched_with += batch as u64;
+        t.set(v);
+    });
+}
+
 struct State<J> {
     next_ticket: u64,
     /// Queued jobs, oldest first, with their tickets.
     pending: Vec<(u64, J)>,
     /// When the oldest queued job was queued.
     oldest: Option<Instant>,
-    /// Jobs run, by ticket: `false` if their batch panicked.
-    finished: HashMap<u64, bool>,
+    /// Jobs run, by ticket: the size of their batch, `None` if it panicked.
+    finished: HashMap<u64, Option<usize>>,
     running: bool,
     /// Streams in a token loop.
     stepping: usize,
@@ -110,8 +145,9 @@ impl<J> Drop for Running<'_, J> {
     fn drop(&mut self) {
         let mut s = self.batcher.lock();
         s.running = false;
+        let batch = self.ok.then_some(self.tickets.len());
         for &t in &self.tickets {
-            s.finished.insert(t, self.ok);
+            s.finished.insert(t, batch);
         }
         drop(s);
         self.batcher.changed.notify_all();
@@ -150,8 +186,8 @@ impl<J> StepBatcher<J> {
         // Streams waiting for this step to make their batch ready.
         self.changed.notify_all();
         loop {
-            if let Some(ok) = s.finished.remove(&ticket) {
-                assert!(ok, "a batched decoder step panicked");
+            if let Some(batch) = s.finished.remove(&ticket) {
+                tally(batch.expect("a batched decoder step panicked"));
                 return;
             }
             let now = Instant::now();
@@ -211,6 +247,7 @@ mod tests {
         let b = StepBatcher::default();
         let log = Arc::new(Mutex::new(Vec::new()));
         let _s = b.enter();
+        take_tally();
         let started = Instant::now();
         for _ in 0..20 {
             b.run(
@@ -233,6 +270,13 @@ mod tests {
                 jobs: 20
             }
         );
+        assert_eq!(
+            take_tally(),
+            StepTally {
+                steps: 20,
+                batched_with: 20
+            }
+        );
     }
 
     #[test]
@@ -246,6 +290,7 @@ mod tests {
                 std::thread::spawn(move || {
                     let _s = b.enter();
                     start.wait();
+                    take_tally();
                     for _ in 0..10 {
                         b.run(
                             Job {
@@ -255,12 +300,11 @@ mod tests {
                             work,
                         );
                     }
+                    take_tally()
                 })
             })
             .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
+        let tallies: Vec<StepTally> = threads.into_iter().map(|t| t.join().unwrap()).collect();
         let batches = log.lock().unwrap().clone();
         let jobs: usize = batches.iter().map(Vec::len).sum();
         assert_eq!(jobs, 30, "every step ran once: {batches:?}");
@@ -271,6 +315,14 @@ mod tests {
             "only {full} of {} batches held all three streams: {batches:?}",
             batches.len()
         );
+        for (stream, t) in tallies.iter().enumerate() {
+            assert_eq!(t.steps, 10, "stream {stream}'s tally");
+            assert!(
+                t.mean_batch() > 2.0,
+                "stream {stream} saw batches of {} on average",
+                t.mean_batch()
+            );
+        }
     }
 
     #[test]

@@ -32,7 +32,7 @@ use super::{
     SAMPLES_PER_TIMESTAMP,
 };
 use crate::mel::{SAMPLE_RATE, WINDOW_SAMPLES};
-use crate::model::decoder::CrossKv;
+use crate::model::decoder::{batch, CrossKv};
 
 pub mod commit;
 
@@ -351,6 +351,13 @@ impl StreamingTranscriber {
     }
 
     fn pass(&mut self, at_end: bool) -> StepResult {
+        batch::take_tally();
+        let mut out = self.decode_step(at_end);
+        out.timing.decoder_batch = batch::take_tally().mean_batch();
+        out
+    }
+
+    fn decode_step(&mut self, at_end: bool) -> StepResult {
         let edge = self.pushed_end();
         self.last_step = edge;
         let mut out = StepResult {
