@@ -14,7 +14,6 @@ use gstwhisperencnpu::model::WhisperModel;
 use gstwhisperencnpu::npu::{
     cpu_int8::CpuInt8Engine, BackendChoice, CpuF32Engine, Engine, Precision,
 };
-use gstwhisperencnpu::transcribe::text::read_wav;
 use gstwhisperencnpu::transcribe::{Segment, TextModel, TranscribeOptions, Transcriber};
 use gstwhisperencnpu::window::{EncoderOptions, WindowEncoder};
 use ndarray::Array2;
@@ -140,12 +139,6 @@ fn steps_run_together_give_each_stream_its_logits_alone() {
     }
 }
 
-fn wav(rel: &str) -> Vec<f32> {
-    let (audio, rate) = read_wav(&std::fs::read(common::shared_file(rel)).unwrap()).unwrap();
-    assert_eq!(rate, 16_000);
-    audio
-}
-
 /// The segments of `audio`, pushed in 0.5 s pieces, then finished.
 fn transcribe(t: &mut Transcriber, audio: &[f32]) -> Vec<Segment> {
     let mut segments = Vec::new();
@@ -183,8 +176,11 @@ fn transcribers_sharing_a_decoder_write_what_each_writes_alone() {
         .unwrap()
     };
     let clips = [
-        ("jfk.wav", wav("audio/jfk.wav")),
-        ("espeak-2-en.wav", wav("audio/eval/espeak-2-en.wav")),
+        ("jfk.wav", common::wav_f32("audio/jfk.wav")),
+        (
+            "espeak-2-en.wav",
+            common::wav_f32("audio/eval/espeak-2-en.wav"),
+        ),
     ];
     let alone: Vec<_> = clips
         .iter()

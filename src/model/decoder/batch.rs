@@ -236,6 +236,13 @@ mod tests {
         ran_with: Arc<Mutex<Vec<Vec<usize>>>>,
     }
 
+    fn job(stream: usize, log: &Arc<Mutex<Vec<Vec<usize>>>>) -> Job {
+        Job {
+            stream,
+            ran_with: log.clone(),
+        }
+    }
+
     fn work(jobs: &mut [Job]) {
         let streams: Vec<usize> = jobs.iter().map(|j| j.stream).collect();
         std::thread::sleep(Duration::from_millis(5));
@@ -250,13 +257,7 @@ mod tests {
         take_tally();
         let started = Instant::now();
         for _ in 0..20 {
-            b.run(
-                Job {
-                    stream: 0,
-                    ran_with: log.clone(),
-                },
-                |_| {},
-            );
+            b.run(job(0, &log), |_| {});
         }
         assert!(
             started.elapsed() < GRACE * 5,
@@ -292,13 +293,7 @@ mod tests {
                     start.wait();
                     take_tally();
                     for _ in 0..10 {
-                        b.run(
-                            Job {
-                                stream,
-                                ran_with: log.clone(),
-                            },
-                            work,
-                        );
+                        b.run(job(stream, &log), work);
                     }
                     take_tally()
                 })
@@ -334,13 +329,7 @@ mod tests {
         let _s = b.enter();
         let started = Instant::now();
         for _ in 0..5 {
-            b.run(
-                Job {
-                    stream: 0,
-                    ran_with: log.clone(),
-                },
-                |_| {},
-            );
+            b.run(job(0, &log), |_| {});
         }
         let waited = started.elapsed();
         assert!(
@@ -353,13 +342,7 @@ mod tests {
         );
         drop(idle);
         let started = Instant::now();
-        b.run(
-            Job {
-                stream: 0,
-                ran_with: log.clone(),
-            },
-            |_| {},
-        );
+        b.run(job(0, &log), |_| {});
         assert!(
             started.elapsed() < GRACE,
             "a step waited {:?} after stream 1 left its loop",

@@ -699,6 +699,12 @@ impl Decoder {
         let h = self.forward_impl(&mut parts, 1, &mut scratch, None);
         drop(scratch);
         let logits = self.logits(h.view());
+        if let [job] = jobs {
+            // Alone (the usual case): the logits are all its own.
+            // SAFETY: as above.
+            unsafe { *job.logits = logits };
+            return;
+        }
         let mut r0 = 0;
         for (job, n) in jobs.iter().zip(rows) {
             // SAFETY: as above.
