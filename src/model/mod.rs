@@ -419,6 +419,29 @@ pub(crate) fn prepare_linear(
     n_out: usize,
     n_in: usize,
 ) -> Result<Box<dyn crate::npu::Linear>, ModelError> {
+    let (weight, bias) = linear_weights(weights, name, n_out, n_in)?;
+    Ok(engine.prepare(weight.view(), bias.as_ref().map(|b| b.view())))
+}
+
+/// [`prepare_linear`] for a layer run token by token ([`crate::npu::Engine::prepare_streamed`]).
+pub(crate) fn prepare_streamed_linear(
+    weights: &Weights,
+    engine: &dyn crate::npu::Engine,
+    name: &str,
+    n_out: usize,
+    n_in: usize,
+) -> Result<Box<dyn crate::npu::Linear>, ModelError> {
+    let (weight, bias) = linear_weights(weights, name, n_out, n_in)?;
+    Ok(engine.prepare_streamed(weight.view(), bias.as_ref().map(|b| b.view())))
+}
+
+/// The weight (`n_out x n_in`) and bias, if the model has one, of the linear layer `name`.
+fn linear_weights(
+    weights: &Weights,
+    name: &str,
+    n_out: usize,
+    n_in: usize,
+) -> Result<(ndarray::Array2<f32>, Option<ndarray::Array1<f32>>), ModelError> {
     let weight = weights.f32_2d(&format!("{name}/weight"), n_out, n_in)?;
     let bias_name = format!("{name}/bias");
     let bias = if weights.contains(&bias_name) {
@@ -426,7 +449,7 @@ pub(crate) fn prepare_linear(
     } else {
         None
     };
-    Ok(engine.prepare(weight.view(), bias.as_ref().map(|b| b.view())))
+    Ok((weight, bias))
 }
 
 #[cfg(test)]

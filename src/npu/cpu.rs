@@ -54,6 +54,28 @@ impl Engine for CpuF32Engine {
     }
 
     fn prepare(&self, weight: ArrayView2<f32>, bias: Option<ArrayView1<f32>>) -> Box<dyn Linear> {
+        self.prepare_packed(weight, bias, |n, k, w| PackedWeight::new(n, k, w))
+    }
+
+    /// Half-float panels where every weight is one ([`PackedWeight::compact`]; the model's fp16
+    /// weights are): a token-by-token step reads half the bytes for the same products.
+    fn prepare_streamed(
+        &self,
+        weight: ArrayView2<f32>,
+        bias: Option<ArrayView1<f32>>,
+    ) -> Box<dyn Linear> {
+        self.prepare_packed(weight, bias, |n, k, w| PackedWeight::compact(n, k, w))
+    }
+}
+
+impl CpuF32Engine {
+    /// A linear layer on the packed kernel, its weight packed by `pack`, or on `gemm`.
+    fn prepare_packed(
+        &self,
+        weight: ArrayView2<f32>,
+        bias: Option<ArrayView1<f32>>,
+        pack: impl FnOnce(usize, usize, &dyn Fn(usize, usize) -> f32) -> PackedWeight,
+    ) -> Box<dyn Linear> {
         let (n_out, n_in) = weight.dim();
         if let Some(b) = &bias {
             assert_eq!(
@@ -66,7 +88,7 @@ impl Engine for CpuF32Engine {
         let bias = bias.map(|b| b.to_owned());
         if self.packed {
             Box::new(CpuF32Linear::Packed {
-                w: PackedWeight::new(n_out, n_in, |o, i| weight[[o, i]]),
+                w: pack(n_out, n_in, &|o, i| weight[[o, i]]),
                 bias,
             })
         } else {

@@ -77,6 +77,17 @@ pub trait Engine: Send + Sync {
     /// If the bias length is not n_out.
     fn prepare(&self, weight: ArrayView2<f32>, bias: Option<ArrayView1<f32>>) -> Box<dyn Linear>;
 
+    /// [`Self::prepare`] for a layer that mostly runs on a few rows a call (the decoder's
+    /// token-by-token steps), whose time is reading its weight: an engine may store it more
+    /// compactly, as long as every product stays the same. By default, as `prepare`.
+    fn prepare_streamed(
+        &self,
+        weight: ArrayView2<f32>,
+        bias: Option<ArrayView1<f32>>,
+    ) -> Box<dyn Linear> {
+        self.prepare(weight, bias)
+    }
+
     /// The accelerator's launch counters since the engine was opened; `None` for engines that
     /// launch nothing (the CPU ones).
     fn device_counters(&self) -> Option<DeviceCounters> {

@@ -328,7 +328,7 @@ impl Decoder {
         let w = model.weights();
         let d = dims.d_model;
         let linear = |name: &str, n_out: usize, n_in: usize| {
-            super::prepare_linear(w, engine.as_ref(), name, n_out, n_in)
+            super::prepare_streamed_linear(w, engine.as_ref(), name, n_out, n_in)
         };
         if !d.is_multiple_of(dims.n_decoder_heads) {
             return Err(ModelError::Malformed {
@@ -358,7 +358,7 @@ impl Decoder {
             });
         }
         let ln = LayerNorm::load(model, "decoder/layer_norm")?;
-        let proj = engine.prepare(embeddings.view(), None);
+        let proj = engine.prepare_streamed(embeddings.view(), None);
         let pool = crate::shared::pool::shared_pool(threads)?;
         Ok(Decoder {
             dims,

@@ -11,6 +11,9 @@
 //! after the other, in the same order as the AVX-512 kernel, so both give the same bits, and a
 //! row's result does not depend on the other rows of the call (what batching across streams
 //! relies on). Unlike the AVX-512 kernel it does not prefetch the next panel: not tried yet.
+//!
+//! It also runs on half-float panels ([`PackedWeight::compact`]), widening each weight to f32 as
+//! it loads it (F16C): the same products, bit for bit, from half the bytes.
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
@@ -25,7 +28,8 @@ const HALF: usize = NR / 2;
 /// [`super::gemm_raw`] with AVX2 + FMA.
 ///
 /// # Safety
-/// As [`super::gemm_raw`], with AVX2 and FMA available instead of AVX-512F.
+/// As [`super::gemm_raw`], with AVX2 and FMA available instead of AVX-512F, and F16C if `w`
+/// holds half floats.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
@@ -41,6 +45,74 @@ pub(super) unsafe fn gemm_raw(
     scratch: &mut Vec<f32>,
     gelu: bool,
 ) {
+    match (w.f32_ptr(), w.f16_ptr()) {
+        (Some(wp), _) => gemm_on::<f32>(a, lda, m, w, wp, bias, panels, c, ldc, scratch, gelu),
+        (None, Some(wp)) => gemm_half(a, lda, m, w, wp, bias, panels, c, ldc, scratch, gelu),
+        (None, None) => unreachable!("a packed weight is f32 or half floats"),
+    }
+}
+
+/// [`gemm_on`] for half-float panels, with F16C enabled.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemm_half(
+    a: *const f32,
+    lda: usize,
+    m: usize,
+    w: &PackedWeight,
+    wp: *const u16,
+    bias: Option<&[f32]>,
+    panels: std::ops::Range<usize>,
+    c: *mut f32,
+    ldc: usize,
+    scratch: &mut Vec<f32>,
+    gelu: bool,
+) {
+    gemm_on::<u16>(a, lda, m, w, wp, bias, panels, c, ldc, scratch, gelu)
+}
+
+/// A packed weight's value type: f32, or a half float's bits (u16), widened as loaded.
+pub(super) trait Weight: Copy {
+    /// Eight consecutive weights from `p`, as f32.
+    ///
+    /// # Safety
+    /// `p` must point to 8 readable values; AVX (and F16C for half floats) must be available.
+    unsafe fn load8(p: *const Self) -> __m256;
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Weight for f32 {
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> __m256 {
+        _mm256_loadu_ps(p)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Weight for u16 {
+    #[inline(always)]
+    unsafe fn load8(p: *const u16) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn gemm_on<W: Weight>(
+    a: *const f32,
+    lda: usize,
+    m: usize,
+    w: &PackedWeight,
+    wp: *const W,
+    bias: Option<&[f32]>,
+    panels: std::ops::Range<usize>,
+    c: *mut f32,
+    ldc: usize,
+    scratch: &mut Vec<f32>,
+    gelu: bool,
+) {
     let (n, k) = (w.n, w.k);
     let need = pack_len(m, k);
     if scratch.len() < need {
@@ -48,7 +120,6 @@ pub(super) unsafe fn gemm_raw(
     }
     let sp = scratch.as_mut_ptr();
     let sp = sp.add(sp.align_offset(32).min(8));
-    let wp = w.panels_ptr();
     let tiles = n_tiles(m);
     let mut k0 = 0;
     loop {
@@ -150,10 +221,10 @@ fn col_masks(cols: usize) -> [__m256i; 2] {
 /// values), 16 columns of a panel from `b` (row stride [`NR`]), the output at `c`.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
-struct Block {
+struct Block<W> {
     a: *const f32,
     a_group: usize,
-    b: *const f32,
+    b: *const W,
     kc: usize,
     c: *mut f32,
     ldc: usize,
@@ -163,25 +234,23 @@ struct Block {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn sub_tile(rows: usize, block: Block) {
+#[inline(always)]
+unsafe fn sub_tile<W: Weight>(rows: usize, block: Block<W>) {
     match rows {
-        1 => kernel::<1>(block),
-        2 => kernel::<2>(block),
-        3 => kernel::<3>(block),
-        4 => kernel::<4>(block),
-        5 => kernel::<5>(block),
-        6 => kernel::<6>(block),
+        1 => kernel::<W, 1>(block),
+        2 => kernel::<W, 2>(block),
+        3 => kernel::<W, 3>(block),
+        4 => kernel::<W, 4>(block),
+        5 => kernel::<W, 5>(block),
+        6 => kernel::<W, 6>(block),
         _ => unreachable!("sub-tile rows"),
     }
 }
 
 /// R rows x 16 columns over `kc` inputs.
 #[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn kernel<const R: usize>(blk: Block) {
+#[inline(always)]
+unsafe fn kernel<W: Weight, const R: usize>(blk: Block<W>) {
     let [m0, m1] = blk.masks;
     let c = blk.c;
     let mut acc0 = [_mm256_setzero_ps(); R];
@@ -208,8 +277,8 @@ unsafe fn kernel<const R: usize>(blk: Block) {
     macro_rules! step {
         ($u:expr) => {{
             let u = $u;
-            let b0 = _mm256_loadu_ps(bp.add(u * NR));
-            let b1 = _mm256_loadu_ps(bp.add(u * NR + 8));
+            let b0 = W::load8(bp.add(u * NR));
+            let b1 = W::load8(bp.add(u * NR + 8));
             for i in 0..R {
                 let av = _mm256_broadcast_ss(&*ap.add(i * KU + u));
                 acc0[i] = _mm256_fmadd_ps(av, b0, acc0[i]);

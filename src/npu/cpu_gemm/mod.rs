@@ -60,38 +60,114 @@ fn has_avx2() -> bool {
 pub struct PackedWeight {
     pub n: usize,
     pub k: usize,
-    /// `panels x k x NR` from `data[off]`, zero in the padding columns.
-    data: Vec<f32>,
-    /// Start of the panels in `data`: the first 64-byte boundary. A large `Vec` starts 16 bytes
-    /// past one (malloc's header), and then every 64-byte load of the kernel would straddle two
-    /// cache lines (~3% of the kernel's rate).
-    off: usize,
+    /// `panels x k x NR` values, zero in the padding columns.
+    panels: Panels,
+}
+
+/// How a packed weight's values are stored.
+#[derive(Clone, Debug)]
+enum Panels {
+    /// As f32, from `data[off]`: the first 64-byte boundary. A large `Vec` starts 16 bytes past
+    /// one (malloc's header), and then every 64-byte load of the kernel would straddle two cache
+    /// lines (~3% of the kernel's rate).
+    F32 { data: Vec<f32>, off: usize },
+    /// As IEEE half floats (bits), from `data[off]` (a 64-byte boundary): only for weights whose
+    /// every value is a half float exactly, which the model's fp16 weights are. The kernel widens
+    /// them to f32 as it loads them (exact), so the products are bit for bit those of the f32
+    /// panels with half the bytes to read.
+    F16 { data: Vec<u16>, off: usize },
 }
 
 impl PackedWeight {
-    /// Packs `w[o][i]` (n x k, any strides, through the accessor).
+    /// Packs `w[o][i]` (n x k, any strides, through the accessor) as f32.
     pub fn new(n: usize, k: usize, w: impl Fn(usize, usize) -> f32) -> PackedWeight {
-        let panels = n.div_ceil(NR);
-        let len = panels * k * NR;
-        let mut data = vec![0f32; len + 16];
-        let off = data.as_ptr().align_offset(64).min(16);
-        for p in 0..panels {
-            for c in 0..NR.min(n - p * NR) {
-                let o = p * NR + c;
-                for i in 0..k {
-                    data[off + (p * k + i) * NR + c] = w(o, i);
-                }
-            }
+        let (data, off) = pack(n, k, 16, 0.0, w);
+        PackedWeight {
+            n,
+            k,
+            panels: Panels::F32 { data, off },
         }
-        PackedWeight { n, k, data, off }
+    }
+
+    /// Packs `w` as half floats when this CPU widens them in the kernel (F16C) and every value
+    /// is one exactly, else as f32 ([`Self::new`]): the same products from half the memory,
+    /// for weights whose products are bound by reading them (few rows a call, as the decoder's
+    /// token-by-token steps).
+    pub fn compact(n: usize, k: usize, w: impl Fn(usize, usize) -> f32) -> PackedWeight {
+        let exact = |v: f32| half::f16::from_f32(v).to_f32().to_bits() == v.to_bits();
+        let all_exact = || (0..n).all(|o| (0..k).all(|i| exact(w(o, i))));
+        if !has_f16c() || !all_exact() {
+            return PackedWeight::new(n, k, w);
+        }
+        let (data, off) = pack(n, k, 32, 0u16, |o, i| {
+            half::f16::from_f32(w(o, i)).to_bits()
+        });
+        PackedWeight {
+            n,
+            k,
+            panels: Panels::F16 { data, off },
+        }
     }
 
     pub fn panels(&self) -> usize {
         self.n.div_ceil(NR)
     }
 
-    fn panels_ptr(&self) -> *const f32 {
-        self.data[self.off..].as_ptr()
+    /// Whether the values are stored as half floats ([`Self::compact`]).
+    pub fn is_half(&self) -> bool {
+        matches!(self.panels, Panels::F16 { .. })
+    }
+
+    /// The f32 panels; `None` for half floats.
+    fn f32_ptr(&self) -> Option<*const f32> {
+        match &self.panels {
+            Panels::F32 { data, off } => Some(data[*off..].as_ptr()),
+            Panels::F16 { .. } => None,
+        }
+    }
+
+    /// The half-float panels (bits); `None` for f32.
+    fn f16_ptr(&self) -> Option<*const u16> {
+        match &self.panels {
+            Panels::F16 { data, off } => Some(data[*off..].as_ptr()),
+            Panels::F32 { .. } => None,
+        }
+    }
+}
+
+/// Packs `w[o][i]` into panels of [`NR`] columns (`panels x k x NR`, `zero` in the padding
+/// columns) from the first 64-byte boundary of the returned vector (at most `slack` values in).
+fn pack<T: Copy>(
+    n: usize,
+    k: usize,
+    slack: usize,
+    zero: T,
+    w: impl Fn(usize, usize) -> T,
+) -> (Vec<T>, usize) {
+    let panels = n.div_ceil(NR);
+    let len = panels * k * NR;
+    let mut data = vec![zero; len + slack];
+    let off = data.as_ptr().align_offset(64).min(slack);
+    for p in 0..panels {
+        for c in 0..NR.min(n - p * NR) {
+            let o = p * NR + c;
+            for i in 0..k {
+                data[off + (p * k + i) * NR + c] = w(o, i);
+            }
+        }
+    }
+    (data, off)
+}
+
+/// Whether this CPU runs the AVX2 kernel on half-float panels (AVX2 + FMA + F16C).
+fn has_f16c() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        cpu_math::supports(Isa::Avx2) && std::arch::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
@@ -196,10 +272,11 @@ pub unsafe fn gemm_raw(
     if m == 0 || n == 0 || panels.is_empty() {
         return;
     }
-    if !has_avx512() {
-        // SAFETY: `available` holds (the caller's contract) without AVX-512: AVX2 + FMA.
+    let Some(wp) = w.f32_ptr().filter(|_| has_avx512()) else {
+        // SAFETY: `available` holds (the caller's contract) without AVX-512: AVX2 + FMA; half
+        // floats are only packed where F16C is there too ([`PackedWeight::compact`]).
         return avx2::gemm_raw(a, lda, m, w, bias, panels, c, ldc, scratch, gelu);
-    }
+    };
     // Packed rows: per KC block, tile after tile, each tile as [16-input group][row][16].
     let need = pack_len(m, k);
     if scratch.len() < need {
@@ -210,7 +287,7 @@ pub unsafe fn gemm_raw(
         // 64-byte aligned, so that the packing's stores do not straddle cache lines.
         let sp = scratch.as_mut_ptr();
         let sp = sp.add(sp.align_offset(64).min(16));
-        let (cp, wp) = (c, w.panels_ptr());
+        let cp = c;
         let tiles = n_tiles(m);
         let mut k0 = 0;
         loop {
@@ -538,5 +615,55 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Half-float panels give the f32 panels' products bit for bit, for every tile shape and
+    /// with a bias; a weight that is not all half floats stays f32.
+    #[test]
+    fn half_float_panels_give_the_same_bits() {
+        let mut st = 11u32;
+        let mut rnd = || {
+            st ^= st << 13;
+            st ^= st >> 17;
+            st ^= st << 5;
+            (st % 20001) as f32 / 10000.0 - 1.0
+        };
+        let to_half = |v: f32| half::f16::from_f32(v).to_f32();
+        for &(m, k, n) in &[
+            (1usize, 512usize, 1000usize),
+            (3, 37, 64),
+            (13, 300, 33),
+            (108, 512, 96),
+        ] {
+            let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| to_half(rnd())).collect();
+            let bias: Vec<f32> = (0..n).map(|_| rnd()).collect();
+            let full = PackedWeight::new(n, k, |o, i| w[o * k + i]);
+            let compact = PackedWeight::compact(n, k, |o, i| w[o * k + i]);
+            assert_eq!(
+                compact.is_half(),
+                has_f16c(),
+                "{m}x{k}x{n}: packed as half floats"
+            );
+            let mut scratch = Vec::new();
+            let mut want = vec![0f32; m * n];
+            let mut got = vec![0f32; m * n];
+            gemm(&a, k, m, &full, Some(&bias), &mut want, n, &mut scratch);
+            gemm(&a, k, m, &compact, Some(&bias), &mut got, n, &mut scratch);
+            if let Some(i) = (0..m * n).find(|&i| want[i].to_bits() != got[i].to_bits()) {
+                panic!(
+                    "{m}x{k}x{n}: row {} column {}: {} (half) vs {} (f32)",
+                    i / n,
+                    i % n,
+                    got[i],
+                    want[i]
+                );
+            }
+        }
+        let not_half = PackedWeight::compact(2, 3, |o, i| if (o, i) == (1, 2) { 0.1 } else { 0.5 });
+        assert!(
+            !not_half.is_half(),
+            "0.1 is no half float: the weight stays f32"
+        );
     }
 }
