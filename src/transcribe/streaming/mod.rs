@@ -116,7 +116,14 @@ impl StreamOptions {
     /// takes `processing`: a word is forced once it is `force_after` old; the step that sees that
     /// starts at most a step (or, behind, one processing time) later and takes `processing`.
     pub fn delay_bound(&self, processing: Duration) -> Duration {
-        self.force_after + self.step.max(processing) + processing
+        self.delay_bound_after(processing, processing)
+    }
+
+    /// [`Self::delay_bound`] when the step before the one that commits took `previous` (the live
+    /// edge moved by a step, or by that processing if it took longer) and the committing one
+    /// `processing`.
+    pub fn delay_bound_after(&self, previous: Duration, processing: Duration) -> Duration {
+        self.force_after + self.step.max(previous) + processing
     }
 }
 

@@ -8,6 +8,11 @@
 //! stamped on time instead (`on_time_caption`). So the bound follows the
 //! [`SLOW_STEPS`]-th slowest of the last [`RECENT_STEPS`]: a machine that became slower raises
 //! it within a few steps, an outlier does not.
+//!
+//! Beside the bound, a typical step's time: the live edge moves by a step between two steps, or
+//! by the step before's processing when that took longer, which a typical step rarely does (the
+//! delay bound counts it once, and the slow bound once, see `StreamOptions::delay_bound_after`).
+//! When the bound is raised, the typical time follows the median of the recent steps.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -19,15 +24,24 @@ pub(super) const SLOW_STEPS: usize = 3;
 /// A raised bound is this many times the step time that raised it.
 pub(super) const MARGIN: f64 = 1.25;
 
+/// What the latency counts for a step's processing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct StepTimes {
+    /// A typical step (the one before the step that commits a word).
+    pub typical: Duration,
+    /// A slow step: the bound.
+    pub slow: Duration,
+}
+
 #[derive(Debug, Default)]
 pub(super) struct StepBound {
-    bound: Option<Duration>,
+    bound: Option<StepTimes>,
     recent: VecDeque<Duration>,
 }
 
 impl StepBound {
-    /// The bound, set to `initial()` if there is none yet.
-    pub fn get_or_init(&mut self, initial: impl FnOnce() -> Duration) -> Duration {
+    /// The times, set to `initial()` if there are none yet.
+    pub fn get_or_init(&mut self, initial: impl FnOnce() -> StepTimes) -> StepTimes {
         *self.bound.get_or_insert_with(initial)
     }
 
@@ -36,9 +50,9 @@ impl StepBound {
         *self = StepBound::default();
     }
 
-    /// Records a step's processing time; returns the new bound when it is raised. A bound not
-    /// set yet (no latency answered) is not raised.
-    pub fn record(&mut self, processing: Duration) -> Option<Duration> {
+    /// Records a step's processing time; returns the new times when the bound is raised. A bound
+    /// not set yet (no latency answered) is not raised.
+    pub fn record(&mut self, processing: Duration) -> Option<StepTimes> {
         if self.recent.len() == RECENT_STEPS {
             self.recent.pop_front();
         }
@@ -50,8 +64,11 @@ impl StepBound {
         let mut sorted: Vec<Duration> = self.recent.iter().copied().collect();
         sorted.sort_unstable();
         let slow = sorted[sorted.len() - SLOW_STEPS];
-        (slow > bound).then(|| {
-            let raised = slow.mul_f64(MARGIN);
+        (slow > bound.slow).then(|| {
+            let raised = StepTimes {
+                typical: bound.typical.max(sorted[sorted.len() / 2]),
+                slow: slow.mul_f64(MARGIN),
+            };
             self.bound = Some(raised);
             raised
         })
@@ -66,13 +83,21 @@ mod tests {
         Duration::from_millis(v)
     }
 
+    /// Times with a typical step of 300 ms and the bound `slow` ms.
+    fn times(slow: u64) -> StepTimes {
+        StepTimes {
+            typical: ms(300),
+            slow: ms(slow),
+        }
+    }
+
     #[test]
     fn raised_by_a_few_slow_steps_not_by_one() {
-        // (step in ms, the bound after it: None = unchanged)
+        // (step in ms, the typical step and the bound after it: None = unchanged)
         struct Case {
             name: &'static str,
             steps: &'static [u64],
-            raised: &'static [Option<u64>],
+            raised: &'static [Option<(u64, u64)>],
         }
         let cases = [
             Case {
@@ -93,21 +118,25 @@ mod tests {
             Case {
                 name: "a third slow step raises it to the third slowest",
                 steps: &[700, 400, 800, 400, 640],
-                raised: &[None, None, None, None, Some(800)],
+                raised: &[None, None, None, None, Some((640, 800))],
             },
             Case {
                 name: "a slower machine",
                 steps: &[900, 900, 900, 900],
-                raised: &[None, None, Some(1125), None],
+                raised: &[None, None, Some((900, 1125)), None],
             },
         ];
         for case in cases {
             let mut b = StepBound::default();
-            assert_eq!(b.get_or_init(|| ms(600)), ms(600));
+            assert_eq!(b.get_or_init(|| times(600)), times(600));
             for (i, (&step, &want)) in case.steps.iter().zip(case.raised).enumerate() {
+                let want = want.map(|(typical, slow)| StepTimes {
+                    typical: ms(typical),
+                    slow: ms(slow),
+                });
                 assert_eq!(
                     b.record(ms(step)),
-                    want.map(ms),
+                    want,
                     "{}: step {i} ({step} ms)",
                     case.name
                 );
@@ -118,7 +147,7 @@ mod tests {
     #[test]
     fn outliers_leave_the_window() {
         let mut b = StepBound::default();
-        b.get_or_init(|| ms(600));
+        b.get_or_init(|| times(600));
         // Two slow steps, then enough ordinary ones to push them out of the recent steps: a
         // third slow step later does not raise the bound.
         assert_eq!(b.record(ms(1000)), None);
@@ -135,8 +164,8 @@ mod tests {
         for _ in 0..5 {
             assert_eq!(b.record(ms(2000)), None);
         }
-        assert_eq!(b.get_or_init(|| ms(600)), ms(600));
+        assert_eq!(b.get_or_init(|| times(600)), times(600));
         b.reset();
-        assert_eq!(b.get_or_init(|| ms(500)), ms(500));
+        assert_eq!(b.get_or_init(|| times(500)), times(500));
     }
 }

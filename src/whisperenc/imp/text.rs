@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
-use super::step_bound::SLOW_STEPS;
+use super::step_bound::{StepTimes, SLOW_STEPS};
 use super::{samples_to_time, window_duration, Processor, WhisperEncNpu, CAT};
 use crate::mel::SAMPLE_RATE;
 use crate::transcribe::streaming::{StepResult, StreamOptions, StreamingTranscriber};
@@ -27,8 +27,14 @@ const MAX_MERGED_STEPS: u32 = 4;
 /// took 4 to 6 warm-ups: no multiple covers a shared host's worst step, so slower steps raise
 /// the bound ([`WhisperEncNpu::adapt_step_bound`]) and a caption that still comes late is stamped
 /// on time ([`WhisperEncNpu::on_time_caption`]); 4 warm-ups put the reported latency at 3.06 s on
-/// this machine, 3.5 at 2.9 s.
+/// this machine, 3.5 at 2.9 s. With the decoder's weights as half floats (a 2-core AVX2 EPYC,
+/// 2026-12-03, warm-up 0.23 s) the slowest steps of two live runs took 3.2 and 3.4 warm-ups.
 const STEP_PROCESSING_WARMUPS: f64 = 3.5;
+/// A typical low-latency step, in warm-up windows, for the step before the one that commits a
+/// word (see [`super::step_bound`]): with the decoder's weights as half floats, steps took 1.7 to
+/// 1.9 warm-ups on average (0.39-0.45 s against 0.23 s, base f32, 2 AVX2 cores, 2026-12-03), 2.5
+/// at the 95th percentile: the 0.5 s step moves the edge further than most of them.
+const STEP_TYPICAL_WARMUPS: f64 = 2.0;
 /// A caption lasts at least this long a word (a fast speaker's pace).
 const MIN_WORD_CAPTION: gst::ClockTime = gst::ClockTime::from_mseconds(150);
 /// A caption moved to be on time is stamped this much after the earliest time that is: the time
@@ -203,21 +209,29 @@ impl WhisperEncNpu {
 
     /// The low-latency mode's own latency: what the commit policy allows from a word's start to its
     /// commit, with a step's processing as the `latency` property says (`configured`) or, else,
-    /// [`STEP_PROCESSING_WARMUPS`] times the encoder's warm-up window (`warmup`), raised later by
+    /// [`STEP_PROCESSING_WARMUPS`] times the encoder's warm-up window (`warmup`) for the step that
+    /// commits and [`STEP_TYPICAL_WARMUPS`] for the one before, raised later by
     /// [`Self::adapt_step_bound`] if steps take longer.
     pub(super) fn low_latency(
         &self,
         configured: Option<gst::ClockTime>,
         warmup: Option<gst::ClockTime>,
     ) -> gst::ClockTime {
-        let processing = match configured {
-            Some(c) => Duration::from_nanos(c.nseconds()),
+        let times = match configured {
+            Some(c) => StepTimes {
+                typical: Duration::from_nanos(c.nseconds()),
+                slow: Duration::from_nanos(c.nseconds()),
+            },
             None => self.step_bound.lock().unwrap().get_or_init(|| {
-                let warmup = warmup.unwrap_or_else(window_duration);
-                Duration::from_nanos(warmup.nseconds()).mul_f64(STEP_PROCESSING_WARMUPS)
+                let warmup =
+                    Duration::from_nanos(warmup.unwrap_or_else(window_duration).nseconds());
+                StepTimes {
+                    typical: warmup.mul_f64(STEP_TYPICAL_WARMUPS),
+                    slow: warmup.mul_f64(STEP_PROCESSING_WARMUPS),
+                }
             }),
         };
-        let bound = StreamOptions::default().delay_bound(processing);
+        let bound = StreamOptions::default().delay_bound_after(times.typical, times.slow);
         gst::ClockTime::from_nseconds(bound.as_nanos() as u64)
     }
 
