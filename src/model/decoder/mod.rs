@@ -21,7 +21,7 @@
 use std::sync::{Arc, Mutex};
 
 use ndarray::{
-    s, Array1, Array2, ArrayBase, ArrayView1, ArrayView2, ArrayViewMut2, Axis, DataMut, Ix2, Zip,
+    s, Array1, Array2, ArrayBase, ArrayView1, ArrayView2, ArrayViewMut2, Axis, DataMut, Ix2,
 };
 use rayon::prelude::*;
 
@@ -32,8 +32,10 @@ use crate::npu::cpu_math::Math;
 use crate::npu::{Engine, Linear};
 
 pub mod batch;
+mod embedding;
 
 use batch::StepBatcher;
+use embedding::TokenEmbeddings;
 
 struct Layer {
     ln_self: LayerNorm,
@@ -292,7 +294,7 @@ unsafe impl Send for StepJob {}
 /// The Whisper decoder, weights prepared on an engine.
 pub struct Decoder {
     dims: Dims,
-    embeddings: Array2<f32>,
+    embeddings: TokenEmbeddings,
     pos: Array2<f32>,
     layers: Vec<Layer>,
     ln: LayerNorm,
@@ -359,6 +361,7 @@ impl Decoder {
         }
         let ln = LayerNorm::load(model, "decoder/layer_norm")?;
         let proj = engine.prepare_streamed(embeddings.view(), None);
+        let embeddings = TokenEmbeddings::new(embeddings);
         let pool = crate::shared::pool::shared_pool(threads)?;
         Ok(Decoder {
             dims,
@@ -524,10 +527,8 @@ impl Decoder {
                 let tok = tok as usize;
                 assert!(tok < self.dims.n_vocab, "token {tok} out of the vocabulary");
                 let p = part.cache.len + r % t;
-                Zip::from(&mut x.row_mut(r0 + r))
-                    .and(self.embeddings.row(tok))
-                    .and(self.pos.row(p))
-                    .for_each(|x, &e, &q| *x = e + q);
+                self.embeddings
+                    .add_row(tok, self.pos.row(p), x.row_mut(r0 + r));
             }
         }
         self.pool.install(|| {
