@@ -94,14 +94,22 @@ impl PackedWeight {
     /// for weights whose products are bound by reading them (few rows a call, as the decoder's
     /// token-by-token steps).
     pub fn compact(n: usize, k: usize, w: impl Fn(usize, usize) -> f32) -> PackedWeight {
-        let exact = |v: f32| half::f16::from_f32(v).to_f32().to_bits() == v.to_bits();
-        let all_exact = || (0..n).all(|o| (0..k).all(|i| exact(w(o, i))));
-        if !has_f16c() || !all_exact() {
+        if !has_f16c() {
             return PackedWeight::new(n, k, w);
         }
+        // One pass: pack the half floats, noting any value that is not one.
+        let inexact = std::cell::Cell::new(false);
         let (data, off) = pack(n, k, 32, 0u16, |o, i| {
-            half::f16::from_f32(w(o, i)).to_bits()
+            let v = w(o, i);
+            let h = half::f16::from_f32(v);
+            if h.to_f32().to_bits() != v.to_bits() {
+                inexact.set(true);
+            }
+            h.to_bits()
         });
+        if inexact.get() {
+            return PackedWeight::new(n, k, w);
+        }
         PackedWeight {
             n,
             k,
