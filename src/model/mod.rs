@@ -423,20 +423,8 @@ pub(crate) fn prepare_linear(
     Ok(engine.prepare(weight.view(), bias.as_ref().map(|b| b.view())))
 }
 
-/// [`prepare_linear`] for a layer run token by token ([`crate::npu::Engine::prepare_streamed`]).
-pub(crate) fn prepare_streamed_linear(
-    weights: &Weights,
-    engine: &dyn crate::npu::Engine,
-    name: &str,
-    n_out: usize,
-    n_in: usize,
-) -> Result<Box<dyn crate::npu::Linear>, ModelError> {
-    let (weight, bias) = linear_weights(weights, name, n_out, n_in)?;
-    Ok(engine.prepare_streamed(weight.view(), bias.as_ref().map(|b| b.view())))
-}
-
 /// The weight (`n_out x n_in`) and bias, if the model has one, of the linear layer `name`.
-fn linear_weights(
+pub(crate) fn linear_weights(
     weights: &Weights,
     name: &str,
     n_out: usize,

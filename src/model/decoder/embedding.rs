@@ -15,15 +15,17 @@ pub(super) enum TokenEmbeddings {
 
 impl TokenEmbeddings {
     pub fn new(table: Array2<f32>) -> TokenEmbeddings {
-        let exact = |v: f32| half::f16::from_f32(v).to_f32().to_bits() == v.to_bits();
-        if !table.iter().all(|&v| exact(v)) {
-            return TokenEmbeddings::Full(table);
+        // One pass: convert, and keep f32 if any value does not come back the same.
+        let mut bits = Vec::with_capacity(table.len());
+        for &v in table.iter() {
+            let h = half::f16::from_f32(v);
+            if h.to_f32().to_bits() != v.to_bits() {
+                return TokenEmbeddings::Full(table);
+            }
+            bits.push(h.to_bits());
         }
         TokenEmbeddings::Half {
-            bits: table
-                .iter()
-                .map(|&v| half::f16::from_f32(v).to_bits())
-                .collect(),
+            bits,
             d: table.ncols(),
         }
     }

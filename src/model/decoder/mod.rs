@@ -330,7 +330,11 @@ impl Decoder {
         let w = model.weights();
         let d = dims.d_model;
         let linear = |name: &str, n_out: usize, n_in: usize| {
-            super::prepare_streamed_linear(w, engine.as_ref(), name, n_out, n_in)
+            // Run token by token: the engine may keep the weight compact (Engine::prepare_streamed).
+            let (weight, bias) = super::linear_weights(w, name, n_out, n_in)?;
+            Ok::<_, ModelError>(
+                engine.prepare_streamed(weight.view(), bias.as_ref().map(|b| b.view())),
+            )
         };
         if !d.is_multiple_of(dims.n_decoder_heads) {
             return Err(ModelError::Malformed {
