@@ -10,7 +10,8 @@
 //! Every output element is its bias plus the products of its row and column added one input
 //! after the other, in the same order as the AVX-512 kernel, so both give the same bits, and a
 //! row's result does not depend on the other rows of the call (what batching across streams
-//! relies on). Unlike the AVX-512 kernel it does not prefetch the next panel: not tried yet.
+//! relies on). Like the AVX-512 kernel, it prefetches the next panel's slice into L2 while it
+//! walks a panel, a few lines between its FMAs, spread over all the panel's sub-tiles.
 //!
 //! It also runs on half-float panels ([`PackedWeight::compact`]), widening each weight to f32 as
 //! it loads it (F16C): the same products, bit for bit, from half the bytes.
@@ -24,6 +25,8 @@ use super::{n_tiles, pack_len, tile_rows, Init, PackedWeight, KC, KU, NR};
 const SUB_ROWS: usize = 6;
 /// Columns per half panel (two ymm).
 const HALF: usize = NR / 2;
+/// Bytes per cache line.
+const LINE: usize = 64;
 
 /// [`super::gemm_raw`] with AVX2 + FMA.
 ///
@@ -121,6 +124,7 @@ unsafe fn gemm_on<W: Weight>(
     let sp = scratch.as_mut_ptr();
     let sp = sp.add(sp.align_offset(32).min(8));
     let tiles = n_tiles(m);
+    let sub_tiles = sub_tile_count(m);
     let mut k0 = 0;
     loop {
         let kc = KC.min(k - k0);
@@ -131,6 +135,23 @@ unsafe fn gemm_on<W: Weight>(
         for p in panels.clone() {
             let cols = NR.min(n - p * NR);
             let panel = wp.add((p * k + k0) * NR);
+            // The weight streams from L3 or memory (each layer's is used once per window): the
+            // next panel's slice (or the next K block's first) is prefetched into L2 while this
+            // one is walked, its lines spread over the sub-tile calls of both halves.
+            let (next, next_kc) = if p + 1 < panels.end {
+                (wp.add(((p + 1) * k + k0) * NR), kc)
+            } else if k0 + kc < k {
+                (
+                    wp.add((panels.start * k + k0 + kc) * NR),
+                    KC.min(k - k0 - kc),
+                )
+            } else {
+                (wp, 0)
+            };
+            let next = next.cast::<u8>();
+            let lines = next_kc * NR * std::mem::size_of::<W>() / LINE;
+            let per = lines.div_ceil(2 * sub_tiles.max(1));
+            let mut call = 0;
             for half in 0..2 {
                 let half_cols = cols.saturating_sub(half * HALF).min(HALF);
                 if half_cols == 0 {
@@ -150,6 +171,12 @@ unsafe fn gemm_on<W: Weight>(
                     let mut s = 0;
                     while s < rows {
                         let sub = SUB_ROWS.min(rows - s);
+                        let first_line = (call * per).min(lines);
+                        let pf = Prefetch {
+                            at: next.add(first_line * LINE),
+                            lines: ((call + 1) * per).min(lines) - first_line,
+                        };
+                        call += 1;
                         let out = c.add((r + s) * ldc + (p - panels.start) * NR + half * HALF);
                         let block = Block {
                             a: tile_a.add(s * KU),
@@ -160,6 +187,7 @@ unsafe fn gemm_on<W: Weight>(
                             ldc,
                             init,
                             masks,
+                            pf,
                             gelu,
                         };
                         sub_tile(sub, block);
@@ -208,6 +236,25 @@ unsafe fn pack_rows(a: *const f32, lda: usize, m: usize, k0: usize, kc: usize, d
     }
 }
 
+/// Sub-tile calls per half panel for `m` rows.
+fn sub_tile_count(m: usize) -> usize {
+    let mut r = 0;
+    let mut count = 0;
+    while r < m {
+        let rows = tile_rows(m - r);
+        count += rows.div_ceil(SUB_ROWS);
+        r += rows;
+    }
+    count
+}
+
+/// Cache lines from `at` for a sub-tile call to prefetch into L2.
+#[derive(Clone, Copy)]
+struct Prefetch {
+    at: *const u8,
+    lines: usize,
+}
+
 /// Lane masks for the first `cols` (1 to 16) columns of a half panel, as two ymm masks.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
@@ -230,6 +277,7 @@ struct Block<W> {
     ldc: usize,
     init: Init,
     masks: [__m256i; 2],
+    pf: Prefetch,
     gelu: bool,
 }
 
@@ -286,12 +334,25 @@ unsafe fn kernel<W: Weight, const R: usize>(blk: Block<W>) {
             }
         }};
     }
-    for _ in 0..blk.kc / KU {
+    // The prefetches spread evenly over the groups of KU inputs (any left go out after them):
+    // in a burst they would stall on the fill buffers.
+    let groups = blk.kc / KU;
+    let (mut pl, mut issued) = (blk.pf.at, 0);
+    for g in 0..groups {
+        while issued < (g + 1) * blk.pf.lines / groups {
+            _mm_prefetch::<_MM_HINT_T1>(pl.cast());
+            pl = pl.add(LINE);
+            issued += 1;
+        }
         for u in 0..KU {
             step!(u);
         }
         ap = ap.add(blk.a_group);
         bp = bp.add(KU * NR);
+    }
+    for _ in issued..blk.pf.lines {
+        _mm_prefetch::<_MM_HINT_T1>(pl.cast());
+        pl = pl.add(LINE);
     }
     for u in 0..blk.kc % KU {
         step!(u);
