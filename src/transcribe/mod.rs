@@ -22,8 +22,8 @@
 //! - a segment whose words the previous window ended with is dropped (nothing said twice), and so
 //!   is one of six words or more found word for word in what was emitted lately while that text was
 //!   the prompt (the model repeating its prompt); over speech, that audio is decoded again without
-//!   the prompt, once; and so is one whose words all lie in audio whose text was shown already
-//!   (a window or a retry going back over it);
+//!   the prompt, once; and so is one whose words lie wholly or for half their span or more in
+//!   audio whose text was shown already (a window or a retry going back over it);
 //! - a segment with no frame under it louder than the window's noise floor is text over silence
 //!   or noise, and dropped ([`loudness`]; the level never judges how many words fit);
 //! - the stream's last window, usually short, is decoded as the last full 10.24 s (look-back) and
@@ -80,6 +80,9 @@ const LOOKBACK_TOLERANCE: f64 = 0.4;
 /// A segment of at least this many words found word for word in what was emitted lately is the
 /// model repeating itself (its loop check takes six words said again for a loop too).
 const REPEATED_PHRASE_WORDS: usize = 6;
+/// A segment with at least this share of its span in audio whose text was shown says that text
+/// again.
+const MAX_SHOWN_SHARE: f64 = 0.5;
 /// Tokens of previous text given as prompt at most (`n_text_ctx / 2 - 1`).
 pub const MAX_PROMPT_TOKENS: usize = 223;
 /// Rows of the largest call a transcriber makes on its own decoder cache: the prefill of
@@ -897,18 +900,24 @@ impl Transcriber {
             // The span shown: where the words are, when the alignment found them, not before the
             // text shown last ends.
             let shown_from = self.seek.max(self.shown_until);
-            let Span { start, end } = match s.words.filter(|w| w.end > w.start) {
-                Some(w) => span(w.start, w.end, shown_from),
-                None => span(s.start, s.end, shown_from),
+            let (own_start, own_end) = match s.words.filter(|w| w.end > w.start) {
+                Some(w) => (w.start, w.end),
+                None => (s.start, s.end),
             };
+            let Span { start, end } = span(own_start, own_end, shown_from);
             // All of it is in audio whose text was shown already (by its words, or by its
             // timestamps where the alignment has none): the model went back over it (a window
             // started before the end of the text shown, a retry without the prompt) and says it
-            // again, often garbled. Shown, it would be a repeat of no length.
-            if s.end > s.start && end <= start {
+            // again, often garbled. Shown, it would be a repeat of no length. So is one with at
+            // least half of its span there: the text shown ended early (a last segment's end is
+            // its timestamp, which can run seconds early) or this window's alignment runs late,
+            // and its words are the ones shown.
+            let shown_share = share_before(own_start, own_end, shown_from);
+            if s.end > s.start && (end <= start || shown_share >= MAX_SHOWN_SHARE) {
                 log::debug!(
                     target: LOG_TARGET,
-                    "dropped as said already (it ends before {:.2} s, where the text shown ends): {text:?}",
+                    "dropped as said already ({:.0}% of it before {:.2} s, where the text shown ends): {text:?}",
+                    100.0 * shown_share,
                     self.shown_until as f64 / f64::from(SAMPLE_RATE)
                 );
                 continue;
@@ -1067,6 +1076,14 @@ impl Transcriber {
         self.buffer.drain(..drop.min(self.buffer.len()));
         self.buffer_start += drop as u64;
     }
+}
+
+/// The share of the span `start..end` that lies before `at` (1 for an empty span before it).
+fn share_before(start: u64, end: u64, at: u64) -> f64 {
+    if end <= start {
+        return if start < at { 1.0 } else { 0.0 };
+    }
+    (at.clamp(start, end) - start) as f64 / (end - start) as f64
 }
 
 #[cfg(test)]

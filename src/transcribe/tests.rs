@@ -53,3 +53,27 @@ fn segments_trimmed_to_speech() {
         Span::new(1000, 1000 + 5 * 320)
     );
 }
+
+#[test]
+fn share_of_a_segment_in_audio_shown() {
+    // (segment start, end, where the text shown ends, share before it): samples.
+    let table: &[(u64, u64, u64, f64)] = &[
+        (100, 200, 50, 0.0),
+        (100, 200, 100, 0.0),
+        (100, 200, 150, 0.5),
+        (100, 200, 190, 0.9),
+        (100, 200, 300, 1.0),
+        (100, 100, 150, 1.0),
+        (100, 100, 100, 0.0),
+    ];
+    for &(start, end, at, share) in table {
+        let got = share_before(start, end, at);
+        assert!(
+            (got - share).abs() < 1e-12,
+            "{start}..{end} before {at}: {got}, expected {share}"
+        );
+    }
+    // The rule's threshold: half.
+    assert!(share_before(100, 200, 150) >= MAX_SHOWN_SHARE);
+    assert!(share_before(100, 200, 149) < MAX_SHOWN_SHARE);
+}
