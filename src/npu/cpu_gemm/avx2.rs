@@ -19,7 +19,7 @@
 use std::arch::x86_64::*;
 
 #[cfg(target_arch = "x86_64")]
-use super::{n_tiles, pack_len, tile_rows, Init, PackedWeight, KC, KU, NR};
+use super::{n_tiles, next_slice, pack_len, tile_rows, Init, PackedWeight, KC, KU, NR};
 
 /// Rows per register sub-tile.
 const SUB_ROWS: usize = 6;
@@ -138,17 +138,8 @@ unsafe fn gemm_on<W: Weight>(
             // The weight streams from L3 or memory (each layer's is used once per window): the
             // next panel's slice (or the next K block's first) is prefetched into L2 while this
             // one is walked, its lines spread over the sub-tile calls of both halves.
-            let (next, next_kc) = if p + 1 < panels.end {
-                (wp.add(((p + 1) * k + k0) * NR), kc)
-            } else if k0 + kc < k {
-                (
-                    wp.add((panels.start * k + k0 + kc) * NR),
-                    KC.min(k - k0 - kc),
-                )
-            } else {
-                (wp, 0)
-            };
-            let next = next.cast::<u8>();
+            let (next_at, next_kc) = next_slice(&panels, p, k, k0, kc);
+            let next = wp.add(next_at).cast::<u8>();
             let lines = next_kc * NR * std::mem::size_of::<W>() / LINE;
             let per = lines.div_ceil(2 * sub_tiles.max(1));
             let mut call = 0;

@@ -320,16 +320,8 @@ pub unsafe fn gemm_raw(
                 // the first row tile of a panel would wait for every line of it (~25% of the
                 // product's time, measured with cold weights). So the next panel's slice (or the
                 // next K block's first) is prefetched into L2, a share by each row tile's kernel.
-                let (next, next_kc) = if p + 1 < panels.end {
-                    (wp.add(((p + 1) * k + k0) * NR), kc)
-                } else if k0 + kc < k {
-                    (
-                        wp.add((panels.start * k + k0 + kc) * NR),
-                        KC.min(k - k0 - kc),
-                    )
-                } else {
-                    (std::ptr::null(), 0)
-                };
+                let (next_at, next_kc) = next_slice(&panels, p, k, k0, kc);
+                let next = wp.add(next_at);
                 // The kernel issues them between its FMAs: in a burst before each tile they
                 // stalled on the fill buffers (~4% of the encoder).
                 let lines = next_kc * NR / 16;
@@ -338,11 +330,7 @@ pub unsafe fn gemm_raw(
                 for t in 0..tiles {
                     let first = (t * per).min(lines);
                     let pf = Prefetch {
-                        at: if next.is_null() {
-                            panel
-                        } else {
-                            next.add(first * 16)
-                        },
+                        at: next.add(first * 16),
                         lines: ((t + 1) * per).min(lines) - first,
                     };
                     let rows = tile_rows(m - r);
@@ -366,6 +354,25 @@ pub unsafe fn gemm_raw(
                 break;
             }
         }
+    }
+}
+
+/// What to prefetch while panel `p` of the K block `k0 .. k0 + kc` is walked: the next panel's
+/// slice of the block, or else the next block's first panel's; as its offset (in values) in the
+/// packed weight and its inputs (0 when nothing is left).
+fn next_slice(
+    panels: &std::ops::Range<usize>,
+    p: usize,
+    k: usize,
+    k0: usize,
+    kc: usize,
+) -> (usize, usize) {
+    if p + 1 < panels.end {
+        (((p + 1) * k + k0) * NR, kc)
+    } else if k0 + kc < k {
+        ((panels.start * k + k0 + kc) * NR, KC.min(k - k0 - kc))
+    } else {
+        (0, 0)
     }
 }
 
