@@ -702,7 +702,7 @@ impl Transcriber {
                 let mut out = self.window_result(index, start, n, true, &result, failed, language);
                 self.lock_language(language);
                 out.timing = timing;
-                let untranscribed = self.emit(&mut out, emit, &result, prompted);
+                let untranscribed = self.emit(&mut out, emit, &result, prompted, true);
                 out.next_seek = start + n as u64;
                 // The model said again what was said before, over speech: once more from there
                 // without the prompt (the stream is then not done yet).
@@ -818,7 +818,7 @@ impl Transcriber {
         let t0 = Instant::now();
         self.align_words(language, start, n, &result.tokens, 0, &mut emit);
         out.timing.decoder += t0.elapsed();
-        let untranscribed = self.emit(&mut out, emit, &result, prompted);
+        let untranscribed = self.emit(&mut out, emit, &result, prompted, !last);
         out.next_seek = if last {
             start + n as u64
         } else {
@@ -848,13 +848,15 @@ impl Transcriber {
     /// ended with already, and records them for the prompt.
     /// Returns where the first segment dropped with speech under it starts: the model said
     /// something other than what is there (usually the prompt again), so that audio is still to
-    /// be transcribed.
+    /// be transcribed. With `retry_after_repeat` (the caller then decodes it again without the
+    /// prompt) the segments after one saying the prompt again are left to that retry.
     fn emit(
         &mut self,
         out: &mut WindowResult,
         emit: Vec<Emit>,
         result: &DecodeResult,
         prompted: bool,
+        retry_after_repeat: bool,
     ) -> Option<u64> {
         let window_end = out.start_sample + out.audio_samples as u64;
         let prev_words = self.last_words.clone();
@@ -886,6 +888,12 @@ impl Transcriber {
                     loudness::speech_seconds(&loud, out.start_sample, s.start, s.end.max(s.start));
                 if speech > 0.5 && untranscribed.is_none() {
                     untranscribed = Some(s.start);
+                    // What the model said after its prompt again follows from it, and the retry
+                    // without the prompt decodes that audio again: shown now, it would end the
+                    // text shown after the retry's words, and they would be dropped as shown.
+                    if repeated_phrase && retry_after_repeat {
+                        break;
+                    }
                 }
                 continue;
             }
