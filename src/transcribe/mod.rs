@@ -21,8 +21,10 @@
 //!   them;
 //! - a segment whose words the previous window ended with is dropped (nothing said twice), and so
 //!   is one of six words or more found word for word in what was emitted lately while that text was
-//!   the prompt (the model repeating its prompt); over speech, that audio is decoded again without
-//!   the prompt, once; and so is one whose words lie wholly or for half their span or more in
+//!   the prompt, or in the prompt where the window decoded once more without it says less than
+//!   half of them (the model copying its prompt; a speaker saying it again is in the audio); over
+//!   speech, that audio is decoded again without the prompt, once, and the segments after it are
+//!   left to that retry; and so is one whose words lie wholly or for half their span or more in
 //!   audio whose text was shown already (a window or a retry going back over it);
 //! - a segment with no frame under it louder than the window's noise floor is text over silence
 //!   or noise, and dropped ([`loudness`]; the level never judges how many words fit);
@@ -55,6 +57,7 @@ mod decoding;
 mod lookback;
 mod loudness;
 mod options;
+mod repeats;
 mod segments;
 pub mod streaming;
 pub mod text;
@@ -68,6 +71,7 @@ pub use options::{
     Segment, Task, TranscribeError, TranscribeOptions, TranscribeTiming, WindowResult, Word,
     SAMPLES_PER_TIMESTAMP,
 };
+use repeats::{says_again, share_in_order, CONFIRMED_SHARE};
 use segments::{split_segments, Selection};
 pub use text_model::TextModel;
 
@@ -77,9 +81,6 @@ const LOG_TARGET: &str = "whisperencnpu";
 /// How far (seconds) a segment of the last window decoded with look-back may start before the seek
 /// position and still count as new.
 const LOOKBACK_TOLERANCE: f64 = 0.4;
-/// A segment of at least this many words found word for word in what was emitted lately is the
-/// model repeating itself (its loop check takes six words said again for a loop too).
-const REPEATED_PHRASE_WORDS: usize = 6;
 /// A segment with at least this share of its span in audio whose text was shown says that text
 /// again.
 const MAX_SHOWN_SHARE: f64 = 0.5;
@@ -115,9 +116,9 @@ struct DecodedWindow {
     result: DecodeResult,
     /// Every temperature failed.
     failed: bool,
-    /// Earlier text was given as prompt (without it, the model cannot repeat that text unless
-    /// the audio says it again).
-    prompted: bool,
+    /// The words of the text given as prompt; empty: none was (without it, the model cannot
+    /// repeat earlier text unless the audio says it again).
+    prompt_words: Vec<String>,
     language: Option<u32>,
 }
 
@@ -610,7 +611,7 @@ impl Transcriber {
             None
         };
         let params = self.decode_params(language, n, prompt_before);
-        let prompted = !params.prompt.is_empty();
+        let prompt_words = text::Words::from_tokens(&self.tokenizer, &params.prompt).words;
         log::debug!(
             target: LOG_TARGET,
             "window at {:.2} s, {:.2} s of audio{}",
@@ -624,9 +625,63 @@ impl Transcriber {
         DecodedWindow {
             result,
             failed,
-            prompted,
+            prompt_words,
             language,
         }
+    }
+
+    /// The words emitted lately, in order (what a look-back may overlap).
+    fn recent_words(&self) -> Vec<String> {
+        self.recent.iter().flat_map(|r| r.words.clone()).collect()
+    }
+
+    /// Which segments of a window decoded with `prompt_words` as prompt say again a phrase of it
+    /// that the audio does not say. Such a phrase is the model copying its prompt, or the speaker
+    /// saying it again (a refrain; jfk.wav twice within a minute); only the audio tells them
+    /// apart: the window is decoded once more without the prompt (its cross-attention keys are
+    /// still at hand) and a phrase is a copy when that text holds less than
+    /// [`CONFIRMED_SHARE`] of its words in order. Phrases also in what was emitted lately are
+    /// left to the rule for those (`emit`).
+    fn prompt_copies(
+        &mut self,
+        segments: &[Emit],
+        prompt_words: &[String],
+        language: Option<u32>,
+        n: usize,
+        last: bool,
+        timing: &mut TranscribeTiming,
+    ) -> Vec<bool> {
+        let recent = self.recent_words();
+        let phrases: Vec<Option<Vec<String>>> = segments
+            .iter()
+            .map(|s| {
+                let words = text::Words::from_tokens(&self.tokenizer, &s.tokens).words;
+                (says_again(&words, prompt_words) && !says_again(&words, &recent)).then_some(words)
+            })
+            .collect();
+        if phrases.iter().all(Option::is_none) {
+            return vec![false; segments.len()];
+        }
+        let params = self.decode_params(language, n, None);
+        let cross = std::mem::take(&mut self.cross);
+        let (unprompted, _) = self.decode_with_fallback(&cross, params, last, timing);
+        self.cross = cross;
+        let heard = text::Words::from_tokens(&self.tokenizer, &unprompted.tokens).words;
+        phrases
+            .into_iter()
+            .map(|p| {
+                p.is_some_and(|words| {
+                    let share = share_in_order(&words, &heard);
+                    log::debug!(
+                        target: LOG_TARGET,
+                        "  {:?} says the prompt again; {:.0}% of it decoded without the prompt",
+                        words.join(" "),
+                        100.0 * share
+                    );
+                    share < CONFIRMED_SHARE
+                })
+            })
+            .collect()
     }
 
     /// Speech the model answered with earlier text (`why`) is decoded again from `at` without the
@@ -676,7 +731,7 @@ impl Transcriber {
             let DecodedWindow {
                 result,
                 failed,
-                prompted,
+                prompt_words,
                 language,
             } = self.run_window(start, n, true, prompt_before, &mut timing);
             let matched = (!failed && !self.is_silence(&result))
@@ -702,7 +757,8 @@ impl Transcriber {
                 let mut out = self.window_result(index, start, n, true, &result, failed, language);
                 self.lock_language(language);
                 out.timing = timing;
-                let untranscribed = self.emit(&mut out, emit, &result, prompted, true);
+                let untranscribed =
+                    self.emit(&mut out, emit, &result, !prompt_words.is_empty(), &[], true);
                 out.next_seek = start + n as u64;
                 // The model said again what was said before, over speech: once more from there
                 // without the prompt (the stream is then not done yet).
@@ -782,7 +838,7 @@ impl Transcriber {
         let DecodedWindow {
             result,
             failed,
-            prompted,
+            prompt_words,
             language,
         } = self.run_window(start, n, last, Some(start), &mut timing);
         let mut out = self.window_result(index, start, n, last, &result, failed, language);
@@ -817,8 +873,10 @@ impl Transcriber {
             .collect();
         let t0 = Instant::now();
         self.align_words(language, start, n, &result.tokens, 0, &mut emit);
+        let copies = self.prompt_copies(&emit, &prompt_words, language, n, last, &mut out.timing);
         out.timing.decoder += t0.elapsed();
-        let untranscribed = self.emit(&mut out, emit, &result, prompted, !last);
+        let prompted = !prompt_words.is_empty();
+        let untranscribed = self.emit(&mut out, emit, &result, prompted, &copies, !last);
         out.next_seek = if last {
             start + n as u64
         } else {
@@ -856,6 +914,7 @@ impl Transcriber {
         emit: Vec<Emit>,
         result: &DecodeResult,
         prompted: bool,
+        prompt_copies: &[bool],
         retry_after_repeat: bool,
     ) -> Option<u64> {
         let window_end = out.start_sample + out.audio_samples as u64;
@@ -863,7 +922,7 @@ impl Transcriber {
         let mut emitted_words: Vec<String> = Vec::new();
         let mut untranscribed = None;
         let loud = self.loud_frames(out.start_sample, out.audio_samples);
-        for s in emit {
+        for (i, s) in emit.into_iter().enumerate() {
             let text = self.tokenizer.decode(&s.tokens);
             let words: Vec<String> = text::Words::from_tokens(&self.tokenizer, &s.tokens).words;
             if words.is_empty() {
@@ -871,17 +930,10 @@ impl Transcriber {
             }
             // Said already: at the end of the previous window, or a whole phrase of what was
             // emitted lately (the model going back to the prompt, as over a long pause; decoded
-            // without a prompt, the phrase is in the audio again).
-            let repeated_phrase = prompted
-                && words.len() >= REPEATED_PHRASE_WORDS
-                && self
-                    .recent
-                    .iter()
-                    .flat_map(|r| r.words.iter())
-                    .cloned()
-                    .collect::<Vec<String>>()
-                    .windows(words.len())
-                    .any(|w| w == words.as_slice());
+            // without a prompt, the phrase is in the audio again), or of the prompt where the
+            // audio does not say it (`prompt_copies`).
+            let repeated_phrase = prompted && says_again(&words, &self.recent_words())
+                || prompt_copies.get(i).copied().unwrap_or(false);
             if (out.segments.is_empty() && prev_words.ends_with(&words)) || repeated_phrase {
                 log::debug!(target: LOG_TARGET, "dropped as said already: {text:?}");
                 let speech =
