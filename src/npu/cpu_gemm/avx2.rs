@@ -20,13 +20,12 @@ use std::arch::x86_64::*;
 
 #[cfg(target_arch = "x86_64")]
 use super::{n_tiles, next_slice, pack_len, tile_rows, Init, PackedWeight, KC, KU, NR};
+use super::{Prefetch, LINE};
 
 /// Rows per register sub-tile.
 const SUB_ROWS: usize = 6;
 /// Columns per half panel (two ymm).
 const HALF: usize = NR / 2;
-/// Bytes per cache line.
-const LINE: usize = 64;
 
 /// [`super::gemm_raw`] with AVX2 + FMA.
 ///
@@ -141,7 +140,7 @@ unsafe fn gemm_on<W: Weight>(
             let (next_at, next_kc) = next_slice(&panels, p, k, k0, kc);
             let next = wp.add(next_at).cast::<u8>();
             let lines = next_kc * NR * std::mem::size_of::<W>() / LINE;
-            let per = lines.div_ceil(2 * sub_tiles.max(1));
+            let calls = 2 * sub_tiles;
             let mut call = 0;
             for half in 0..2 {
                 let half_cols = cols.saturating_sub(half * HALF).min(HALF);
@@ -162,11 +161,7 @@ unsafe fn gemm_on<W: Weight>(
                     let mut s = 0;
                     while s < rows {
                         let sub = SUB_ROWS.min(rows - s);
-                        let first_line = (call * per).min(lines);
-                        let pf = Prefetch {
-                            at: next.add(first_line * LINE),
-                            lines: ((call + 1) * per).min(lines) - first_line,
-                        };
+                        let pf = Prefetch::share(next, lines, call, calls);
                         call += 1;
                         let out = c.add((r + s) * ldc + (p - panels.start) * NR + half * HALF);
                         let block = Block {
@@ -237,13 +232,6 @@ fn sub_tile_count(m: usize) -> usize {
         r += rows;
     }
     count
-}
-
-/// Cache lines from `at` for a sub-tile call to prefetch into L2.
-#[derive(Clone, Copy)]
-struct Prefetch {
-    at: *const u8,
-    lines: usize,
 }
 
 /// Lane masks for the first `cols` (1 to 16) columns of a half panel, as two ymm masks.
@@ -325,26 +313,17 @@ unsafe fn kernel<W: Weight, const R: usize>(blk: Block<W>) {
             }
         }};
     }
-    // The prefetches spread evenly over the groups of KU inputs (any left go out after them):
-    // in a burst they would stall on the fill buffers.
     let groups = blk.kc / KU;
-    let (mut pl, mut issued) = (blk.pf.at, 0);
+    let mut pf = blk.pf.spread(groups);
     for g in 0..groups {
-        while issued < (g + 1) * blk.pf.lines / groups {
-            _mm_prefetch::<_MM_HINT_T1>(pl.cast());
-            pl = pl.add(LINE);
-            issued += 1;
-        }
+        pf.before_group(g);
         for u in 0..KU {
             step!(u);
         }
         ap = ap.add(blk.a_group);
         bp = bp.add(KU * NR);
     }
-    for _ in issued..blk.pf.lines {
-        _mm_prefetch::<_MM_HINT_T1>(pl.cast());
-        pl = pl.add(LINE);
-    }
+    pf.rest();
     for u in 0..blk.kc % KU {
         step!(u);
     }

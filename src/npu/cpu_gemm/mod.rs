@@ -26,8 +26,10 @@
 use std::arch::x86_64::*;
 
 mod avx2;
+mod prefetch;
 
 use super::cpu_math::{self, Isa};
+use prefetch::{Prefetch, LINE};
 
 /// Output columns per packed panel.
 pub const NR: usize = 32;
@@ -321,18 +323,11 @@ pub unsafe fn gemm_raw(
                 // product's time, measured with cold weights). So the next panel's slice (or the
                 // next K block's first) is prefetched into L2, a share by each row tile's kernel.
                 let (next_at, next_kc) = next_slice(&panels, p, k, k0, kc);
-                let next = wp.add(next_at);
-                // The kernel issues them between its FMAs: in a burst before each tile they
-                // stalled on the fill buffers (~4% of the encoder).
-                let lines = next_kc * NR / 16;
-                let per = lines.div_ceil(tiles);
+                let next = wp.add(next_at).cast::<u8>();
+                let lines = next_kc * NR * std::mem::size_of::<f32>() / LINE;
                 let mut r = 0;
                 for t in 0..tiles {
-                    let first = (t * per).min(lines);
-                    let pf = Prefetch {
-                        at: next.add(first * 16),
-                        lines: ((t + 1) * per).min(lines) - first,
-                    };
+                    let pf = Prefetch::share(next, lines, t, tiles);
                     let rows = tile_rows(m - r);
                     tile(
                         rows,
@@ -405,13 +400,6 @@ unsafe fn pack_rows(a: *const f32, lda: usize, m: usize, k0: usize, kc: usize, d
         }
         r += rows;
     }
-}
-
-/// Cache lines (of 16 floats) from `at` for a kernel call to prefetch into L2.
-#[derive(Clone, Copy)]
-struct Prefetch {
-    at: *const f32,
-    lines: usize,
 }
 
 #[derive(Clone, Copy)]
@@ -500,15 +488,10 @@ unsafe fn kernel<const R: usize>(
     }
     // a: groups of KU inputs, [row][KU] each; b: one NR-wide row per input.
     let (mut ap, mut bp) = (a, b);
-    // The prefetches spread evenly over the groups of KU inputs (any left go out after them).
     let groups = kc / KU;
-    let (mut pl, mut issued) = (pf.at, 0);
+    let mut pf = pf.spread(groups);
     for g in 0..groups {
-        while issued < (g + 1) * pf.lines / groups {
-            _mm_prefetch::<_MM_HINT_T1>(pl as *const i8);
-            pl = pl.add(16);
-            issued += 1;
-        }
+        pf.before_group(g);
         for u in 0..KU {
             let b0 = _mm512_loadu_ps(bp.add(u * NR));
             let b1 = _mm512_loadu_ps(bp.add(u * NR + 16));
@@ -521,10 +504,7 @@ unsafe fn kernel<const R: usize>(
         ap = ap.add(R * KU);
         bp = bp.add(KU * NR);
     }
-    for _ in issued..pf.lines {
-        _mm_prefetch::<_MM_HINT_T1>(pl as *const i8);
-        pl = pl.add(16);
-    }
+    pf.rest();
     for u in 0..kc % KU {
         let b0 = _mm512_loadu_ps(bp.add(u * NR));
         let b1 = _mm512_loadu_ps(bp.add(u * NR + 16));
