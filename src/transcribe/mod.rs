@@ -13,7 +13,8 @@
 //! text is dropped only as a hallucination: repetition, or text over silence or steady noise.
 //! - no timestamp past the end of the audio in the window;
 //! - a segment that ends within `edge_margin` (0.5 s) of the end of a window that is not the
-//!   stream's last is held back (its last word may be cut) and decoded again from the next window;
+//!   stream's last is held back (its last word may be cut) and decoded again from the next window,
+//!   and so is one whose aligned words end there (its timestamps can run seconds early);
 //! - decoding stops when a hypothesis starts repeating itself (a phrase back to back, one word six
 //!   times, or six words said again): with complete segments before it, that is the model running past the audio and
 //!   the cut result is kept; otherwise it is a failure and the temperature fallback runs;
@@ -84,6 +85,9 @@ const LOOKBACK_TOLERANCE: f64 = 0.4;
 /// A segment with at least this share of its span in audio whose text was shown says that text
 /// again.
 const MAX_SHOWN_SHARE: f64 = 0.5;
+/// Seconds of loud frames in a window judged silent with a prompt that make it decoded again
+/// without the prompt (a window of noise has next to none; one of speech, several).
+const MIN_SPEECH_TO_RETRY_SILENT: f64 = 1.0;
 /// Tokens of previous text given as prompt at most (`n_text_ctx / 2 - 1`).
 pub const MAX_PROMPT_TOKENS: usize = 223;
 /// Rows of the largest call a transcriber makes on its own decoder cache: the prefill of
@@ -844,7 +848,18 @@ impl Transcriber {
         let mut out = self.window_result(index, start, n, last, &result, failed, language);
         out.timing = timing;
         if out.no_speech {
-            if !last {
+            // Judged silent (Whisper's no-speech rule) over a window with speech in it: the
+            // prompt can lead the model there ("The dog is a dog.", logprob -2.5, over 10 s of
+            // sentences on the 20-minute join). Once more without the prompt before moving on.
+            let loud = self.loud_frames(start, n);
+            let speech = loudness::speech_seconds(&loud, start, start, start + n as u64);
+            if !last
+                && !prompt_words.is_empty()
+                && speech >= MIN_SPEECH_TO_RETRY_SILENT
+                && self.retry_without_prompt(start, "judged silent over speech")
+            {
+                out.next_seek = start;
+            } else if !last {
                 out.next_seek = self.stop_before_trailing_speech(start, n, out.next_seek);
             }
             self.advance(out.next_seek);
@@ -873,6 +888,25 @@ impl Transcriber {
             .collect();
         let t0 = Instant::now();
         self.align_words(language, start, n, &result.tokens, 0, &mut emit);
+        let mut seek_ts = seek_ts;
+        if !last {
+            // A segment's timestamps can end seconds before its words (whole seconds): one whose
+            // words run into the window's last `edge_margin` is cut there as surely as one whose
+            // timestamp does, and is held back likewise.
+            let margin = (self.options.edge_margin * f64::from(SAMPLE_RATE)) as u64;
+            let word_ends: Vec<Option<u64>> = emit.iter().map(|s| s.words.map(|w| w.end)).collect();
+            let keep = segments::kept_by_word_ends(&word_ends, start + n as u64, margin);
+            for held in emit.drain(keep..) {
+                log::debug!(
+                    target: LOG_TARGET,
+                    "  held back, its words run into the window's end: {:?}",
+                    self.tokenizer.decode(&held.tokens)
+                );
+            }
+            if let Some(kept) = emit.last().filter(|_| keep < word_ends.len()) {
+                seek_ts = ((kept.end - start) / SAMPLES_PER_TIMESTAMP) as u32;
+            }
+        }
         let copies = self.prompt_copies(&emit, &prompt_words, language, n, last, &mut out.timing);
         out.timing.decoder += t0.elapsed();
         let prompted = !prompt_words.is_empty();

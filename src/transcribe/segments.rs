@@ -159,3 +159,14 @@ pub(super) fn select_segments(
         }
     }
 }
+
+/// How many of a window's selected segments to keep when those whose words (their aligned ends,
+/// in `word_ends`; `None`: not aligned) run into the window's last `margin` samples before
+/// `window_end` are held back from the end: never the first, so the stream moves on.
+pub(super) fn kept_by_word_ends(word_ends: &[Option<u64>], window_end: u64, margin: u64) -> usize {
+    let mut keep = word_ends.len();
+    while keep > 1 && word_ends[keep - 1].is_some_and(|e| e + margin > window_end) {
+        keep -= 1;
+    }
+    keep
+}

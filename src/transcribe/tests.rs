@@ -1,5 +1,5 @@
 use super::loudness::{trim_to_speech, Span};
-use super::segments::split_segments;
+use super::segments::{kept_by_word_ends, split_segments};
 use super::*;
 
 fn tokenizer() -> Tokenizer {
@@ -76,4 +76,29 @@ fn share_of_a_segment_in_audio_shown() {
     // The rule's threshold: half.
     assert!(share_before(100, 200, 150) >= MAX_SHOWN_SHARE);
     assert!(share_before(100, 200, 149) < MAX_SHOWN_SHARE);
+}
+
+#[test]
+fn segments_whose_words_run_into_the_window_end_held_back() {
+    // (aligned word ends, segments kept) for a window ending at 1000 with a margin of 100.
+    let table: &[(&[Option<u64>], usize)] = &[
+        (&[Some(300), Some(600)], 2),
+        (&[Some(300), Some(900)], 2),
+        (&[Some(300), Some(901)], 1),
+        (&[Some(300), Some(950), Some(990)], 1),
+        (&[Some(300), Some(950), Some(600)], 3),
+        // Not aligned: judged by its timestamps only.
+        (&[Some(300), None], 2),
+        // Never the first.
+        (&[Some(990)], 1),
+        (&[Some(950), Some(990)], 1),
+        (&[], 0),
+    ];
+    for &(ends, kept) in table {
+        assert_eq!(
+            kept_by_word_ends(ends, 1000, 100),
+            kept,
+            "word ends {ends:?}"
+        );
+    }
 }
