@@ -72,7 +72,7 @@ pub use options::{
     Segment, Task, TranscribeError, TranscribeOptions, TranscribeTiming, WindowResult, Word,
     SAMPLES_PER_TIMESTAMP,
 };
-use repeats::{says_again, share_in_order, CONFIRMED_SHARE};
+use repeats::{says_again, share_in_order, CONFIRMED_SHARE, REPEATED_PHRASE_WORDS};
 use segments::{split_segments, Selection};
 pub use text_model::TextModel;
 
@@ -655,6 +655,11 @@ impl Transcriber {
         last: bool,
         timing: &mut TranscribeTiming,
     ) -> Vec<bool> {
+        // Unprompted (most windows after a retry, every window without `previous-text-prompt`):
+        // nothing to copy, nothing to look at.
+        if prompt_words.len() < REPEATED_PHRASE_WORDS {
+            return vec![false; segments.len()];
+        }
         let recent = self.recent_words();
         let phrases: Vec<Option<Vec<String>>> = segments
             .iter()
