@@ -108,6 +108,15 @@ struct Emit {
     word_list: Vec<Word>,
 }
 
+impl Emit {
+    /// Where its words end by the alignment: the last segment of a window ends at its timestamp
+    /// (the alignment places the end of the text late), but not before its last word starts.
+    fn words_end(&self) -> Option<u64> {
+        let last_start = self.word_list.last().map_or(0, |w| w.start_sample);
+        self.words.map(|w| w.end.max(last_start))
+    }
+}
+
 /// An emitted segment kept for the prompt.
 struct PromptSegment {
     /// Stream sample where it ends (by its timestamp tokens).
@@ -897,9 +906,10 @@ impl Transcriber {
         if !last {
             // A segment's timestamps can end seconds before its words (whole seconds): one whose
             // words run into the window's last `edge_margin` is cut there as surely as one whose
-            // timestamp does, and is held back likewise.
+            // timestamp does, and is held back likewise; so are the sentences of the first
+            // segment that do.
             let margin = (self.options.edge_margin * f64::from(SAMPLE_RATE)) as u64;
-            let word_ends: Vec<Option<u64>> = emit.iter().map(|s| s.words.map(|w| w.end)).collect();
+            let word_ends: Vec<Option<u64>> = emit.iter().map(Emit::words_end).collect();
             let keep = segments::kept_by_word_ends(&word_ends, start + n as u64, margin);
             for held in emit.drain(keep..) {
                 log::debug!(
@@ -910,6 +920,26 @@ impl Transcriber {
             }
             if let Some(kept) = emit.last().filter(|_| keep < word_ends.len()) {
                 seek_ts = ((kept.end - start) / SAMPLES_PER_TIMESTAMP) as u32;
+            }
+            if let Some(first) = emit.first_mut().filter(|e| {
+                e.words_end()
+                    .is_some_and(|end| end + margin > start + n as u64)
+            }) {
+                let text = self.tokenizer.decode(&first.tokens);
+                // Always move on by a second at least.
+                let not_before = start + u64::from(SAMPLE_RATE);
+                if let Some(cut) =
+                    words::cut_after_last_sentence(&self.tokenizer, first, start, not_before)
+                {
+                    log::debug!(
+                        target: LOG_TARGET,
+                        "  held back from {:.2} s, its words run into the window's end: {:?} keeps {:?}",
+                        cut as f64 / f64::from(SAMPLE_RATE),
+                        text,
+                        self.tokenizer.decode(&first.tokens)
+                    );
+                    seek_ts = ((cut - start) / SAMPLES_PER_TIMESTAMP) as u32;
+                }
             }
         }
         let copies = self.prompt_copies(&emit, &prompt_words, language, n, last, &mut out.timing);

@@ -102,3 +102,83 @@ fn segments_whose_words_run_into_the_window_end_held_back() {
         );
     }
 }
+
+#[test]
+fn a_segment_running_into_the_windows_end_is_cut_after_its_last_sentence() {
+    let t = tokenizer();
+    let ts = |i: u32| 8 + i;
+    let sec = |s: f64| (s * f64::from(SAMPLE_RATE)) as u64;
+    // Words as (tokens, start s) of one segment of a window starting at 100 s; its end timestamp
+    // is <|7.00|>.
+    let segment = |words: &[(&[u32], f64)]| Emit {
+        start: sec(100.0),
+        end: sec(107.0),
+        tokens: std::iter::once(ts(0))
+            .chain(words.iter().flat_map(|(t, _)| t.iter().copied()))
+            .chain(std::iter::once(ts(350)))
+            .collect(),
+        words: Some(Span::new(sec(100.0), sec(107.0))),
+        word_list: words
+            .iter()
+            .enumerate()
+            .map(|(i, (tokens, at))| Word {
+                text: t.decode(tokens).trim().to_string(),
+                start_sample: sec(*at),
+                end_sample: words.get(i + 1).map_or(sec(107.0), |w| sec(w.1)),
+            })
+            .collect(),
+    };
+    // (case, words, tokens kept, the cut (s: where the next window starts), or none: left as
+    // it was)
+    let table: &[(&str, &[(&[u32], f64)], &[u32], Option<f64>)] = &[
+        (
+            "the words after the last sentence are held back",
+            &[
+                (&[0, 3], 100.5),
+                (&[1], 103.0),
+                (&[2, 3], 105.0),
+                (&[4], 109.8),
+            ],
+            &[ts(0), 0, 3, 1, 2, 3, ts(490)],
+            Some(109.8),
+        ),
+        (
+            "the last sentence cut by the window's end is held back",
+            &[
+                (&[0, 3], 100.5),
+                (&[1], 103.0),
+                (&[2], 105.0),
+                (&[4], 109.8),
+            ],
+            &[ts(0), 0, 3, ts(150)],
+            Some(103.0),
+        ),
+        (
+            "no sentence ends before the last word: kept whole",
+            &[(&[0], 100.5), (&[1], 103.0), (&[2, 3], 109.8)],
+            &[ts(0), 0, 1, 2, 3, ts(350)],
+            None,
+        ),
+        (
+            "a cut less than a second in would not move on",
+            &[(&[0, 3], 100.2), (&[1], 100.6), (&[2], 109.8)],
+            &[ts(0), 0, 3, 1, 2, ts(350)],
+            None,
+        ),
+    ];
+    for &(case, words, kept, cut_at) in table {
+        let mut e = segment(words);
+        let cut = super::words::cut_after_last_sentence(&t, &mut e, sec(100.0), sec(101.0));
+        assert_eq!(cut, cut_at.map(sec), "{case}: cut");
+        assert_eq!(e.tokens, kept, "{case}: tokens kept");
+        if let Some(cut) = cut {
+            assert_eq!(e.end, cut, "{case}: end");
+            assert_eq!(e.words.map(|w| w.end), Some(cut), "{case}: words' end");
+            assert_eq!(
+                e.word_list.last().map(|w| w.end_sample),
+                Some(cut),
+                "{case}: last word's end"
+            );
+        }
+    }
+}

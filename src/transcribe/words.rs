@@ -100,6 +100,13 @@ impl Transcriber {
     }
 }
 
+/// Whether a text token begins a word of [`words_of`]: it begins with a space and has letters or
+/// digits (tokens without them stay with the word before them).
+fn starts_word(tokenizer: &Tokenizer, token: u32) -> bool {
+    let text = String::from_utf8_lossy(tokenizer.token_bytes(token));
+    text.starts_with(' ') && text.chars().any(char::is_alphanumeric)
+}
+
 /// Splits aligned text tokens into words: a word starts at a token that begins with a space
 /// (or the first), and tokens without letters or digits stay with the word before them.
 /// `starts` has one more entry than `tokens` (where the last ends); the last word ends at `end`.
@@ -119,10 +126,8 @@ fn words_of(
     let mut words: Vec<TokenWord> = Vec::new();
     for (i, &t) in tokens.iter().enumerate() {
         let bytes = tokenizer.token_bytes(t);
-        let text = String::from_utf8_lossy(bytes);
-        let new_word = text.starts_with(' ') && text.chars().any(char::is_alphanumeric);
         match words.last_mut() {
-            Some(w) if !new_word => {
+            Some(w) if !starts_word(tokenizer, t) => {
                 w.bytes.extend_from_slice(bytes);
                 w.end = i + 1;
             }
@@ -145,4 +150,46 @@ fn words_of(
             },
         })
         .collect()
+}
+
+/// Cuts the aligned segment `e` of the window starting at `window_start` after its last sentence
+/// that has a word after it, and returns where the cut is (the first word left out starts there);
+/// `None` (and `e` as it was) when no sentence ends before its last word, or the cut would be
+/// before `not_before` (the stream must move on).
+///
+/// A window's only segment can run to the window's end, its last sentence cut there: in the
+/// whole-second timestamp mode long joins fall into, the model closes it with a timestamp seconds
+/// early and finishes the sentence with words that are not there ("The sauce on the huge river is
+/// very very sour.", the next window saying it again as it is). The sentences before the cut are
+/// kept; the rest is decoded again from the next window, which starts at the cut.
+pub(super) fn cut_after_last_sentence(
+    tokenizer: &Tokenizer,
+    e: &mut Emit,
+    window_start: u64,
+    not_before: u64,
+) -> Option<u64> {
+    let last = e.word_list.len().checked_sub(1)?;
+    let keep = e.word_list[..last]
+        .iter()
+        .rposition(|w| w.text.ends_with(['.', '?', '!']))?
+        + 1;
+    let cut = e.word_list[keep].start_sample;
+    if cut < not_before {
+        return None;
+    }
+    // The token where word `keep` starts: the first text token starts the first word whatever
+    // it is, as in `words_of`.
+    let mut seen = 0;
+    let at = e.tokens.iter().position(|&t| {
+        let starts = tokenizer.is_text(t) && (seen == 0 || starts_word(tokenizer, t));
+        seen += usize::from(starts);
+        starts && seen == keep + 1
+    })?;
+    e.tokens.truncate(at);
+    let steps = (cut.saturating_sub(window_start) / SAMPLES_PER_TIMESTAMP) as u32;
+    e.tokens.push(tokenizer.timestamp_begin() + steps);
+    e.word_list.truncate(keep);
+    e.end = cut;
+    e.words = e.words.map(|w| Span::new(w.start, cut));
+    Some(cut)
 }
