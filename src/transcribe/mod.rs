@@ -82,6 +82,9 @@ const LOG_TARGET: &str = "whisperencnpu";
 /// How far (seconds) a segment of the last window decoded with look-back may start before the seek
 /// position and still count as new.
 const LOOKBACK_TOLERANCE: f64 = 0.4;
+/// A window that is not the stream's last moves the seek position on by this much at least (one
+/// second, as stream samples), so that no window is decoded again and again.
+const MIN_ADVANCE: u64 = SAMPLE_RATE as u64;
 /// A segment with at least this share of its span in audio whose text was shown says that text
 /// again.
 const MAX_SHOWN_SHARE: f64 = 0.5;
@@ -925,17 +928,16 @@ impl Transcriber {
                 e.words_end()
                     .is_some_and(|end| end + margin > start + n as u64)
             }) {
-                let text = self.tokenizer.decode(&first.tokens);
-                // Always move on by a second at least.
-                let not_before = start + u64::from(SAMPLE_RATE);
-                if let Some(cut) =
-                    words::cut_after_last_sentence(&self.tokenizer, first, start, not_before)
-                {
+                if let Some(cut) = words::cut_after_last_sentence(
+                    &self.tokenizer,
+                    first,
+                    start,
+                    start + MIN_ADVANCE,
+                ) {
                     log::debug!(
                         target: LOG_TARGET,
-                        "  held back from {:.2} s, its words run into the window's end: {:?} keeps {:?}",
+                        "  held back from {:.2} s, its words run into the window's end; kept {:?}",
                         cut as f64 / f64::from(SAMPLE_RATE),
-                        text,
                         self.tokenizer.decode(&first.tokens)
                     );
                     seek_ts = ((cut - start) / SAMPLES_PER_TIMESTAMP) as u32;
@@ -1124,8 +1126,7 @@ impl Transcriber {
         };
         let at = (start + onset as u64 * SAMPLES_PER_TIMESTAMP)
             .saturating_sub(u64::from(SAMPLE_RATE) / 2);
-        // Always move on by a second at least.
-        if at < seek && at >= start + u64::from(SAMPLE_RATE) {
+        if at < seek && at >= start + MIN_ADVANCE {
             log::debug!(
                 target: LOG_TARGET,
                 "  speech from {:.2} s runs into the window's end: next window from {:.2} s",

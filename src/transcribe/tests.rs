@@ -128,45 +128,57 @@ fn a_segment_running_into_the_windows_end_is_cut_after_its_last_sentence() {
             })
             .collect(),
     };
-    // (case, words, tokens kept, the cut (s: where the next window starts), or none: left as
-    // it was)
-    let table: &[(&str, &[(&[u32], f64)], &[u32], Option<f64>)] = &[
-        (
-            "the words after the last sentence are held back",
-            &[
+    /// A segment's words as (tokens, start s), the tokens it keeps, and the cut (s: where the
+    /// next window starts), or none: left as it was.
+    struct Case<'a> {
+        name: &'a str,
+        words: &'a [(&'a [u32], f64)],
+        kept: &'a [u32],
+        cut: Option<f64>,
+    }
+    let table = [
+        Case {
+            name: "the words after the last sentence are held back",
+            words: &[
                 (&[0, 3], 100.5),
                 (&[1], 103.0),
                 (&[2, 3], 105.0),
                 (&[4], 109.8),
             ],
-            &[ts(0), 0, 3, 1, 2, 3, ts(490)],
-            Some(109.8),
-        ),
-        (
-            "the last sentence cut by the window's end is held back",
-            &[
+            kept: &[ts(0), 0, 3, 1, 2, 3, ts(490)],
+            cut: Some(109.8),
+        },
+        Case {
+            name: "the last sentence cut by the window's end is held back",
+            words: &[
                 (&[0, 3], 100.5),
                 (&[1], 103.0),
                 (&[2], 105.0),
                 (&[4], 109.8),
             ],
-            &[ts(0), 0, 3, ts(150)],
-            Some(103.0),
-        ),
-        (
-            "no sentence ends before the last word: kept whole",
-            &[(&[0], 100.5), (&[1], 103.0), (&[2, 3], 109.8)],
-            &[ts(0), 0, 1, 2, 3, ts(350)],
-            None,
-        ),
-        (
-            "a cut less than a second in would not move on",
-            &[(&[0, 3], 100.2), (&[1], 100.6), (&[2], 109.8)],
-            &[ts(0), 0, 3, 1, 2, ts(350)],
-            None,
-        ),
+            kept: &[ts(0), 0, 3, ts(150)],
+            cut: Some(103.0),
+        },
+        Case {
+            name: "no sentence ends before the last word: kept whole",
+            words: &[(&[0], 100.5), (&[1], 103.0), (&[2, 3], 109.8)],
+            kept: &[ts(0), 0, 1, 2, 3, ts(350)],
+            cut: None,
+        },
+        Case {
+            name: "a cut less than a second in would not move on",
+            words: &[(&[0, 3], 100.2), (&[1], 100.6), (&[2], 109.8)],
+            kept: &[ts(0), 0, 3, 1, 2, ts(350)],
+            cut: None,
+        },
     ];
-    for &(case, words, kept, cut_at) in table {
+    for Case {
+        name: case,
+        words,
+        kept,
+        cut: cut_at,
+    } in table
+    {
         let mut e = segment(words);
         let cut = super::words::cut_after_last_sentence(&t, &mut e, sec(100.0), sec(101.0));
         assert_eq!(cut, cut_at.map(sec), "{case}: cut");

@@ -67,6 +67,12 @@ pub fn normalize_word(w: &str) -> String {
 /// `p >= 4, c >= 2` (a phrase said twice), `p >= 2, c >= 3`, or `c >= 6` (one word: people say
 /// "words, words, words, words"; a model stuck on a word goes on much longer); or the last six
 /// words found earlier in the words.
+/// Whether a word or text ends a sentence (`.`, `?` or `!`, closing quotes and brackets aside).
+pub fn sentence_end(text: &str) -> bool {
+    text.trim_end_matches(['"', '\'', ')', '\u{201d}'])
+        .ends_with(['.', '?', '!'])
+}
+
 pub fn repetition_start(words: &[String]) -> Option<usize> {
     let n = words.len();
     for p in 1..=n / 2 {
@@ -295,6 +301,20 @@ mod tests {
 
     fn w(s: &str) -> Vec<String> {
         s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn sentence_ends() {
+        for (text, expect) in [
+            ("country.", true),
+            ("you?", true),
+            ("\"Stop!\"", true),
+            ("Mr", false),
+            ("Americans,", false),
+            ("", false),
+        ] {
+            assert_eq!(sentence_end(text), expect, "{text:?}");
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use super::loudness::Span;
 use super::options::{Task, Word, SAMPLES_PER_TIMESTAMP};
-use super::{alignment, Emit, Transcriber};
+use super::{alignment, text, Emit, Transcriber};
 use crate::mel::SAMPLE_RATE;
 use crate::model::tokenizer::Tokenizer;
 
@@ -171,7 +171,7 @@ pub(super) fn cut_after_last_sentence(
     let last = e.word_list.len().checked_sub(1)?;
     let keep = e.word_list[..last]
         .iter()
-        .rposition(|w| w.text.ends_with(['.', '?', '!']))?
+        .rposition(|w| text::sentence_end(&w.text))?
         + 1;
     let cut = e.word_list[keep].start_sample;
     if cut < not_before {

@@ -231,11 +231,6 @@ fn seconds_to_samples(s: f64) -> u64 {
     (s * f64::from(SAMPLE_RATE)).round() as u64
 }
 
-fn sentence_end(text: &str) -> bool {
-    text.trim_end_matches(['"', '\'', ')', '\u{201d}'])
-        .ends_with(['.', '?', '!'])
-}
-
 impl StreamingTranscriber {
     /// Streams with `core`'s model and options; its pending audio is dropped and the stream
     /// continues at its `pushed_end`.
@@ -496,7 +491,7 @@ impl StreamingTranscriber {
             self.open.words.push(word.clone());
             self.open.tokens.extend_from_slice(&w.tokens);
             out.committed.push(word);
-            if sentence_end(&text) {
+            if text::sentence_end(&text) {
                 self.open.logprobs.push(avg_logprob);
                 self.open.no_speech.push(no_speech);
                 out.closed.extend(self.close_segment());
@@ -938,24 +933,5 @@ fn word_groups(core: &Transcriber, tail: &[u32]) -> (Vec<(usize, usize)>, bool) 
             _ => groups.push((i, i + 1)),
         }
     }
-    (groups, sentence_end(lead.trim()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::sentence_end;
-
-    #[test]
-    fn sentence_ends() {
-        for (text, expect) in [
-            ("country.", true),
-            ("you?", true),
-            ("\"Stop!\"", true),
-            ("Mr", false),
-            ("Americans,", false),
-            ("", false),
-        ] {
-            assert_eq!(sentence_end(text), expect, "{text:?}");
-        }
-    }
+    (groups, text::sentence_end(lead.trim()))
 }
