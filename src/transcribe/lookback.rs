@@ -3,6 +3,7 @@
 //! those already emitted are kept, found by aligning the decoded words with the emitted ones.
 
 use super::options::SAMPLES_PER_TIMESTAMP;
+use super::repeats::common_in_order;
 use super::segments::{has_text, plausible, split_segments, END_SLACK};
 use super::{text, Emit};
 use crate::mel::SAMPLE_RATE;
@@ -58,25 +59,34 @@ pub(super) fn align_lookback(
     }
     let decoded = text::Words::from_tokens(tok, tokens);
     let dw = &decoded.words;
-    /// Fewest edits between some target[i..] (i <= free) and the decoded words before `decoded`.
+    /// Fewest edits between some target[i..] (i <= free) and the decoded words before `decoded`;
+    /// of equals, the one with the most words alike in order (the same audio decoded twice,
+    /// heard a little differently: "can do soot on the smooth planks" and "can use lid on the
+    /// smooth planks" are two edits, as are the two words "smooth planks" and no decoded word),
+    /// then the fewest decoded words.
     struct Best {
         cost: usize,
         decoded: usize,
         matched: usize,
+        alike: usize,
     }
     let mut best: Option<Best> = None;
     for i in 0..=free.min(target.len()) {
         let t = &target[i..];
         let row = text::edit_distance_to_prefixes(t, dw);
         for (j, &c) in row.iter().enumerate() {
-            if best
-                .as_ref()
-                .is_none_or(|b| c < b.cost || (c == b.cost && j < b.decoded))
-            {
+            if best.as_ref().is_some_and(|b| c > b.cost) {
+                continue;
+            }
+            let alike = common_in_order(t, &dw[..j]);
+            if best.as_ref().is_none_or(|b| {
+                c < b.cost || alike > b.alike || (alike == b.alike && j < b.decoded)
+            }) {
                 best = Some(Best {
                     cost: c,
                     decoded: j,
                     matched: t.len(),
+                    alike,
                 });
             }
         }
@@ -140,4 +150,103 @@ pub(super) fn align_lookback(
         segments,
         new_from: k,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Words "a" to "l" are ids 0..12, "." is 12; then <|endoftext|>, <|startoftranscript|>,
+    /// <|notimestamps|>; timestamps from id 16.
+    fn tokenizer() -> Tokenizer {
+        let mut vocab = serde_json::Map::new();
+        for (i, c) in ('A'..='L').enumerate() {
+            vocab.insert(format!("Ġ{c}"), i.into());
+        }
+        vocab.insert(".".into(), 12.into());
+        let json = serde_json::json!({
+            "model": {"type": "BPE", "vocab": vocab, "merges": []},
+            "added_tokens": [
+                {"id": 13, "content": "<|endoftext|>", "special": true},
+                {"id": 14, "content": "<|startoftranscript|>", "special": true},
+                {"id": 15, "content": "<|notimestamps|>", "special": true}
+            ]
+        });
+        Tokenizer::from_json(&json, 1700).unwrap()
+    }
+
+    const SECOND: u64 = SAMPLE_RATE as u64;
+
+    /// Tokens of "<|t0|> words <|t1|><|t1|> words <|t2|>" (times in seconds, words as letters).
+    fn decoded(first: &str, boundary: f64, second: &str, end: f64) -> Vec<u32> {
+        let ts = |s: f64| 16 + (s / 0.02).round() as u32;
+        let word = |c: char| c.to_ascii_uppercase() as u32 - 'A' as u32;
+        let mut t = vec![ts(0.0)];
+        t.extend(first.chars().filter(|c| *c != ' ').map(word));
+        t.extend([12, ts(boundary), ts(boundary)]);
+        t.extend(second.chars().filter(|c| *c != ' ').map(word));
+        t.extend([12, ts(end)]);
+        t
+    }
+
+    #[test]
+    fn new_words_found_after_the_emitted_ones() {
+        struct Case {
+            name: &'static str,
+            /// The emitted segment (letters as words), from 0 s to 2 s; the window starts at 1 s.
+            emitted: &'static str,
+            /// What the look-back decodes: a first segment to 1 s, then a second to 4 s.
+            first: &'static str,
+            second: &'static str,
+            /// The words kept as new; `None`: not aligned.
+            new: Option<&'static str>,
+        }
+        let table = [
+            Case {
+                name: "the same words again",
+                emitted: "a b c d e f g h i",
+                first: "c d e f g h i",
+                second: "j k l",
+                new: Some("j k l"),
+            },
+            Case {
+                // Two words heard differently cost two edits, as would the last two emitted
+                // words with no decoded word: the reading that matches five words wins.
+                name: "the same audio heard a little differently",
+                emitted: "a b c d e f g h i",
+                first: "c j k f g h i",
+                second: "j k l",
+                new: Some("j k l"),
+            },
+            Case {
+                name: "other words altogether",
+                emitted: "a b c d e f g h i",
+                first: "j k l j k l j",
+                second: "k l",
+                new: None,
+            },
+        ];
+        let tok = tokenizer();
+        for case in table {
+            let recent = [RecentSegment {
+                start: 0,
+                end: 2 * SECOND,
+                words: case.emitted.split(' ').map(String::from).collect(),
+            }];
+            let tokens = decoded(case.first, 1.0, case.second, 4.0);
+            let got = align_lookback(
+                &tok,
+                &recent,
+                2 * SECOND,
+                SECOND,
+                10 * SECOND as usize,
+                &tokens,
+            )
+            .map(|m| {
+                let toks: Vec<u32> = m.segments.iter().flat_map(|s| s.tokens.clone()).collect();
+                text::Words::from_tokens(&tok, &toks).words.join(" ")
+            });
+            assert_eq!(got.as_deref(), case.new, "{}", case.name);
+        }
+    }
 }

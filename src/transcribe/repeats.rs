@@ -20,6 +20,11 @@ pub(super) fn share_in_order(words: &[String], other: &[String]) -> f64 {
     if words.is_empty() {
         return 0.0;
     }
+    common_in_order(words, other) as f64 / words.len() as f64
+}
+
+/// How many of `words` occur in `other` in the same order (the longest common subsequence).
+pub(super) fn common_in_order(words: &[String], other: &[String]) -> usize {
     // One row of the longest-common-subsequence table at a time.
     let mut row = vec![0usize; other.len() + 1];
     for w in words {
@@ -34,7 +39,7 @@ pub(super) fn share_in_order(words: &[String], other: &[String]) -> f64 {
             diagonal = above;
         }
     }
-    row[other.len()] as f64 / words.len() as f64
+    row[other.len()]
 }
 
 #[cfg(test)]

@@ -62,17 +62,17 @@ pub fn normalize_word(w: &str) -> String {
         .collect()
 }
 
-/// If the words end in a loop, the index of the word where the repeated copy starts (keeping one
-/// copy). A loop is a block of `p` words repeated back to back `c` times at the end with
-/// `p >= 4, c >= 2` (a phrase said twice), `p >= 2, c >= 3`, or `c >= 6` (one word: people say
-/// "words, words, words, words"; a model stuck on a word goes on much longer); or the last six
-/// words found earlier in the words.
 /// Whether a word or text ends a sentence (`.`, `?` or `!`, closing quotes and brackets aside).
 pub fn sentence_end(text: &str) -> bool {
     text.trim_end_matches(['"', '\'', ')', '\u{201d}'])
         .ends_with(['.', '?', '!'])
 }
 
+/// If the words end in a loop, the index of the word where the repeated copy starts (keeping one
+/// copy). A loop is a block of `p` words repeated back to back `c` times at the end with
+/// `p >= 4, c >= 2` (a phrase said twice), `p >= 2, c >= 3`, or `c >= 6` (one word: people say
+/// "words, words, words, words"; a model stuck on a word goes on much longer); or the last six
+/// words found earlier in the words.
 pub fn repetition_start(words: &[String]) -> Option<usize> {
     let n = words.len();
     for p in 1..=n / 2 {
