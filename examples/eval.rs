@@ -11,7 +11,8 @@
 //!     [--hypotheses FILE]         write each clip's text there, for scripts/score_eval.py
 //!     [--latency-mode full|low]   how the stream is decoded (the element's latency-mode)
 //!     [--write-join N DIR]        write the manifest's clips joined (1 s of silence after each),
-//!                                 N times over, as DIR/joined-xN.wav with DIR/manifest.tsv; stop
+//!                                 N times over, as DIR/joined-xN.wav with DIR/manifest.tsv (and
+//!                                 DIR/parts.tsv: round, clip and reference of each part); stop
 //! ```
 //!
 //! `--verbose` (or `WHISPERENCNPU_DEBUG_DECODE=1`) also prints the transcriber's decisions for
@@ -421,7 +422,9 @@ fn write_join(manifest: &Path, times: usize, dir: &Path) -> Result<(), String> {
     let base = manifest.parent().unwrap_or(Path::new("."));
     let mut audio: Vec<f32> = Vec::new();
     let mut references: Vec<&str> = Vec::new();
-    for _ in 0..times {
+    // Round, clip and reference of each part, for scores per part (score_eval.py --parts).
+    let mut parts = String::from("round\tclip\treference\n");
+    for round in 1..=times {
         for (file, reference) in text.lines().skip(1).filter_map(|l| l.split_once('\t')) {
             let path = base.join(file);
             let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -433,6 +436,7 @@ fn write_join(manifest: &Path, times: usize, dir: &Path) -> Result<(), String> {
             audio.extend_from_slice(&samples);
             audio.resize(audio.len() + JOIN_GAP_SECONDS * 16_000, 0.0);
             references.push(reference.trim());
+            parts.push_str(&format!("{round}\t{file}\t{}\n", reference.trim()));
         }
     }
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -463,6 +467,8 @@ fn write_join(manifest: &Path, times: usize, dir: &Path) -> Result<(), String> {
         format!("file\treference\n{name}\t{}\n", references.join(" ")),
     )
     .map_err(|e| format!("{}: {e}", manifest_out.display()))?;
+    let parts_out = dir.join("parts.tsv");
+    std::fs::write(&parts_out, parts).map_err(|e| format!("{}: {e}", parts_out.display()))?;
     eprintln!(
         "{}: {:.1} s, {} clips",
         wav_path.display(),
