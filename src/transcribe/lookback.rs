@@ -3,7 +3,7 @@
 //! those already emitted are kept, found by aligning the decoded words with the emitted ones.
 
 use super::options::SAMPLES_PER_TIMESTAMP;
-use super::repeats::common_in_order;
+use super::repeats::common_in_order_to_prefixes;
 use super::segments::{has_text, plausible, split_segments, END_SLACK};
 use super::{text, Emit};
 use crate::mel::SAMPLE_RATE;
@@ -74,11 +74,11 @@ pub(super) fn align_lookback(
     for i in 0..=free.min(target.len()) {
         let t = &target[i..];
         let row = text::edit_distance_to_prefixes(t, dw);
-        for (j, &c) in row.iter().enumerate() {
+        let alike_row = common_in_order_to_prefixes(t, dw);
+        for (j, (&c, &alike)) in row.iter().zip(&alike_row).enumerate() {
             if best.as_ref().is_some_and(|b| c > b.cost) {
                 continue;
             }
-            let alike = common_in_order(t, &dw[..j]);
             if best.as_ref().is_none_or(|b| {
                 c < b.cost || alike > b.alike || (alike == b.alike && j < b.decoded)
             }) {

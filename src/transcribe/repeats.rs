@@ -20,11 +20,12 @@ pub(super) fn share_in_order(words: &[String], other: &[String]) -> f64 {
     if words.is_empty() {
         return 0.0;
     }
-    common_in_order(words, other) as f64 / words.len() as f64
+    common_in_order_to_prefixes(words, other)[other.len()] as f64 / words.len() as f64
 }
 
-/// How many of `words` occur in `other` in the same order (the longest common subsequence).
-pub(super) fn common_in_order(words: &[String], other: &[String]) -> usize {
+/// For each `j`, how many of `words` occur in `other[..j]` in the same order (the longest common
+/// subsequence with every prefix of `other`: the last row of its table).
+pub(super) fn common_in_order_to_prefixes(words: &[String], other: &[String]) -> Vec<usize> {
     // One row of the longest-common-subsequence table at a time.
     let mut row = vec![0usize; other.len() + 1];
     for w in words {
@@ -39,7 +40,7 @@ pub(super) fn common_in_order(words: &[String], other: &[String]) -> usize {
             diagonal = above;
         }
     }
-    row[other.len()]
+    row
 }
 
 #[cfg(test)]
